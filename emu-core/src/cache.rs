@@ -1,0 +1,152 @@
+//! The block cache: translated blocks keyed by where their code came from, a per-vCPU
+//! direct-mapped jump cache in front, and invalidation by physical page.
+
+use std::collections::HashMap;
+
+use crate::translate::Block;
+
+/// Entries in the jump cache (a power of two).
+const JUMP_CACHE_ENTRIES: usize = 4096;
+
+/// Key of a block: the physical and virtual address of its first byte. The virtual
+/// address is part of the key because RIP-relative operands are resolved at translate
+/// time; the CPU mode will join it when modes other than 64-bit arrive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct BlockKey {
+    phys: u64,
+    virt: u64,
+}
+
+/// Translated blocks of one vCPU.
+pub struct CodeCache {
+    blocks: Vec<Option<(BlockKey, Block)>>,
+    free: Vec<u32>,
+    by_key: HashMap<BlockKey, u32>,
+    by_page: HashMap<u64, Vec<u32>>,
+    /// `(rip, block index)`; `rip == u64::MAX` marks an empty slot.
+    jump_cache: Box<[(u64, u32)]>,
+    /// Blocks translated since creation (a statistic).
+    pub translated: u64,
+}
+
+impl Default for CodeCache {
+    fn default() -> Self {
+        CodeCache {
+            blocks: Vec::new(),
+            free: Vec::new(),
+            by_key: HashMap::new(),
+            by_page: HashMap::new(),
+            jump_cache: vec![(u64::MAX, 0); JUMP_CACHE_ENTRIES].into_boxed_slice(),
+            translated: 0,
+        }
+    }
+}
+
+impl CodeCache {
+    #[inline(always)]
+    fn jump_slot(rip: u64) -> usize {
+        (rip ^ (rip >> 12)) as usize & (JUMP_CACHE_ENTRIES - 1)
+    }
+
+    /// The block for `rip`, from the jump cache only.
+    #[inline(always)]
+    pub fn lookup_fast(&self, rip: u64) -> Option<u32> {
+        let (tag, idx) = self.jump_cache[Self::jump_slot(rip)];
+        (tag == rip).then_some(idx)
+    }
+
+    /// The block translated from physical `phys` at virtual `rip`, if cached; refills the
+    /// jump cache on a hit.
+    pub fn lookup(&mut self, phys: u64, rip: u64) -> Option<u32> {
+        let idx = *self.by_key.get(&BlockKey { phys, virt: rip })?;
+        self.jump_cache[Self::jump_slot(rip)] = (rip, idx);
+        Some(idx)
+    }
+
+    /// Adds a block translated from physical `phys`, returning its index.
+    pub fn insert(&mut self, phys: u64, block: Block) -> u32 {
+        let rip = block.rip;
+        let pages = block.pages.clone();
+        let idx = match self.free.pop() {
+            Some(i) => {
+                self.blocks[i as usize] = Some((BlockKey { phys, virt: rip }, block));
+                i
+            }
+            None => {
+                self.blocks
+                    .push(Some((BlockKey { phys, virt: rip }, block)));
+                (self.blocks.len() - 1) as u32
+            }
+        };
+        if let Some(old) = self.by_key.insert(BlockKey { phys, virt: rip }, idx) {
+            self.remove(old);
+        }
+        for page in pages {
+            self.by_page.entry(page).or_default().push(idx);
+        }
+        self.jump_cache[Self::jump_slot(rip)] = (rip, idx);
+        self.translated += 1;
+        idx
+    }
+
+    /// The block at `idx`.
+    ///
+    /// # Panics
+    ///
+    /// If `idx` does not name a live block (indices come only from this cache, and the
+    /// jump cache is flushed whenever a block is dropped).
+    #[inline(always)]
+    pub fn block(&self, idx: u32) -> &Block {
+        &self.blocks[idx as usize]
+            .as_ref()
+            .expect("live block index")
+            .1
+    }
+
+    /// Drops every block translated from physical page `page`.
+    pub fn invalidate_page(&mut self, page: u64) {
+        let Some(list) = self.by_page.remove(&page) else {
+            return;
+        };
+        for idx in list {
+            self.remove(idx);
+        }
+        // Stale indices may sit in the jump cache; dropping all of it is cheap and rare.
+        self.jump_cache.fill((u64::MAX, 0));
+    }
+
+    /// Drops every block.
+    pub fn flush(&mut self) {
+        self.blocks.clear();
+        self.free.clear();
+        self.by_key.clear();
+        self.by_page.clear();
+        self.jump_cache.fill((u64::MAX, 0));
+    }
+
+    /// Number of live blocks.
+    pub fn len(&self) -> usize {
+        self.by_key.len()
+    }
+
+    /// Whether no block is cached.
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+
+    fn remove(&mut self, idx: u32) {
+        let Some((key, block)) = self.blocks[idx as usize].take() else {
+            return;
+        };
+        if self.by_key.get(&key) == Some(&idx) {
+            self.by_key.remove(&key);
+        }
+        for page in &block.pages {
+            if let Some(list) = self.by_page.get_mut(page) {
+                list.retain(|&i| i != idx);
+            }
+        }
+        self.free.push(idx);
+        self.jump_cache.fill((u64::MAX, 0));
+    }
+}

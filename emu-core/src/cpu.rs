@@ -1,0 +1,239 @@
+//! Architectural state of one vCPU.
+
+use emu_mmu::Mmu;
+
+use crate::flags::{self, LazyFlags};
+
+/// General-purpose register numbers, as used in [`Cpu::regs`] and instruction records.
+pub mod reg {
+    /// RAX.
+    pub const RAX: u8 = 0;
+    /// RCX.
+    pub const RCX: u8 = 1;
+    /// RDX.
+    pub const RDX: u8 = 2;
+    /// RBX.
+    pub const RBX: u8 = 3;
+    /// RSP.
+    pub const RSP: u8 = 4;
+    /// RBP.
+    pub const RBP: u8 = 5;
+    /// RSI.
+    pub const RSI: u8 = 6;
+    /// RDI.
+    pub const RDI: u8 = 7;
+    /// R8 (R9..R15 follow).
+    pub const R8: u8 = 8;
+    /// A register that always reads zero: the "no base / no index" of address forms.
+    pub const ZERO: u8 = 16;
+    /// Flag on an 8-bit register number meaning "bits 8..15 of register (n & 3)"
+    /// (AH, CH, DH, BH).
+    pub const HIGH_BYTE: u8 = 0x20;
+}
+
+/// Segment register numbers, as used in [`Cpu::seg_base`].
+pub mod seg {
+    /// ES.
+    pub const ES: u8 = 0;
+    /// CS.
+    pub const CS: u8 = 1;
+    /// SS.
+    pub const SS: u8 = 2;
+    /// DS.
+    pub const DS: u8 = 3;
+    /// FS.
+    pub const FS: u8 = 4;
+    /// GS.
+    pub const GS: u8 = 5;
+    /// A segment whose base is always zero (flat segments in 64-bit mode).
+    pub const FLAT: u8 = 6;
+}
+
+/// Default MXCSR after reset: all exceptions masked, round to nearest.
+pub const MXCSR_DEFAULT: u32 = 0x1f80;
+
+/// One vCPU: registers, flags, SSE state, and its path to memory.
+#[derive(Debug)]
+pub struct Cpu {
+    /// RAX..R15, then [`reg::ZERO`] (always 0).
+    pub regs: [u64; 17],
+    /// Instruction pointer. Inside a block it is stale; it is exact between blocks and
+    /// whenever an instruction faults.
+    pub rip: u64,
+    /// Lazily computed arithmetic flags.
+    pub flags: LazyFlags,
+    /// RFLAGS bits other than the six arithmetic ones (DF, IF, TF, AC, ID, bit 1...).
+    pub rflags_other: u64,
+    /// XMM0..XMM15.
+    pub xmm: [u128; 16],
+    /// SSE control and status register.
+    pub mxcsr: u32,
+    /// Segment selectors ES, CS, SS, DS, FS, GS.
+    pub seg_sel: [u16; 6],
+    /// Segment bases ES, CS, SS, DS, FS, GS, then a flat (zero) base and a spare zero.
+    /// In 64-bit mode only FS and GS bases are used.
+    pub seg_base: [u64; 8],
+    /// Kernel GS base (swapped in by SWAPGS).
+    pub kernel_gs_base: u64,
+    /// Instructions retired since creation.
+    pub icount: u64,
+    /// Offset added to the virtual clock to form the TSC (written through the TSC MSR).
+    pub tsc_offset: u64,
+    /// TSC_AUX, returned in ECX by RDTSCP.
+    pub tsc_aux: u32,
+    /// Origin of the virtual clock.
+    pub clock_origin: std::time::Instant,
+    /// This vCPU's path to guest memory.
+    pub mmu: Mmu,
+}
+
+impl Cpu {
+    /// A vCPU in 64-bit mode with flat segments, registers zero, over `mmu`.
+    pub fn new(mmu: Mmu) -> Self {
+        Cpu {
+            regs: [0; 17],
+            rip: 0,
+            flags: LazyFlags::default(),
+            rflags_other: 1 << 1,
+            xmm: [0; 16],
+            mxcsr: MXCSR_DEFAULT,
+            seg_sel: [0; 6],
+            seg_base: [0; 8],
+            kernel_gs_base: 0,
+            icount: 0,
+            tsc_offset: 0,
+            tsc_aux: 0,
+            clock_origin: std::time::Instant::now(),
+            mmu,
+        }
+    }
+
+    /// The full RFLAGS value (materializes the lazy flags).
+    pub fn rflags(&self) -> u64 {
+        self.rflags_other | self.flags.compute()
+    }
+
+    /// Sets RFLAGS. Bit 1 always reads 1; reserved bits read 0.
+    pub fn set_rflags(&mut self, value: u64) {
+        const WRITABLE: u64 = flags::ARITH
+            | flags::TF
+            | flags::IF
+            | flags::DF
+            | (3 << 12) // IOPL
+            | (1 << 14) // NT
+            | (1 << 16) // RF
+            | flags::AC
+            | flags::ID;
+        self.flags.set_materialized(value);
+        self.rflags_other = (value & WRITABLE & !flags::ARITH) | (1 << 1);
+    }
+
+    /// The time-stamp counter: virtual-clock nanoseconds at [`crate::cpuid::TSC_HZ`]
+    /// plus the offset.
+    pub fn tsc(&self) -> u64 {
+        let ns = self.clock_origin.elapsed().as_nanos() as u64;
+        (ns as u128 * crate::cpuid::TSC_HZ as u128 / 1_000_000_000) as u64 + self.tsc_offset
+    }
+
+    /// Whether the direction flag is set (string instructions step downwards).
+    #[inline(always)]
+    pub fn df(&self) -> bool {
+        self.rflags_other & flags::DF != 0
+    }
+
+    /// Reads an `N`-byte general register operand (8-bit numbers may carry
+    /// [`reg::HIGH_BYTE`]), zero-extended.
+    #[inline(always)]
+    pub fn reg<const N: usize>(&self, r: u8) -> u64 {
+        match N {
+            1 => {
+                if r & reg::HIGH_BYTE != 0 {
+                    (self.regs[(r & 3) as usize] >> 8) & 0xff
+                } else {
+                    self.regs[r as usize & 15] & 0xff
+                }
+            }
+            2 => self.regs[r as usize & 15] & 0xffff,
+            4 => self.regs[r as usize & 15] & 0xffff_ffff,
+            _ => self.regs[r as usize & 15],
+        }
+    }
+
+    /// Writes an `N`-byte general register operand with x86-64 semantics: 32-bit writes
+    /// zero the upper half, 8- and 16-bit writes leave the other bits alone.
+    #[inline(always)]
+    pub fn set_reg<const N: usize>(&mut self, r: u8, value: u64) {
+        match N {
+            1 => {
+                if r & reg::HIGH_BYTE != 0 {
+                    let slot = &mut self.regs[(r & 3) as usize];
+                    *slot = (*slot & !0xff00) | ((value & 0xff) << 8);
+                } else {
+                    let slot = &mut self.regs[r as usize & 15];
+                    *slot = (*slot & !0xff) | (value & 0xff);
+                }
+            }
+            2 => {
+                let slot = &mut self.regs[r as usize & 15];
+                *slot = (*slot & !0xffff) | (value & 0xffff);
+            }
+            4 => self.regs[r as usize & 15] = value & 0xffff_ffff,
+            _ => self.regs[r as usize & 15] = value,
+        }
+    }
+}
+
+/// Mask of the low `N` bytes.
+#[inline(always)]
+pub const fn mask<const N: usize>() -> u64 {
+    if N >= 8 {
+        u64::MAX
+    } else {
+        (1u64 << (N * 8)) - 1
+    }
+}
+
+/// Sign bit of an `N`-byte value.
+#[inline(always)]
+pub const fn sign_bit<const N: usize>() -> u64 {
+    1u64 << (N * 8 - 1)
+}
+
+/// Sign-extends the low `N` bytes of `v` to 64 bits.
+#[inline(always)]
+pub const fn sext<const N: usize>(v: u64) -> u64 {
+    let shift = 64 - N as u32 * 8;
+    (((v << shift) as i64) >> shift) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partial_register_writes_follow_x86_64_rules() {
+        let mut cpu = Cpu::new(Mmu::default());
+        cpu.regs[0] = 0x1122_3344_5566_7788;
+        cpu.set_reg::<1>(reg::HIGH_BYTE, 0xaa);
+        assert_eq!(cpu.regs[0], 0x1122_3344_5566_aa88);
+        cpu.set_reg::<1>(0, 0xbb);
+        assert_eq!(cpu.regs[0], 0x1122_3344_5566_aabb);
+        cpu.set_reg::<2>(0, 0xcccc);
+        assert_eq!(cpu.regs[0], 0x1122_3344_5566_cccc);
+        cpu.set_reg::<4>(0, 0xdddd_dddd);
+        assert_eq!(cpu.regs[0], 0xdddd_dddd);
+        assert_eq!(cpu.reg::<1>(reg::HIGH_BYTE), 0xdd);
+    }
+
+    #[test]
+    fn rflags_round_trip_keeps_reserved_bits_fixed() {
+        let mut cpu = Cpu::new(Mmu::default());
+        cpu.set_rflags(u64::MAX);
+        let f = cpu.rflags();
+        assert_eq!(f & (1 << 1), 2);
+        assert_eq!(f & (1 << 3 | 1 << 5 | 1 << 15), 0);
+        assert!(cpu.df());
+        assert_eq!(sext::<1>(0x80), 0xffff_ffff_ffff_ff80);
+        assert_eq!(mask::<4>(), 0xffff_ffff);
+    }
+}

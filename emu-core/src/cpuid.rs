@@ -1,0 +1,134 @@
+//! CPUID: the description of the CPU the guest sees.
+//!
+//! CPUID tells the truth: a feature bit is set only if every instruction it covers is
+//! implemented and passes the host differential suite. glibc and the kernel choose code
+//! paths from these bits, so an advertised but missing feature is a guest crash. When a
+//! feature lands, its bit is turned on here and nowhere else.
+//!
+//! The vendor string is "GenuineIntel" because Linux and glibc interpret the frequency
+//! leaves (0x15/0x16) and cache leaves only for Intel parts; the brand string and the
+//! hypervisor leaves (0x40000000..) say what the CPU really is.
+
+/// Frequency of the time-stamp counter the guest sees, in Hz.
+pub const TSC_HZ: u64 = 1_000_000_000;
+
+/// Frequency of the local APIC timer's input clock, in Hz (used from the system ISA on).
+pub const APIC_TIMER_HZ: u64 = 1_000_000_000;
+
+/// Leaf 1 EDX bits.
+mod edx1 {
+    pub const TSC: u32 = 1 << 4;
+    pub const CX8: u32 = 1 << 8;
+    pub const CMOV: u32 = 1 << 15;
+    pub const SSE: u32 = 1 << 25;
+    pub const SSE2: u32 = 1 << 26;
+}
+
+/// Leaf 1 ECX bits.
+mod ecx1 {
+    pub const SSE3: u32 = 1 << 0;
+    pub const SSSE3: u32 = 1 << 9;
+    pub const CX16: u32 = 1 << 13;
+    pub const SSE41: u32 = 1 << 19;
+    pub const SSE42: u32 = 1 << 20;
+    pub const MOVBE: u32 = 1 << 22;
+    pub const POPCNT: u32 = 1 << 23;
+    pub const HYPERVISOR: u32 = 1 << 31;
+}
+
+/// Leaf 1 EDX as advertised.
+pub const LEAF1_EDX: u32 = edx1::TSC | edx1::CX8 | edx1::CMOV | SSE_EDX;
+/// Leaf 1 ECX as advertised.
+pub const LEAF1_ECX: u32 = ecx1::CX16 | ecx1::MOVBE | ecx1::POPCNT | ecx1::HYPERVISOR | SSE_ECX;
+/// Leaf 7 subleaf 0 EBX as advertised: BMI1.
+pub const LEAF7_EBX: u32 = 1 << 3;
+/// Leaf 0x80000001 ECX: LAHF/SAHF in 64-bit mode, LZCNT.
+pub const EXT1_ECX: u32 = (1 << 0) | (1 << 5);
+/// Leaf 0x80000001 EDX: RDTSCP, long mode.
+pub const EXT1_EDX: u32 = (1 << 27) | (1 << 29);
+
+/// SSE-family bits in leaf 1 EDX (turned on as the SSE handlers pass the differential
+/// suite).
+const SSE_EDX: u32 = edx1::SSE | edx1::SSE2;
+/// SSE-family bits in leaf 1 ECX.
+const SSE_ECX: u32 = 0 & (ecx1::SSE3 | ecx1::SSSE3 | ecx1::SSE41 | ecx1::SSE42);
+
+const VENDOR: &[u8; 12] = b"GenuineIntel";
+const BRAND: &[u8; 48] = b"Quetzal x86-64 software CPU\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0";
+const HYPERVISOR_VENDOR: &[u8; 12] = b"QuetzalQtzl ";
+
+fn words(bytes: &[u8]) -> [u32; 4] {
+    let mut out = [0u32; 4];
+    for (i, chunk) in bytes.chunks(4).take(4).enumerate() {
+        out[i] = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+    }
+    out
+}
+
+/// The CPUID result `[eax, ebx, ecx, edx]` for `leaf` / `subleaf`.
+pub fn cpuid(leaf: u32, subleaf: u32) -> [u32; 4] {
+    match leaf {
+        0 => {
+            let v = words(VENDOR);
+            // EBX, EDX, ECX spell the vendor in that order.
+            [0x16, v[0], v[2], v[1]]
+        }
+        // Family 6, model 0x55 (a Skylake-class family 6 part), stepping 0; CLFLUSH line
+        // size 8 qwords; one logical processor.
+        1 => [0x0005_0650, 0x0001_0800, LEAF1_ECX, LEAF1_EDX],
+        7 if subleaf == 0 => [0, LEAF7_EBX, 0, 0],
+        0x15 => {
+            // TSC = crystal * EBX / EAX, with a 1 GHz "crystal" so the ratio is 1.
+            [1, 1, TSC_HZ as u32, 0]
+        }
+        0x16 => {
+            let mhz = (TSC_HZ / 1_000_000) as u32;
+            [mhz, mhz, (APIC_TIMER_HZ / 1_000_000) as u32, 0]
+        }
+        0x4000_0000 => {
+            let v = words(HYPERVISOR_VENDOR);
+            [0x4000_0010, v[0], v[1], v[2]]
+        }
+        // The de-facto standard timing leaf: TSC and APIC bus frequency in kHz.
+        0x4000_0010 => [(TSC_HZ / 1000) as u32, (APIC_TIMER_HZ / 1000) as u32, 0, 0],
+        0x8000_0000 => [0x8000_0008, 0, 0, 0],
+        0x8000_0001 => [0, 0, EXT1_ECX, EXT1_EDX],
+        0x8000_0002..=0x8000_0004 => {
+            let part = (leaf - 0x8000_0002) as usize;
+            words(&BRAND[part * 16..part * 16 + 16])
+        }
+        // 48-bit virtual and 40-bit physical addresses.
+        0x8000_0008 => [0x0000_3028, 0, 0, 0],
+        _ => [0, 0, 0, 0],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vendor_and_brand_read_back() {
+        let [max, b, c, d] = cpuid(0, 0);
+        assert!(max >= 0x16);
+        let mut vendor = Vec::new();
+        for w in [b, d, c] {
+            vendor.extend_from_slice(&w.to_le_bytes());
+        }
+        assert_eq!(&vendor, b"GenuineIntel");
+        let mut brand = Vec::new();
+        for leaf in 0x8000_0002..=0x8000_0004 {
+            for w in cpuid(leaf, 0) {
+                brand.extend_from_slice(&w.to_le_bytes());
+            }
+        }
+        assert!(brand.starts_with(b"Quetzal"));
+    }
+
+    #[test]
+    fn long_mode_and_hypervisor_are_advertised() {
+        assert_ne!(cpuid(0x8000_0001, 0)[3] & (1 << 29), 0);
+        assert_ne!(cpuid(1, 0)[2] & (1 << 31), 0);
+        assert_eq!(cpuid(0x4000_0010, 0)[0] as u64, TSC_HZ / 1000);
+    }
+}

@@ -1,0 +1,478 @@
+//! The bare-CPU embedding API: one vCPU, its memory, hooks and a run loop.
+//!
+//! This is Quetzal's Unicorn-shaped surface: map memory, set registers, run from an
+//! address until an end address, an instruction count, a time limit or a stop request
+//! from another thread, with hooks on code, memory accesses and interrupts. Whole
+//! machines (devices, firmware, kernels) are assembled on top of it in `emu-vmm`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use emu_mmu::{MemAccessEvent, MemFault, Mmu, RamError};
+use iced_x86::Register;
+
+use crate::cache::CodeCache;
+use crate::cpu::Cpu;
+use crate::exception::Exception;
+use crate::insn::Trap;
+use crate::translate::{translate_block, Block};
+
+/// Errors from the embedding API (never from guest behaviour, which ends a run with a
+/// [`StopReason`] instead).
+#[derive(Debug, thiserror::Error)]
+pub enum EmuError {
+    /// Mapping memory failed.
+    #[error(transparent)]
+    Ram(#[from] RamError),
+    /// A host read or write touched memory that is not mapped.
+    #[error(transparent)]
+    Memory(#[from] MemFault),
+    /// The register cannot be read or written through this API.
+    #[error("register {0:?} is not supported by this API")]
+    UnsupportedRegister(Register),
+}
+
+/// When [`Emulator::run`] should stop, besides guest events.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Stop when RIP reaches this address (before executing the instruction there).
+    pub until: Option<u64>,
+    /// Stop after retiring this many instructions.
+    pub max_instructions: Option<u64>,
+    /// Stop after this much host time (checked between blocks).
+    pub timeout: Option<Duration>,
+}
+
+/// Why [`Emulator::run`] returned. RIP is left at the next instruction to execute (or at
+/// the faulting instruction for exceptions).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// RIP reached [`RunOptions::until`].
+    ReachedEnd,
+    /// [`RunOptions::max_instructions`] were retired.
+    InstructionLimit,
+    /// [`RunOptions::timeout`] elapsed.
+    Timeout,
+    /// A [`StopHandle`] asked the run to stop.
+    StopRequested,
+    /// A code hook asked the run to stop.
+    HookRequested,
+    /// The guest executed HLT.
+    Halted,
+    /// An exception no interrupt hook handled.
+    Exception {
+        /// The exception.
+        exception: Exception,
+        /// Address of the faulting instruction.
+        rip: u64,
+    },
+    /// A software interrupt (INT n, INT3, INTO) no interrupt hook handled.
+    SoftwareInterrupt {
+        /// The vector.
+        vector: u8,
+        /// Address of the next instruction.
+        rip: u64,
+    },
+    /// SYSCALL with no interrupt hook to handle it.
+    Syscall {
+        /// Address of the next instruction.
+        rip: u64,
+    },
+    /// A data access or fetch reached unmapped memory.
+    Unmapped {
+        /// The fault.
+        fault: MemFault,
+        /// Address of the instruction.
+        rip: u64,
+    },
+}
+
+/// What an interrupt hook is told.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InterruptEvent {
+    /// An exception; RIP is the faulting instruction.
+    Exception(Exception),
+    /// INT n / INT3 / INTO; RIP is the next instruction.
+    Software(u8),
+    /// SYSCALL; RIP is the next instruction.
+    Syscall,
+}
+
+/// What a code hook wants next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HookAction {
+    /// Execute the instruction.
+    Continue,
+    /// Stop before the instruction ([`StopReason::HookRequested`]).
+    Stop,
+}
+
+/// Called before every instruction with the CPU, the instruction's address and length.
+/// Changing RIP in the hook redirects execution.
+pub type CodeHook = Box<dyn FnMut(&mut Cpu, u64, u8) -> HookAction + Send>;
+/// Called on exceptions, software interrupts and SYSCALL. Return `true` if handled (the
+/// run continues at the CPU's RIP, which the hook may have changed), `false` to stop.
+pub type InterruptHook = Box<dyn FnMut(&mut Cpu, InterruptEvent) -> bool + Send>;
+
+/// Asks a running [`Emulator`] to stop, from any thread.
+#[derive(Clone, Debug)]
+pub struct StopHandle(Arc<AtomicBool>);
+
+impl StopHandle {
+    /// Requests a stop; the run returns [`StopReason::StopRequested`] within a block.
+    pub fn stop(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+/// One vCPU with its memory, code cache and hooks.
+pub struct Emulator {
+    cpu: Cpu,
+    cache: CodeCache,
+    stop: Arc<AtomicBool>,
+    code_hooks: Vec<CodeHook>,
+    interrupt_hooks: Vec<InterruptHook>,
+}
+
+impl Default for Emulator {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// How often (in blocks) the run loop looks at the clock for a timeout.
+const TIMEOUT_CHECK_BLOCKS: u32 = 256;
+
+impl Emulator {
+    /// A 64-bit CPU with no memory mapped.
+    pub fn new() -> Self {
+        Emulator {
+            cpu: Cpu::new(Mmu::default()),
+            cache: CodeCache::default(),
+            stop: Arc::new(AtomicBool::new(false)),
+            code_hooks: Vec::new(),
+            interrupt_hooks: Vec::new(),
+        }
+    }
+
+    /// Maps `size` bytes of zeroed RAM at `addr` (both 4 KiB aligned).
+    ///
+    /// # Errors
+    ///
+    /// [`EmuError::Ram`] for unaligned, overlapping or unallocatable ranges.
+    pub fn map_memory(&mut self, addr: u64, size: u64) -> Result<(), EmuError> {
+        self.cpu.mmu.add_ram(addr, size)?;
+        Ok(())
+    }
+
+    /// Writes `data` at `addr`. Translated code there is dropped.
+    ///
+    /// # Errors
+    ///
+    /// [`EmuError::Memory`] if any byte is unmapped (nothing is written then).
+    pub fn write_memory(&mut self, addr: u64, data: &[u8]) -> Result<(), EmuError> {
+        self.cpu.mmu.write_bytes(addr, data)?;
+        self.drop_written_code();
+        Ok(())
+    }
+
+    /// Reads `buf.len()` bytes at `addr`.
+    ///
+    /// # Errors
+    ///
+    /// [`EmuError::Memory`] if any byte is unmapped.
+    pub fn read_memory(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), EmuError> {
+        self.cpu.mmu.read_bytes(addr, buf)?;
+        Ok(())
+    }
+
+    /// The CPU state.
+    pub fn cpu(&self) -> &Cpu {
+        &self.cpu
+    }
+
+    /// The CPU state, mutably.
+    pub fn cpu_mut(&mut self) -> &mut Cpu {
+        &mut self.cpu
+    }
+
+    /// Reads a register: any GPR (8/16/32/64-bit names), RIP, FS/GS (their bases).
+    ///
+    /// # Errors
+    ///
+    /// [`EmuError::UnsupportedRegister`] for other registers.
+    pub fn reg(&self, r: Register) -> Result<u64, EmuError> {
+        use crate::translate::register_number as num;
+        let cpu = &self.cpu;
+        Ok(match r {
+            Register::RIP => cpu.rip,
+            Register::FS => cpu.seg_base[crate::cpu::seg::FS as usize],
+            Register::GS => cpu.seg_base[crate::cpu::seg::GS as usize],
+            r if r.is_gpr64() => cpu.reg::<8>(num(r)),
+            r if r.is_gpr32() => cpu.reg::<4>(num(r)),
+            r if r.is_gpr16() => cpu.reg::<2>(num(r)),
+            r if r.is_gpr8() => cpu.reg::<1>(num(r)),
+            r => return Err(EmuError::UnsupportedRegister(r)),
+        })
+    }
+
+    /// Writes a register, with the same coverage as [`Emulator::reg`]. Writing FS or GS
+    /// sets the segment base (FS_BASE / GS_BASE).
+    ///
+    /// # Errors
+    ///
+    /// [`EmuError::UnsupportedRegister`] for other registers.
+    pub fn set_reg(&mut self, r: Register, value: u64) -> Result<(), EmuError> {
+        use crate::translate::register_number as num;
+        let cpu = &mut self.cpu;
+        match r {
+            Register::RIP => cpu.rip = value,
+            Register::FS => cpu.seg_base[crate::cpu::seg::FS as usize] = value,
+            Register::GS => cpu.seg_base[crate::cpu::seg::GS as usize] = value,
+            r if r.is_gpr64() => cpu.set_reg::<8>(num(r), value),
+            r if r.is_gpr32() => cpu.set_reg::<4>(num(r), value),
+            r if r.is_gpr16() => cpu.set_reg::<2>(num(r), value),
+            r if r.is_gpr8() => cpu.set_reg::<1>(num(r), value),
+            r => return Err(EmuError::UnsupportedRegister(r)),
+        }
+        Ok(())
+    }
+
+    /// A handle that stops a run from another thread.
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle(self.stop.clone())
+    }
+
+    /// Adds a hook run before every instruction. Runs with code hooks are slower: each
+    /// instruction is dispatched separately.
+    pub fn add_code_hook(&mut self, hook: CodeHook) {
+        self.code_hooks.push(hook);
+    }
+
+    /// Adds a hook run on every data read and write. While memory hooks are installed
+    /// the soft TLB is bypassed.
+    pub fn add_mem_hook(&mut self, hook: Box<dyn FnMut(&MemAccessEvent) + Send>) {
+        self.cpu.mmu.add_hook(hook);
+    }
+
+    /// Adds a hook run on exceptions, software interrupts and SYSCALL.
+    pub fn add_interrupt_hook(&mut self, hook: InterruptHook) {
+        self.interrupt_hooks.push(hook);
+    }
+
+    /// Removes every hook.
+    pub fn clear_hooks(&mut self) {
+        self.code_hooks.clear();
+        self.interrupt_hooks.clear();
+        self.cpu.mmu.clear_hooks();
+    }
+
+    /// Number of translated blocks currently cached.
+    pub fn cached_blocks(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// Runs from `begin` until a stop condition or a guest event.
+    pub fn run(&mut self, begin: u64, options: &RunOptions) -> StopReason {
+        self.cpu.rip = begin;
+        self.stop.store(false, Ordering::Release);
+        let deadline = options.timeout.map(|t| Instant::now() + t);
+        let mut budget = options.max_instructions.unwrap_or(u64::MAX);
+        let until = options.until;
+        let mut until_clock = TIMEOUT_CHECK_BLOCKS;
+        loop {
+            let rip = self.cpu.rip;
+            if Some(rip) == until {
+                return StopReason::ReachedEnd;
+            }
+            if budget == 0 {
+                return StopReason::InstructionLimit;
+            }
+            if self.stop.load(Ordering::Relaxed) {
+                return StopReason::StopRequested;
+            }
+            until_clock -= 1;
+            if until_clock == 0 {
+                until_clock = TIMEOUT_CHECK_BLOCKS;
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return StopReason::Timeout;
+                }
+            }
+            let idx = match self.cache.lookup_fast(rip) {
+                Some(idx) => idx,
+                None => match self.find_or_translate(rip) {
+                    Ok(idx) => idx,
+                    Err(trap) => match self.deliver(trap, rip) {
+                        Some(stop) => return stop,
+                        None => continue,
+                    },
+                },
+            };
+            let block = self.cache.block(idx);
+            let mut limit = block.insns.len();
+            if budget < limit as u64 {
+                limit = budget as usize;
+            }
+            if let Some(u) = until {
+                if u > block.rip && u < block.end_rip {
+                    if let Some(i) = block.insns.iter().position(|i| i.rip == u) {
+                        limit = limit.min(i);
+                    }
+                }
+            }
+            let (executed, result) = if self.code_hooks.is_empty() {
+                run_block(&mut self.cpu, block, limit)
+            } else {
+                match run_block_hooked(&mut self.cpu, block, limit, &mut self.code_hooks) {
+                    Some(r) => r,
+                    None => return StopReason::HookRequested,
+                }
+            };
+            self.cpu.icount += executed as u64;
+            budget -= executed as u64;
+            if self.cpu.mmu.code_written() {
+                self.drop_written_code();
+            }
+            if let Err((trap, insn_rip)) = result {
+                if let Some(stop) = self.deliver(trap, insn_rip) {
+                    return stop;
+                }
+            }
+        }
+    }
+
+    fn find_or_translate(&mut self, rip: u64) -> Result<u32, Trap> {
+        let phys = self.cpu.mmu.translate(rip, emu_mmu::Access::Fetch)?;
+        if let Some(idx) = self.cache.lookup(phys, rip) {
+            return Ok(idx);
+        }
+        let block = translate_block(&mut self.cpu, rip)?;
+        Ok(self.cache.insert(phys, block))
+    }
+
+    fn drop_written_code(&mut self) {
+        for page in self.cpu.mmu.take_written_code_pages() {
+            self.cache.invalidate_page(page);
+        }
+    }
+
+    /// Handles a trap; `Some` ends the run.
+    fn deliver(&mut self, trap: Trap, insn_rip: u64) -> Option<StopReason> {
+        let event = match trap {
+            Trap::EndBlock => return None,
+            Trap::Halt => return Some(StopReason::Halted),
+            Trap::Memory(fault) => {
+                return Some(StopReason::Unmapped {
+                    fault,
+                    rip: insn_rip,
+                })
+            }
+            Trap::Exception(e) => InterruptEvent::Exception(e),
+            Trap::SoftwareInterrupt(v) => InterruptEvent::Software(v),
+            Trap::Syscall => InterruptEvent::Syscall,
+        };
+        for hook in &mut self.interrupt_hooks {
+            if hook(&mut self.cpu, event) {
+                return None;
+            }
+        }
+        Some(match event {
+            InterruptEvent::Exception(exception) => StopReason::Exception {
+                exception,
+                rip: insn_rip,
+            },
+            InterruptEvent::Software(vector) => StopReason::SoftwareInterrupt {
+                vector,
+                rip: self.cpu.rip,
+            },
+            InterruptEvent::Syscall => StopReason::Syscall { rip: self.cpu.rip },
+        })
+    }
+}
+
+/// Outcome of running (part of) a block: instructions retired, and the trap that ended
+/// it with the address of the instruction that raised it.
+type BlockOutcome = (usize, Result<(), (Trap, u64)>);
+
+/// Sets RIP after a trap from the instruction at `insn`: faults leave RIP on the
+/// instruction, completed events move it past, `EndBlock` keeps what the handler set.
+#[inline]
+fn settle_trap(cpu: &mut Cpu, insn: &crate::insn::Insn, trap: Trap, n: usize) -> BlockOutcome {
+    match trap {
+        Trap::Exception(_) | Trap::Memory(_) => {
+            cpu.rip = insn.rip;
+            (n, Err((trap, insn.rip)))
+        }
+        Trap::EndBlock => (n + 1, Err((trap, insn.rip))),
+        Trap::Halt | Trap::SoftwareInterrupt(_) | Trap::Syscall => {
+            cpu.rip = insn.next_rip();
+            (n + 1, Err((trap, insn.rip)))
+        }
+    }
+}
+
+/// Executes the first `limit` instructions of `block`: the hot loop.
+#[inline]
+fn run_block(cpu: &mut Cpu, block: &Block, limit: usize) -> BlockOutcome {
+    let insns = &block.insns[..limit];
+    for (n, insn) in insns.iter().enumerate() {
+        if let Err(trap) = (insn.exec)(cpu, insn) {
+            return settle_trap(cpu, insn, trap, n);
+        }
+        if cpu.mmu.code_written() {
+            // The instruction stored into translated code: the rest of this block may be
+            // stale, so leave it now.
+            let sets_rip = n + 1 == block.insns.len() && block.ends_in_branch;
+            if !sets_rip {
+                cpu.rip = insn.next_rip();
+            }
+            return (n + 1, Ok(()));
+        }
+    }
+    finish_block(cpu, block, limit);
+    (limit, Ok(()))
+}
+
+#[inline(always)]
+fn finish_block(cpu: &mut Cpu, block: &Block, limit: usize) {
+    if limit < block.insns.len() {
+        cpu.rip = block.insns[limit].rip;
+    } else if !block.ends_in_branch {
+        cpu.rip = block.end_rip;
+    }
+}
+
+/// As [`run_block`], calling the code hooks before each instruction. `None` means a hook
+/// asked to stop (RIP is at the instruction it was called for).
+fn run_block_hooked(
+    cpu: &mut Cpu,
+    block: &Block,
+    limit: usize,
+    hooks: &mut [CodeHook],
+) -> Option<BlockOutcome> {
+    for (n, insn) in block.insns[..limit].iter().enumerate() {
+        cpu.rip = insn.rip;
+        for hook in hooks.iter_mut() {
+            if hook(cpu, insn.rip, insn.len) == HookAction::Stop {
+                cpu.icount += n as u64;
+                return None;
+            }
+        }
+        if cpu.rip != insn.rip {
+            return Some((n, Ok(())));
+        }
+        if let Err(trap) = (insn.exec)(cpu, insn) {
+            return Some(settle_trap(cpu, insn, trap, n));
+        }
+        if cpu.mmu.code_written() {
+            let sets_rip = n + 1 == block.insns.len() && block.ends_in_branch;
+            if !sets_rip {
+                cpu.rip = insn.next_rip();
+            }
+            return Some((n + 1, Ok(())));
+        }
+    }
+    finish_block(cpu, block, limit);
+    Some((limit, Ok(())))
+}

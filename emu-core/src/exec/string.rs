@@ -1,0 +1,203 @@
+//! String instructions: MOVS, STOS, LODS, SCAS, CMPS in every width, with REP, REPE and
+//! REPNE, and 64- or 32-bit addressing.
+//!
+//! A repeated instruction runs in chunks: after [`REP_CHUNK`] iterations it ends its block
+//! with RIP still on itself, so stop requests (and, later, interrupts) are seen inside long
+//! loops. A fault part-way leaves RSI/RDI/RCX describing the iterations already done, with
+//! RIP on the instruction, exactly as the processor does.
+
+use iced_x86::Code;
+
+use crate::cpu::{mask, reg, Cpu};
+use crate::flags::FlagOp;
+use crate::insn::{Insn, OpEntry, OpTable, Step, Trap, ADDR32, REP, REPNE};
+
+/// Iterations a repeated string instruction runs before yielding to the run loop.
+pub const REP_CHUNK: u64 = 4096;
+
+const MOVS: u8 = 0;
+const STOS: u8 = 1;
+const LODS: u8 = 2;
+const SCAS: u8 = 3;
+const CMPS: u8 = 4;
+
+#[inline(always)]
+fn addr_reg(cpu: &Cpu, r: u8, a32: bool) -> u64 {
+    if a32 {
+        cpu.regs[r as usize] & 0xffff_ffff
+    } else {
+        cpu.regs[r as usize]
+    }
+}
+
+#[inline(always)]
+fn step_reg(cpu: &mut Cpu, r: u8, delta: u64, a32: bool) {
+    let v = cpu.regs[r as usize].wrapping_add(delta);
+    if a32 {
+        cpu.regs[r as usize] = v & 0xffff_ffff;
+    } else {
+        cpu.regs[r as usize] = v;
+    }
+}
+
+/// One iteration. Returns `Ok(zf)` for SCAS/CMPS (whether the compared values were equal).
+#[inline(always)]
+fn iterate<const OP: u8, const N: usize>(cpu: &mut Cpu, i: &Insn, a32: bool) -> Result<bool, Trap> {
+    let delta = if cpu.df() {
+        (N as u64).wrapping_neg()
+    } else {
+        N as u64
+    };
+    let src = addr_reg(cpu, reg::RSI, a32).wrapping_add(cpu.seg_base[i.seg as usize]);
+    let dst = addr_reg(cpu, reg::RDI, a32);
+    match OP {
+        MOVS => {
+            let v = cpu.mmu.read::<N>(src)?;
+            cpu.mmu.write::<N>(dst, v)?;
+            step_reg(cpu, reg::RSI, delta, a32);
+            step_reg(cpu, reg::RDI, delta, a32);
+            Ok(false)
+        }
+        STOS => {
+            let v = cpu.reg::<N>(reg::RAX);
+            cpu.mmu.write::<N>(dst, v)?;
+            step_reg(cpu, reg::RDI, delta, a32);
+            Ok(false)
+        }
+        LODS => {
+            let v = cpu.mmu.read::<N>(src)?;
+            cpu.set_reg::<N>(reg::RAX, v);
+            step_reg(cpu, reg::RSI, delta, a32);
+            Ok(false)
+        }
+        SCAS => {
+            let a = cpu.reg::<N>(reg::RAX);
+            let b = cpu.mmu.read::<N>(dst)?;
+            cpu.flags
+                .set::<N>(FlagOp::Sub, a, b, a.wrapping_sub(b) & mask::<N>());
+            step_reg(cpu, reg::RDI, delta, a32);
+            Ok(a == b)
+        }
+        _ => {
+            let a = cpu.mmu.read::<N>(src)?;
+            let b = cpu.mmu.read::<N>(dst)?;
+            cpu.flags
+                .set::<N>(FlagOp::Sub, a, b, a.wrapping_sub(b) & mask::<N>());
+            step_reg(cpu, reg::RSI, delta, a32);
+            step_reg(cpu, reg::RDI, delta, a32);
+            Ok(a == b)
+        }
+    }
+}
+
+fn string_op<const OP: u8, const N: usize>(cpu: &mut Cpu, i: &Insn) -> Step {
+    let a32 = i.flags & ADDR32 != 0;
+    if i.flags & (REP | REPNE) == 0 {
+        iterate::<OP, N>(cpu, i, a32)?;
+        return Ok(());
+    }
+    // Only SCAS and CMPS distinguish REPE from REPNE; the others treat F2 like F3.
+    let compares = OP == SCAS || OP == CMPS;
+    let until_equal = i.flags & REPNE != 0;
+    let mut done = 0;
+    loop {
+        let count = addr_reg(cpu, reg::RCX, a32);
+        if count == 0 {
+            return Ok(());
+        }
+        let equal = iterate::<OP, N>(cpu, i, a32)?;
+        step_reg(cpu, reg::RCX, u64::MAX, a32);
+        if compares && equal == until_equal {
+            return Ok(());
+        }
+        done += 1;
+        if done == REP_CHUNK && count > 1 {
+            cpu.rip = i.rip;
+            return Err(Trap::EndBlock);
+        }
+    }
+}
+
+pub(crate) fn register(t: &mut OpTable) {
+    let forms: [(Code, Code, Code, Code, u8); 5] = [
+        (
+            Code::Movsb_m8_m8,
+            Code::Movsw_m16_m16,
+            Code::Movsd_m32_m32,
+            Code::Movsq_m64_m64,
+            MOVS,
+        ),
+        (
+            Code::Stosb_m8_AL,
+            Code::Stosw_m16_AX,
+            Code::Stosd_m32_EAX,
+            Code::Stosq_m64_RAX,
+            STOS,
+        ),
+        (
+            Code::Lodsb_AL_m8,
+            Code::Lodsw_AX_m16,
+            Code::Lodsd_EAX_m32,
+            Code::Lodsq_RAX_m64,
+            LODS,
+        ),
+        (
+            Code::Scasb_AL_m8,
+            Code::Scasw_AX_m16,
+            Code::Scasd_EAX_m32,
+            Code::Scasq_RAX_m64,
+            SCAS,
+        ),
+        (
+            Code::Cmpsb_m8_m8,
+            Code::Cmpsw_m16_m16,
+            Code::Cmpsd_m32_m32,
+            Code::Cmpsq_m64_m64,
+            CMPS,
+        ),
+    ];
+    for (b, w, d, q, op) in forms {
+        let (hb, hw, hd, hq): (
+            crate::insn::Handler,
+            crate::insn::Handler,
+            crate::insn::Handler,
+            crate::insn::Handler,
+        ) = match op {
+            MOVS => (
+                string_op::<MOVS, 1>,
+                string_op::<MOVS, 2>,
+                string_op::<MOVS, 4>,
+                string_op::<MOVS, 8>,
+            ),
+            STOS => (
+                string_op::<STOS, 1>,
+                string_op::<STOS, 2>,
+                string_op::<STOS, 4>,
+                string_op::<STOS, 8>,
+            ),
+            LODS => (
+                string_op::<LODS, 1>,
+                string_op::<LODS, 2>,
+                string_op::<LODS, 4>,
+                string_op::<LODS, 8>,
+            ),
+            SCAS => (
+                string_op::<SCAS, 1>,
+                string_op::<SCAS, 2>,
+                string_op::<SCAS, 4>,
+                string_op::<SCAS, 8>,
+            ),
+            _ => (
+                string_op::<CMPS, 1>,
+                string_op::<CMPS, 2>,
+                string_op::<CMPS, 4>,
+                string_op::<CMPS, 8>,
+            ),
+        };
+        // String operands are implicit (RSI/RDI), so both table slots get the handler.
+        t.set(b, OpEntry::rm(hb, hb));
+        t.set(w, OpEntry::rm(hw, hw));
+        t.set(d, OpEntry::rm(hd, hd));
+        t.set(q, OpEntry::rm(hq, hq));
+    }
+}

@@ -1,0 +1,38 @@
+//! System-flavoured instructions available to user code: CPUID, RDTSC, RDTSCP.
+
+use iced_x86::Code;
+
+use crate::cpu::{reg, Cpu};
+use crate::cpuid;
+use crate::insn::{Insn, OpEntry, OpTable, Step};
+
+fn cpuid_insn(cpu: &mut Cpu, _: &Insn) -> Step {
+    let leaf = cpu.reg::<4>(reg::RAX) as u32;
+    let subleaf = cpu.reg::<4>(reg::RCX) as u32;
+    let [a, b, c, d] = cpuid::cpuid(leaf, subleaf);
+    cpu.set_reg::<4>(reg::RAX, a as u64);
+    cpu.set_reg::<4>(reg::RBX, b as u64);
+    cpu.set_reg::<4>(reg::RCX, c as u64);
+    cpu.set_reg::<4>(reg::RDX, d as u64);
+    Ok(())
+}
+
+fn rdtsc(cpu: &mut Cpu, _: &Insn) -> Step {
+    let tsc = cpu.tsc();
+    cpu.set_reg::<4>(reg::RAX, tsc & 0xffff_ffff);
+    cpu.set_reg::<4>(reg::RDX, tsc >> 32);
+    Ok(())
+}
+
+fn rdtscp(cpu: &mut Cpu, i: &Insn) -> Step {
+    rdtsc(cpu, i)?;
+    let aux = cpu.tsc_aux as u64;
+    cpu.set_reg::<4>(reg::RCX, aux);
+    Ok(())
+}
+
+pub(crate) fn register(t: &mut OpTable) {
+    t.set(Code::Cpuid, OpEntry::reg(cpuid_insn));
+    t.set(Code::Rdtsc, OpEntry::reg(rdtsc));
+    t.set(Code::Rdtscp, OpEntry::reg(rdtscp));
+}

@@ -1,0 +1,294 @@
+//! Block translation: guest bytes, decoded once by iced-x86, into [`Block`]s of
+//! pre-resolved [`Insn`] records.
+
+use emu_mmu::{Access, MemFault, PAGE_MASK, PAGE_SIZE};
+use iced_x86::{
+    ConditionCode, Decoder, DecoderError, DecoderOptions, Instruction, OpKind, Register,
+};
+
+use crate::cpu::{reg, seg, Cpu};
+use crate::exception::Exception;
+use crate::insn::{Flow, Insn, OpTable, Step, Trap, ADDR32, LOCKED, REP, REPNE};
+
+/// Most instructions one block holds.
+pub const MAX_BLOCK_INSNS: usize = 64;
+
+/// Longest x86 instruction.
+const MAX_INSN_LEN: usize = 15;
+
+/// A straight-line run of translated instructions.
+#[derive(Debug)]
+pub struct Block {
+    /// Virtual address of the first instruction.
+    pub rip: u64,
+    /// Address just after the last instruction (where execution falls through to).
+    pub end_rip: u64,
+    /// The instructions.
+    pub insns: Box<[Insn]>,
+    /// Whether the last instruction sets RIP itself.
+    pub ends_in_branch: bool,
+    /// Physical pages the block's bytes came from (one, or two if an instruction
+    /// straddles a page boundary).
+    pub pages: Vec<u64>,
+}
+
+/// Translates the block starting at `rip` in 64-bit mode.
+///
+/// # Errors
+///
+/// A fetch fault if the first instruction cannot be fetched. Later instructions that
+/// cannot be fetched end the block before them, so their fault is raised when reached.
+pub fn translate_block(cpu: &mut Cpu, rip: u64) -> Result<Block, Trap> {
+    let page_left = (PAGE_SIZE - (rip & !PAGE_MASK)) as usize;
+    let in_page = page_left.min(MAX_BLOCK_INSNS * MAX_INSN_LEN);
+    let mut buf = [0u8; MAX_BLOCK_INSNS * MAX_INSN_LEN + MAX_INSN_LEN];
+    let fetched = cpu.mmu.fetch_code(rip, &mut buf[..in_page + MAX_INSN_LEN]);
+    if fetched == 0 {
+        return Err(Trap::Memory(MemFault::Unmapped {
+            addr: rip,
+            access: Access::Fetch,
+        }));
+    }
+    let table = OpTable::global();
+    let mut decoder = Decoder::with_ip(64, &buf[..fetched], rip, DecoderOptions::NONE);
+    let mut insns = Vec::with_capacity(16);
+    let mut instr = Instruction::default();
+    let mut ends_in_branch = false;
+    let mut end_rip = rip;
+    while insns.len() < MAX_BLOCK_INSNS && decoder.position() < in_page.min(fetched) {
+        decoder.decode_out(&mut instr);
+        if instr.is_invalid() {
+            if decoder.last_error() == DecoderError::NoMoreBytes && fetched < buf.len() {
+                // The instruction runs into memory that is not mapped.
+                if insns.is_empty() {
+                    let addr = rip.wrapping_add(fetched as u64);
+                    return Err(Trap::Memory(MemFault::Unmapped {
+                        addr,
+                        access: Access::Fetch,
+                    }));
+                }
+                break;
+            }
+            insns.push(raise_ud_record(instr.ip(), instr.len().max(1)));
+            ends_in_branch = true;
+            end_rip = instr.next_ip();
+            break;
+        }
+        let (record, flow) = translate_insn(table, &instr);
+        insns.push(record);
+        end_rip = instr.next_ip();
+        if flow != Flow::Next {
+            ends_in_branch = flow == Flow::Branch;
+            break;
+        }
+    }
+    let mut pages = vec![rip & PAGE_MASK];
+    let last_byte = end_rip.wrapping_sub(1) & PAGE_MASK;
+    if last_byte != rip & PAGE_MASK {
+        pages.push(last_byte);
+    }
+    for &page in &pages {
+        cpu.mmu.mark_code_page(page);
+    }
+    Ok(Block {
+        rip,
+        end_rip,
+        insns: insns.into_boxed_slice(),
+        ends_in_branch,
+        pages,
+    })
+}
+
+fn raise_ud(_: &mut Cpu, _: &Insn) -> Step {
+    Err(Trap::Exception(Exception::InvalidOpcode))
+}
+
+fn raise_ud_record(rip: u64, len: usize) -> Insn {
+    Insn {
+        exec: raise_ud,
+        rip,
+        disp: 0,
+        imm: 0,
+        len: len as u8,
+        dst: 0,
+        src: 0,
+        base: reg::ZERO,
+        index: reg::ZERO,
+        scale: 0,
+        seg: seg::FLAT,
+        flags: 0,
+        imm2: 0,
+    }
+}
+
+/// Translates one decoded instruction into its record; unknown or invalid ones become a
+/// record that raises #UD when executed.
+pub fn translate_insn(table: &OpTable, instr: &Instruction) -> (Insn, Flow) {
+    let ud = (raise_ud_record(instr.ip(), instr.len()), Flow::Branch);
+    let Some(entry) = table.get(instr.code()) else {
+        return ud;
+    };
+    let has_mem = (0..instr.op_count()).any(|i| instr.op_kind(i) == OpKind::Memory);
+    let handler = if has_mem { entry.mem } else { entry.reg };
+    let Some(handler) = handler else { return ud };
+    if instr.has_lock_prefix() && !(entry.lockable && has_mem) {
+        return ud;
+    }
+    let mut insn = raise_ud_record(instr.ip(), instr.len());
+    insn.exec = handler;
+    if instr.has_lock_prefix() {
+        insn.flags |= LOCKED;
+    }
+    if instr.is_string_instruction() {
+        if instr.has_rep_prefix() {
+            insn.flags |= REP;
+        } else if instr.has_repne_prefix() {
+            insn.flags |= REPNE;
+        }
+    }
+    let mut regs_seen = 0;
+    let mut imms_seen = 0;
+    for i in 0..instr.op_count() {
+        match instr.op_kind(i) {
+            OpKind::Register => {
+                let r = register_number(instr.op_register(i));
+                match regs_seen {
+                    0 => insn.dst = r,
+                    1 => insn.src = r,
+                    _ => insn.imm2 = r as u32,
+                }
+                regs_seen += 1;
+            }
+            OpKind::Memory => resolve_memory(instr, &mut insn),
+            OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64 => {
+                insn.imm = instr.near_branch_target();
+            }
+            OpKind::Immediate8
+            | OpKind::Immediate8_2nd
+            | OpKind::Immediate16
+            | OpKind::Immediate32
+            | OpKind::Immediate64
+            | OpKind::Immediate8to16
+            | OpKind::Immediate8to32
+            | OpKind::Immediate8to64
+            | OpKind::Immediate32to64 => {
+                let value = instr.immediate(i);
+                if imms_seen == 0 {
+                    insn.imm = value;
+                } else {
+                    insn.imm2 = value as u32;
+                }
+                imms_seen += 1;
+            }
+            OpKind::MemorySegSI
+            | OpKind::MemorySegESI
+            | OpKind::MemorySegRSI
+            | OpKind::MemorySegDI
+            | OpKind::MemorySegEDI
+            | OpKind::MemorySegRDI => {
+                insn.seg = segment_in_64bit_mode(instr.memory_segment());
+                if matches!(
+                    instr.op_kind(i),
+                    OpKind::MemorySegESI | OpKind::MemorySegEDI
+                ) {
+                    insn.flags |= ADDR32;
+                }
+            }
+            OpKind::MemoryESDI | OpKind::MemoryESEDI | OpKind::MemoryESRDI => {
+                if instr.op_kind(i) == OpKind::MemoryESEDI {
+                    insn.flags |= ADDR32;
+                }
+            }
+            _ => return ud,
+        }
+    }
+    if instr.condition_code() != ConditionCode::None {
+        // Jcc, SETcc, CMOVcc: condition number 0 (O) .. 15 (G), as in the opcode.
+        insn.imm2 = instr.condition_code() as u32 - 1;
+    }
+    (insn, entry.flow)
+}
+
+fn resolve_memory(instr: &Instruction, insn: &mut Insn) {
+    let base = instr.memory_base();
+    let index = instr.memory_index();
+    if base == Register::RIP || base == Register::EIP {
+        insn.disp = instr.ip_rel_memory_address();
+        insn.base = reg::ZERO;
+        if base == Register::EIP {
+            insn.flags |= ADDR32;
+        }
+    } else {
+        insn.disp = instr.memory_displacement64();
+        insn.base = if base == Register::None {
+            reg::ZERO
+        } else {
+            register_number(base)
+        };
+        if base.is_gpr32() || index.is_gpr32() {
+            insn.flags |= ADDR32;
+        }
+    }
+    insn.index = if index == Register::None {
+        reg::ZERO
+    } else {
+        register_number(index)
+    };
+    insn.scale = instr.memory_index_scale().trailing_zeros() as u8;
+    insn.seg = segment_in_64bit_mode(instr.memory_segment());
+}
+
+/// In 64-bit mode only FS and GS have bases; every other segment is flat.
+fn segment_in_64bit_mode(segment: Register) -> u8 {
+    match segment {
+        Register::FS => seg::FS,
+        Register::GS => seg::GS,
+        _ => seg::FLAT,
+    }
+}
+
+/// Our number for an iced register: GPRs 0..15 (8-bit high registers with
+/// [`reg::HIGH_BYTE`]), XMM 0..15, segment registers 0..5.
+pub fn register_number(r: Register) -> u8 {
+    let n = r as u32;
+    if r.is_gpr8() {
+        let i = n - Register::AL as u32;
+        match i {
+            0..=3 => i as u8,
+            4..=7 => reg::HIGH_BYTE | (i as u8 - 4),
+            8..=11 => i as u8 - 4,
+            _ => i as u8 - 4,
+        }
+    } else if r.is_gpr16() {
+        (n - Register::AX as u32) as u8
+    } else if r.is_gpr32() {
+        (n - Register::EAX as u32) as u8
+    } else if r.is_gpr64() {
+        (n - Register::RAX as u32) as u8
+    } else if r.is_xmm() {
+        (n - Register::XMM0 as u32) as u8
+    } else if r.is_segment_register() {
+        (n - Register::ES as u32) as u8
+    } else {
+        0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn register_numbers_cover_high_bytes_and_rex_bytes() {
+        assert_eq!(register_number(Register::AL), 0);
+        assert_eq!(register_number(Register::AH), reg::HIGH_BYTE);
+        assert_eq!(register_number(Register::BH), reg::HIGH_BYTE | 3);
+        assert_eq!(register_number(Register::SPL), 4);
+        assert_eq!(register_number(Register::DIL), 7);
+        assert_eq!(register_number(Register::R8L), 8);
+        assert_eq!(register_number(Register::R15L), 15);
+        assert_eq!(register_number(Register::R15D), 15);
+        assert_eq!(register_number(Register::XMM9), 9);
+        assert_eq!(register_number(Register::GS), 5);
+    }
+}

@@ -1,0 +1,285 @@
+//! Behaviour of the run loop and block cache: stop conditions, #UD for unknown
+//! instructions, self-modifying code, hooks, and random code never panicking the host.
+
+use emu_core::{Emulator, Exception, HookAction, InterruptEvent, Register, RunOptions, StopReason};
+use iced_x86::code_asm::*;
+
+const CODE: u64 = 0x1000;
+const DATA: u64 = 0x10_0000;
+const STACK_TOP: u64 = 0x20_0000;
+
+fn machine(code: &[u8]) -> Emulator {
+    let mut emu = Emulator::new();
+    emu.map_memory(0, 0x20_0000).unwrap();
+    emu.write_memory(CODE, code).unwrap();
+    emu.set_reg(Register::RSP, STACK_TOP - 0x100).unwrap();
+    emu
+}
+
+fn assemble(build: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> Vec<u8> {
+    let mut a = CodeAssembler::new(64).unwrap();
+    build(&mut a).unwrap();
+    a.assemble(CODE).unwrap()
+}
+
+#[test]
+fn loop_with_calls_computes_the_right_sum() {
+    let code = assemble(|a| {
+        let mut top = a.create_label();
+        let mut func = a.create_label();
+        let mut done = a.create_label();
+        a.xor(rax, rax)?;
+        a.mov(rcx, 100u64)?;
+        a.set_label(&mut top)?;
+        a.call(func)?;
+        a.dec(rcx)?;
+        a.jnz(top)?;
+        a.jmp(done)?;
+        a.set_label(&mut func)?;
+        a.add(rax, rcx)?;
+        a.ret()?;
+        a.set_label(&mut done)?;
+        a.hlt()
+    });
+    let mut emu = machine(&code);
+    assert_eq!(emu.run(CODE, &RunOptions::default()), StopReason::Halted);
+    assert_eq!(emu.reg(Register::RAX).unwrap(), 5050);
+    assert_eq!(emu.reg(Register::RSP).unwrap(), STACK_TOP - 0x100);
+}
+
+#[test]
+fn unknown_instruction_is_a_guest_invalid_opcode() {
+    // 0F 0B is UD2; 0F 04 is not an x86-64 instruction at all.
+    for bytes in [&[0x90u8, 0x0f, 0x0b][..], &[0x90, 0x0f, 0x04][..]] {
+        let mut emu = machine(bytes);
+        let stop = emu.run(CODE, &RunOptions::default());
+        assert_eq!(
+            stop,
+            StopReason::Exception {
+                exception: Exception::InvalidOpcode,
+                rip: CODE + 1
+            }
+        );
+        assert_eq!(emu.reg(Register::RIP).unwrap(), CODE + 1);
+    }
+}
+
+#[test]
+fn invalid_opcode_reaches_the_interrupt_hook_which_can_resume() {
+    let code = [0x0f, 0x0b, 0xf4]; // ud2; hlt
+    let mut emu = machine(&code);
+    emu.add_interrupt_hook(Box::new(|cpu, event| {
+        assert_eq!(event, InterruptEvent::Exception(Exception::InvalidOpcode));
+        cpu.rip += 2;
+        true
+    }));
+    assert_eq!(emu.run(CODE, &RunOptions::default()), StopReason::Halted);
+}
+
+#[test]
+fn self_modifying_loop_runs_the_new_code() {
+    // The loop body's `add rax, imm8` immediate is rewritten by the loop itself each
+    // iteration: iteration k adds k. Sum over k = 1..=10 is 55.
+    let code = assemble(|a| {
+        let mut top = a.create_label();
+        let mut patch = a.create_label();
+        a.xor(rax, rax)?;
+        a.mov(rcx, 1u64)?;
+        a.set_label(&mut top)?;
+        a.lea(rdx, ptr(patch))?;
+        a.mov(byte_ptr(rdx + 3), cl)?; // the imm8 of the `add rax, imm8` below
+        a.set_label(&mut patch)?;
+        a.db(&[0x48, 0x83, 0xc0, 0x7f])?; // add rax, imm8
+        a.inc(rcx)?;
+        a.cmp(rcx, 11)?;
+        a.jne(top)?;
+        a.hlt()
+    });
+    let mut emu = machine(&code);
+    assert_eq!(emu.run(CODE, &RunOptions::default()), StopReason::Halted);
+    assert_eq!(emu.reg(Register::RAX).unwrap(), 55);
+}
+
+#[test]
+fn code_written_by_the_host_between_runs_is_retranslated() {
+    let mut emu = machine(&[0xb8, 1, 0, 0, 0, 0xf4]); // mov eax, 1; hlt
+    emu.run(CODE, &RunOptions::default());
+    assert_eq!(emu.reg(Register::RAX).unwrap(), 1);
+    emu.write_memory(CODE + 1, &[2]).unwrap();
+    emu.run(CODE, &RunOptions::default());
+    assert_eq!(emu.reg(Register::RAX).unwrap(), 2);
+}
+
+#[test]
+fn stops_at_until_address_and_instruction_count() {
+    let code = assemble(|a| {
+        a.mov(eax, 1u32)?;
+        a.mov(ebx, 2u32)?;
+        a.mov(ecx, 3u32)?;
+        a.hlt()
+    });
+    let mut emu = machine(&code);
+    let until = CODE + 5; // after the first mov
+    let stop = emu.run(
+        CODE,
+        &RunOptions {
+            until: Some(until),
+            ..Default::default()
+        },
+    );
+    assert_eq!(stop, StopReason::ReachedEnd);
+    assert_eq!(emu.reg(Register::RIP).unwrap(), until);
+    assert_eq!(emu.reg(Register::RBX).unwrap(), 0);
+    let stop = emu.run(
+        CODE,
+        &RunOptions {
+            max_instructions: Some(2),
+            ..Default::default()
+        },
+    );
+    assert_eq!(stop, StopReason::InstructionLimit);
+    assert_eq!(emu.reg(Register::RBX).unwrap(), 2);
+    assert_eq!(emu.reg(Register::RCX).unwrap(), 0);
+}
+
+#[test]
+fn infinite_loop_stops_on_timeout_and_on_request_from_another_thread() {
+    let mut emu = machine(&[0xeb, 0xfe]); // jmp $
+    let stop = emu.run(
+        CODE,
+        &RunOptions {
+            timeout: Some(std::time::Duration::from_millis(50)),
+            ..Default::default()
+        },
+    );
+    assert_eq!(stop, StopReason::Timeout);
+    let handle = emu.stop_handle();
+    let stopper = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        handle.stop();
+    });
+    assert_eq!(
+        emu.run(CODE, &RunOptions::default()),
+        StopReason::StopRequested
+    );
+    stopper.join().unwrap();
+}
+
+#[test]
+fn code_hook_sees_each_instruction_and_can_stop() {
+    let code = assemble(|a| {
+        a.nop()?;
+        a.nop()?;
+        a.nop()?;
+        a.hlt()
+    });
+    let mut emu = machine(&code);
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s = seen.clone();
+    emu.add_code_hook(Box::new(move |_, rip, _| {
+        s.lock().unwrap().push(rip);
+        if rip == CODE + 2 {
+            HookAction::Stop
+        } else {
+            HookAction::Continue
+        }
+    }));
+    assert_eq!(
+        emu.run(CODE, &RunOptions::default()),
+        StopReason::HookRequested
+    );
+    assert_eq!(*seen.lock().unwrap(), vec![CODE, CODE + 1, CODE + 2]);
+    assert_eq!(emu.reg(Register::RIP).unwrap(), CODE + 2);
+}
+
+#[test]
+fn memory_hook_sees_loads_and_stores() {
+    let code = assemble(|a| {
+        a.mov(rax, DATA)?;
+        a.mov(qword_ptr(rax), 0x1234)?;
+        a.mov(rbx, qword_ptr(rax))?;
+        a.hlt()
+    });
+    let mut emu = machine(&code);
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s = seen.clone();
+    emu.add_mem_hook(Box::new(move |e| {
+        s.lock().unwrap().push((e.access, e.addr, e.value))
+    }));
+    emu.run(CODE, &RunOptions::default());
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0], (emu_mmu::Access::Write, DATA, 0x1234));
+    assert_eq!(seen[1], (emu_mmu::Access::Read, DATA, 0x1234));
+}
+
+#[test]
+fn unmapped_fetch_and_data_access_stop_cleanly() {
+    let mut emu = machine(&[0xff, 0xe0]); // jmp rax
+    emu.set_reg(Register::RAX, 0x4000_0000).unwrap();
+    let stop = emu.run(CODE, &RunOptions::default());
+    assert!(
+        matches!(
+            stop,
+            StopReason::Unmapped {
+                rip: 0x4000_0000,
+                ..
+            }
+        ),
+        "{stop:?}"
+    );
+    let mut emu = machine(&[0x48, 0x8b, 0x00]); // mov rax, [rax]
+    emu.set_reg(Register::RAX, 0x4000_0000).unwrap();
+    let stop = emu.run(CODE, &RunOptions::default());
+    assert!(
+        matches!(stop, StopReason::Unmapped { rip: CODE, .. }),
+        "{stop:?}"
+    );
+    assert_eq!(
+        emu.reg(Register::RAX).unwrap(),
+        0x4000_0000,
+        "faulting load changed nothing"
+    );
+}
+
+#[test]
+fn divide_by_zero_is_a_guest_exception_with_no_effect() {
+    let code = assemble(|a| {
+        a.mov(eax, 7u32)?;
+        a.xor(ecx, ecx)?;
+        a.div(ecx)?;
+        a.hlt()
+    });
+    let mut emu = machine(&code);
+    let stop = emu.run(CODE, &RunOptions::default());
+    assert_eq!(
+        stop,
+        StopReason::Exception {
+            exception: Exception::DivideError,
+            rip: CODE + 7
+        }
+    );
+    assert_eq!(emu.reg(Register::RAX).unwrap(), 7);
+}
+
+mod random_code {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        /// Arbitrary bytes as guest code: the run ends with some stop reason and the
+        /// host never panics.
+        #[test]
+        fn random_bytes_never_panic_the_host(bytes in proptest::collection::vec(any::<u8>(), 1..64),
+                                             regs in proptest::array::uniform4(any::<u64>())) {
+            let mut emu = machine(&bytes);
+            emu.set_reg(Register::RAX, regs[0]).unwrap();
+            emu.set_reg(Register::RBX, regs[1] & 0x1f_ffff).unwrap();
+            emu.set_reg(Register::RCX, regs[2] & 0xffff).unwrap();
+            emu.set_reg(Register::RSI, regs[3]).unwrap();
+            emu.run(CODE, &RunOptions { max_instructions: Some(10_000), ..Default::default() });
+        }
+    }
+}

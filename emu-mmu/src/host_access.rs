@@ -9,46 +9,80 @@
 //! entry exists, and removing RAM flushes the TLB first.
 //!
 //! Guest RAM may be touched concurrently by other vCPUs and device threads, so it is never
-//! turned into `&[u8]`/`&mut [u8]` (which would promise exclusivity). Accesses are volatile
-//! reads and writes of byte arrays, which have alignment 1 and so are valid at any address,
-//! as guest accesses may be unaligned.
+//! turned into `&[u8]`/`&mut [u8]` (which would promise exclusivity). Aligned accesses are
+//! relaxed atomics; unaligned ones and bulk copies are byte-wise volatile accesses, which
+//! are valid at any address.
+
+use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 /// Loads `N` little-endian bytes (N is 1, 2, 4 or 8) and zero-extends them to a `u64`.
+///
+/// Naturally aligned accesses (nearly all of them) are single relaxed atomic loads, which
+/// compile to one plain load on x86-64 and aarch64 and are well defined even while another
+/// thread writes the same bytes. Unaligned ones are assembled from byte-wise volatile loads.
 ///
 /// # Safety
 ///
 /// `ptr..ptr + N` must lie inside a live guest RAM region (see the module invariants).
 #[inline(always)]
 pub unsafe fn load<const N: usize>(ptr: *const u8) -> u64 {
-    // SAFETY: the caller guarantees `ptr..ptr + N` is inside a live RAM region; `[u8; K]`
-    // has alignment 1, so the volatile read is valid at any address.
+    if (ptr as usize) & (N - 1) != 0 {
+        // SAFETY: forwarded caller guarantee.
+        return unsafe { load_bytewise::<N>(ptr) };
+    }
+    // SAFETY: the caller guarantees `ptr..ptr + N` is inside a live RAM region, and the
+    // check above made `ptr` aligned for the atomic type. Guest RAM is only ever accessed
+    // through atomics or volatile accesses, never through references.
     unsafe {
         match N {
-            1 => ptr.read_volatile() as u64,
-            2 => u16::from_le_bytes((ptr as *const [u8; 2]).read_volatile()) as u64,
-            4 => u32::from_le_bytes((ptr as *const [u8; 4]).read_volatile()) as u64,
-            8 => u64::from_le_bytes((ptr as *const [u8; 8]).read_volatile()),
+            1 => AtomicU8::from_ptr(ptr as *mut u8).load(Ordering::Relaxed) as u64,
+            2 => u16::from_le(AtomicU16::from_ptr(ptr as *mut u16).load(Ordering::Relaxed)) as u64,
+            4 => u32::from_le(AtomicU32::from_ptr(ptr as *mut u32).load(Ordering::Relaxed)) as u64,
+            8 => u64::from_le(AtomicU64::from_ptr(ptr as *mut u64).load(Ordering::Relaxed)),
             _ => unreachable!("access width must be 1, 2, 4 or 8"),
         }
     }
 }
 
-/// Stores the low `N` bytes of `value` little-endian (N is 1, 2, 4 or 8).
+/// Stores the low `N` bytes of `value` little-endian (N is 1, 2, 4 or 8); aligned stores
+/// are single relaxed atomic stores, unaligned ones byte-wise volatile stores.
 ///
 /// # Safety
 ///
 /// `ptr..ptr + N` must lie inside a live guest RAM region (see the module invariants).
 #[inline(always)]
 pub unsafe fn store<const N: usize>(ptr: *mut u8, value: u64) {
-    // SAFETY: as for `load`; the region is writable RAM.
+    if (ptr as usize) & (N - 1) != 0 {
+        // SAFETY: forwarded caller guarantee.
+        return unsafe { store_bytewise::<N>(ptr, value) };
+    }
+    // SAFETY: as in `load`; the region is writable RAM.
     unsafe {
         match N {
-            1 => ptr.write_volatile(value as u8),
-            2 => (ptr as *mut [u8; 2]).write_volatile((value as u16).to_le_bytes()),
-            4 => (ptr as *mut [u8; 4]).write_volatile((value as u32).to_le_bytes()),
-            8 => (ptr as *mut [u8; 8]).write_volatile(value.to_le_bytes()),
+            1 => AtomicU8::from_ptr(ptr).store(value as u8, Ordering::Relaxed),
+            2 => AtomicU16::from_ptr(ptr as *mut u16).store((value as u16).to_le(), Ordering::Relaxed),
+            4 => AtomicU32::from_ptr(ptr as *mut u32).store((value as u32).to_le(), Ordering::Relaxed),
+            8 => AtomicU64::from_ptr(ptr as *mut u64).store(value.to_le(), Ordering::Relaxed),
             _ => unreachable!("access width must be 1, 2, 4 or 8"),
         }
+    }
+}
+
+#[cold]
+unsafe fn load_bytewise<const N: usize>(ptr: *const u8) -> u64 {
+    let mut value = 0u64;
+    for i in 0..N {
+        // SAFETY: `ptr + i` is inside the range the caller vouched for.
+        value |= (unsafe { ptr.add(i).read_volatile() } as u64) << (8 * i);
+    }
+    value
+}
+
+#[cold]
+unsafe fn store_bytewise<const N: usize>(ptr: *mut u8, value: u64) {
+    for i in 0..N {
+        // SAFETY: `ptr + i` is inside the range the caller vouched for.
+        unsafe { ptr.add(i).write_volatile((value >> (8 * i)) as u8) };
     }
 }
 

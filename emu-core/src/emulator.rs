@@ -4,6 +4,19 @@
 //! address until an end address, an instruction count, a time limit or a stop request
 //! from another thread, with hooks on code, memory accesses and interrupts. Whole
 //! machines (devices, firmware, kernels) are assembled on top of it in `emu-vmm`.
+//!
+//! ```
+//! use emu_core::{Emulator, Register, RunOptions, StopReason};
+//!
+//! let mut emu = Emulator::new();
+//! emu.map_memory(0x1000, 0x1000)?;
+//! emu.write_memory(0x1000, &[0x48, 0x01, 0xd8, 0xf4])?; // add rax, rbx; hlt
+//! emu.set_reg(Register::RAX, 2)?;
+//! emu.set_reg(Register::RBX, 3)?;
+//! assert_eq!(emu.run(0x1000, &RunOptions::default()), StopReason::Halted);
+//! assert_eq!(emu.reg(Register::RAX)?, 5);
+//! # Ok::<(), emu_core::EmuError>(())
+//! ```
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -221,11 +221,10 @@ impl OpTable {
 
     /// Every implemented code.
     pub fn codes(&self) -> impl Iterator<Item = Code> + '_ {
-        self.entries
-            .iter()
-            .enumerate()
+        Code::values()
+            .zip(&self.entries)
             .filter(|(_, e)| e.is_some())
-            .filter_map(|(i, _)| Code::values().nth(i))
+            .map(|(code, _)| code)
     }
 
     /// The table, built on first use.

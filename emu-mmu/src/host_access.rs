@@ -60,8 +60,10 @@ pub unsafe fn store<const N: usize>(ptr: *mut u8, value: u64) {
     unsafe {
         match N {
             1 => AtomicU8::from_ptr(ptr).store(value as u8, Ordering::Relaxed),
-            2 => AtomicU16::from_ptr(ptr as *mut u16).store((value as u16).to_le(), Ordering::Relaxed),
-            4 => AtomicU32::from_ptr(ptr as *mut u32).store((value as u32).to_le(), Ordering::Relaxed),
+            2 => AtomicU16::from_ptr(ptr as *mut u16)
+                .store((value as u16).to_le(), Ordering::Relaxed),
+            4 => AtomicU32::from_ptr(ptr as *mut u32)
+                .store((value as u32).to_le(), Ordering::Relaxed),
             8 => AtomicU64::from_ptr(ptr as *mut u64).store(value.to_le(), Ordering::Relaxed),
             _ => unreachable!("access width must be 1, 2, 4 or 8"),
         }

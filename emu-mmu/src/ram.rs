@@ -150,7 +150,7 @@ mod tests {
             Err(RamError::Overlap { .. })
         ));
         assert!(matches!(
-            ram.add_region(u64::MAX & PAGE_MASK, 0x2000),
+            ram.add_region(PAGE_MASK, 0x2000),
             Err(RamError::Overflow { .. })
         ));
         ram.add_region(0x0, 0x10000).unwrap();

@@ -169,10 +169,9 @@ fn double_shift<const LEFT: bool, const N: usize>(
             cat
         };
         let shifted = cat << count;
-        (
-            ((shifted >> bits) as u64) & mask::<N>(),
-            (shifted >> (2 * bits)) & 1 != 0,
-        )
+        // CF is the last bit shifted out of `a` (undefined for counts above the width).
+        let cf = count <= bits && (a >> (bits - count)) & 1 != 0;
+        (((shifted >> bits) as u64) & mask::<N>(), cf)
     } else {
         let cat = ((b as u128) << bits) | a as u128;
         let cat = if N == 2 {

@@ -24,7 +24,10 @@ fn translate(c: &mut Criterion) {
         let block = translate_block(&mut cpu, rip).unwrap();
         rip = block.insns[0].next_rip();
     }
-    let insns: usize = starts.iter().map(|&s| translate_block(&mut cpu, s).unwrap().insns.len()).sum();
+    let insns: usize = starts
+        .iter()
+        .map(|&s| translate_block(&mut cpu, s).unwrap().insns.len())
+        .sum();
     let mut group = c.benchmark_group("translate");
     group.throughput(Throughput::Elements(insns as u64));
     group.bench_function("mips_program_all_entry_points", |b| {
@@ -45,7 +48,10 @@ fn mips_loop(c: &mut Criterion) {
     emu.write_memory(CODE_ADDR, &mips_program(PASSES)).unwrap();
     emu.set_reg(Register::RSP, STACK_TOP).unwrap();
     let before = emu.cpu().icount;
-    assert_eq!(emu.run(CODE_ADDR, &RunOptions::default()), StopReason::Halted);
+    assert_eq!(
+        emu.run(CODE_ADDR, &RunOptions::default()),
+        StopReason::Halted
+    );
     let per_run = emu.cpu().icount - before;
     let mut group = c.benchmark_group("execute");
     group.throughput(Throughput::Elements(per_run));
@@ -53,7 +59,10 @@ fn mips_loop(c: &mut Criterion) {
     group.bench_function("mips_loop_20_passes", |b| {
         b.iter(|| {
             emu.set_reg(Register::RSP, STACK_TOP).unwrap();
-            assert_eq!(emu.run(CODE_ADDR, &RunOptions::default()), StopReason::Halted);
+            assert_eq!(
+                emu.run(CODE_ADDR, &RunOptions::default()),
+                StopReason::Halted
+            );
         })
     });
     group.finish();
@@ -68,7 +77,9 @@ fn tlb_hit(c: &mut Criterion) {
     mmu.read::<8>(0x2000).unwrap();
     let mut group = c.benchmark_group("tlb");
     group.throughput(Throughput::Elements(1));
-    group.bench_function("load_u64_hit", |b| b.iter(|| mmu.read::<8>(black_box(0x2008)).unwrap()));
+    group.bench_function("load_u64_hit", |b| {
+        b.iter(|| mmu.read::<8>(black_box(0x2008)).unwrap())
+    });
     group.bench_function("store_u64_hit", |b| {
         b.iter(|| mmu.write::<8>(black_box(0x2010), black_box(7)).unwrap())
     });

@@ -16,7 +16,8 @@ const PASSES: u32 = 5600;
 fn main() {
     let mut emu = Emulator::new();
     emu.map_memory(0, RAM_SIZE).expect("map guest RAM");
-    emu.write_memory(CODE_ADDR, &mips_program(PASSES)).expect("load program");
+    emu.write_memory(CODE_ADDR, &mips_program(PASSES))
+        .expect("load program");
     emu.set_reg(Register::RSP, STACK_TOP).expect("set RSP");
     let start = Instant::now();
     let stop = emu.run(CODE_ADDR, &RunOptions::default());

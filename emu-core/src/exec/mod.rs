@@ -13,6 +13,7 @@ pub mod data;
 pub mod logic;
 pub mod muldiv;
 pub mod shift;
+pub mod sse;
 pub mod stack;
 pub mod string;
 pub mod system;
@@ -32,6 +33,7 @@ pub(crate) fn register_all(t: &mut OpTable) {
     control::register(t);
     string::register(t);
     system::register(t);
+    sse::register(t);
 }
 
 /// Reads the `N`-byte memory operand of `i`.

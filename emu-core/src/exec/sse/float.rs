@@ -237,32 +237,41 @@ fn addsub<F: Format, const MEM: bool>(cpu: &mut Cpu, i: &Insn) -> Step {
 /// DPPS/DPPD: products of the lanes selected by imm bits 4.., summed pairwise
 /// ((p0 + p1) + (p2 + p3)), written to the lanes selected by imm bits 0.. (others zero).
 /// Unselected products are +0.0 and raise nothing.
+///
+/// The hardware runs this in stages (the products, then the pairwise sums, then the final
+/// sum), each an ordinary SSE operation on the previous stage's results: a denormal
+/// product is a denormal operand of the next stage, and an unmasked exception in one stage
+/// stops the instruction before the next stage raises anything.
 fn dot<F: Format, const MEM: bool>(cpu: &mut Cpu, i: &Insn) -> Step {
     let b = src128::<MEM>(cpu, i)?;
     let a = xmm(cpu, i.dst);
     let imm = i.imm as u8;
-    let mut env = Env::new(cpu.mxcsr);
     let n = lanes::<F>();
+    let mut env = Env::new(cpu.mxcsr);
     let mut p = [0u64; 4];
     for (k, slot) in p.iter_mut().enumerate().take(n) {
         if imm & (0x10 << k) != 0 {
             *slot = softfp::mul::<F>(lane::<F>(a, k), lane::<F>(b, k), &mut env);
         }
     }
+    commit_fp(cpu, env.flags)?;
+    let mut env = Env::new(cpu.mxcsr);
     let sum = if n == 4 {
         let lo = softfp::add::<F>(p[0], p[1], &mut env);
         let hi = softfp::add::<F>(p[2], p[3], &mut env);
+        commit_fp(cpu, env.flags)?;
+        env = Env::new(cpu.mxcsr);
         softfp::add::<F>(lo, hi, &mut env)
     } else {
         softfp::add::<F>(p[0], p[1], &mut env)
     };
+    commit_fp(cpu, env.flags)?;
     let mut r = 0;
     for k in 0..n {
         if imm & (1 << k) != 0 {
             r = with_lane::<F>(r, k, sum);
         }
     }
-    commit_fp(cpu, env.flags)?;
     set_xmm(cpu, i.dst, r);
     Ok(())
 }

@@ -80,6 +80,8 @@ pub struct Env {
     pub ftz: bool,
     /// MXCSR.UM: changes when underflow is signalled (tiny alone, or tiny and inexact).
     pub underflow_masked: bool,
+    /// MXCSR.OM: an unmasked overflow is reported without PE (no result is delivered).
+    pub overflow_masked: bool,
     /// Exceptions detected so far (MXCSR flag bit positions).
     pub flags: u32,
 }
@@ -92,6 +94,7 @@ impl Env {
             daz: mxcsr & DAZ != 0,
             ftz: mxcsr & FTZ != 0,
             underflow_masked: mxcsr & (UE << MASK_SHIFT) != 0,
+            overflow_masked: mxcsr & (OE << MASK_SHIFT) != 0,
             flags: 0,
         }
     }
@@ -302,6 +305,12 @@ fn round_pack<F: Format>(negative: bool, exp: i32, sig: u128, env: &mut Env) -> 
     let carry = (kept >> (p + 1)) as i32;
     let unbounded_exp = exp + normal_drop + p + carry;
     if unbounded_exp > F::BIAS {
+        if !env.overflow_masked {
+            // No result is delivered; PE tells whether the result rounded with an
+            // unbounded exponent was inexact (what x87 would deliver scaled).
+            env.flags |= OE | if inexact { PE } else { 0 };
+            return sign | F::EXP_MASK;
+        }
         env.flags |= OE | PE;
         let to_inf = match env.round {
             Round::Nearest => true,
@@ -313,7 +322,12 @@ fn round_pack<F: Format>(negative: bool, exp: i32, sig: u128, env: &mut Env) -> 
     }
     if unbounded_exp < 1 - F::BIAS {
         // Tiny.
-        if env.ftz && env.underflow_masked {
+        if !env.underflow_masked {
+            // Signalled whether exact or not, with PE as for an unmasked overflow.
+            env.flags |= UE | if inexact { PE } else { 0 };
+            return sign;
+        }
+        if env.ftz {
             env.flags |= UE | PE;
             return sign;
         }
@@ -321,8 +335,6 @@ fn round_pack<F: Format>(negative: bool, exp: i32, sig: u128, env: &mut Env) -> 
         let (kept, inexact) = shift_round(sig, drop, negative, env.round);
         if inexact {
             env.flags |= UE | PE;
-        } else if !env.underflow_masked {
-            env.flags |= UE;
         }
         // `kept` may have rounded up to 2^MANT, which is the encoding of the smallest
         // normal number.

@@ -273,3 +273,56 @@ pub(super) fn register(t: &mut OpTable) {
         OpEntry::rm(pd2dq::<true, false>, pd2dq::<true, true>),
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_util::{cpu, insn};
+    use super::*;
+
+    #[test]
+    fn truncating_conversions_ignore_mxcsr_rounding() {
+        let mut cpu = cpu();
+        cpu.mxcsr = 0x1f80 | 2 << softfp::RC_SHIFT; // round up
+        cpu.xmm[2] =
+            0x3fc0_0000 | 0xbfc0_0000u128 << 32 | 0x7fc0_0000u128 << 64 | 0x4f00_0000u128 << 96;
+        let i = insn(ps2dq::<true, false>, 1, 2, 0, 0);
+        (i.exec)(&mut cpu, &i).expect("cvttps2dq");
+        assert_eq!(
+            cpu.xmm[1],
+            1 | 0xffff_ffffu128 << 32 | 0x8000_0000u128 << 64 | 0x8000_0000u128 << 96
+        );
+        assert_eq!(cpu.mxcsr & softfp::ALL_FLAGS, softfp::IE | softfp::PE);
+        let i = insn(ps2dq::<false, false>, 1, 2, 0, 0);
+        (i.exec)(&mut cpu, &i).expect("cvtps2dq");
+        assert_eq!(cpu.xmm[1] as u32, 2);
+    }
+
+    #[test]
+    fn narrowing_conversions_zero_the_high_quadword() {
+        let mut cpu = cpu();
+        cpu.xmm[1] = u128::MAX;
+        cpu.xmm[2] = 0x3ff0_0000_0000_0000 | 0xc000_0000_0000_0000u128 << 64;
+        let i = insn(pd2ps::<false>, 1, 2, 0, 0);
+        (i.exec)(&mut cpu, &i).expect("cvtpd2ps");
+        assert_eq!(cpu.xmm[1], 0x3f80_0000 | 0xc000_0000u128 << 32);
+        cpu.xmm[1] = u128::MAX;
+        let i = insn(pd2dq::<true, false>, 1, 2, 0, 0);
+        (i.exec)(&mut cpu, &i).expect("cvttpd2dq");
+        assert_eq!(cpu.xmm[1], 1 | 0xffff_fffeu128 << 32);
+    }
+
+    #[test]
+    fn cvtsi2ss_writes_only_the_low_lane_and_32_bit_results_zero_extend() {
+        let mut cpu = cpu();
+        cpu.xmm[1] = u128::MAX;
+        cpu.regs[3] = 0xffff_ffff_0000_0003; // EBX = 3 in the 32-bit form
+        let i = insn(int_to_scalar::<F32, 4, false>, 1, 3, 0, 0);
+        (i.exec)(&mut cpu, &i).expect("cvtsi2ss");
+        assert_eq!(cpu.xmm[1], (u128::MAX << 32) | 0x4040_0000);
+        cpu.regs[0] = u64::MAX;
+        cpu.xmm[2] = 0xc040_0000; // -3.0
+        let i = insn(scalar_to_int::<F32, 4, true, false>, 0, 2, 0, 0);
+        (i.exec)(&mut cpu, &i).expect("cvttss2si");
+        assert_eq!(cpu.regs[0], 0xffff_fffd);
+    }
+}

@@ -458,3 +458,126 @@ pub(super) fn register(t: &mut OpTable) {
         OpEntry::rm(round_scalar::<F64, false>, round_scalar::<F64, true>),
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_util::{cpu, insn};
+    use super::*;
+    use crate::exception::Exception;
+    use crate::insn::Trap;
+
+    fn splat32(v: u32) -> u128 {
+        (0..4).fold(0, |a, k| a | (v as u128) << (32 * k))
+    }
+
+    #[test]
+    fn unmasked_exception_leaves_the_destination_alone() {
+        let mut cpu = cpu();
+        cpu.mxcsr = 0x1f80 & !(softfp::ZE << softfp::MASK_SHIFT);
+        cpu.xmm[1] = splat32(0x3f80_0000);
+        cpu.xmm[2] = 0x4000_0000; // lane 0 is 2.0, lanes 1..3 are zeros
+        let i = insn(packed::<F32, DIV, false>, 1, 2, 0, 0);
+        assert_eq!(
+            (i.exec)(&mut cpu, &i),
+            Err(Trap::Exception(Exception::SimdFloatingPoint))
+        );
+        assert_eq!(cpu.xmm[1], splat32(0x3f80_0000));
+        assert_eq!(cpu.mxcsr & softfp::ALL_FLAGS, softfp::ZE);
+    }
+
+    #[test]
+    fn scalar_ops_keep_the_upper_lanes() {
+        let mut cpu = cpu();
+        cpu.xmm[1] = splat32(0x3f80_0000);
+        cpu.xmm[2] = splat32(0x4000_0000);
+        let i = insn(scalar::<F32, ADD, false>, 1, 2, 0, 0);
+        (i.exec)(&mut cpu, &i).expect("addss");
+        assert_eq!(
+            cpu.xmm[1],
+            (splat32(0x3f80_0000) & !0xffff_ffff) | 0x4040_0000
+        );
+    }
+
+    #[test]
+    fn compare_predicates_cover_unordered_operands() {
+        let mut env = Env::new(0x1f80);
+        let nan = 0x7fc0_0000;
+        let expect = [false, false, false, true, true, true, true, false];
+        for (pred, want) in expect.iter().enumerate() {
+            assert_eq!(
+                predicate::<F32>(nan, 0, pred as u8, &mut env),
+                *want,
+                "{pred}"
+            );
+        }
+        // LT/LE/NLT/NLE signal on the QNaN.
+        assert_eq!(env.flags, softfp::IE);
+        let mut env = Env::new(0x1f80);
+        predicate::<F32>(nan, 0, 0, &mut env);
+        predicate::<F32>(nan, 0, 3, &mut env);
+        assert_eq!(env.flags, 0);
+    }
+
+    #[test]
+    fn comiss_sets_zf_pf_cf_and_clears_the_rest() {
+        let mut cpu = cpu();
+        cpu.flags.set_materialized(flags::ARITH);
+        cpu.xmm[1] = 0x7fc0_0000;
+        let i = insn(comis::<F32, false, false>, 1, 2, 0, 0);
+        (i.exec)(&mut cpu, &i).expect("ucomiss");
+        assert_eq!(cpu.flags.compute(), flags::ZF | flags::PF | flags::CF);
+        assert_eq!(cpu.mxcsr & softfp::ALL_FLAGS, 0, "UCOMISS is quiet on QNaN");
+        let i = insn(comis::<F32, true, false>, 1, 2, 0, 0);
+        (i.exec)(&mut cpu, &i).expect("comiss");
+        assert_eq!(cpu.mxcsr & softfp::ALL_FLAGS, softfp::IE);
+    }
+
+    #[test]
+    fn reciprocal_approximations_handle_specials_without_flags() {
+        assert_eq!(reciprocal(0), 0x7f80_0000);
+        assert_eq!(reciprocal(0x8000_0001), 0xff80_0000, "denormal reads as -0");
+        assert_eq!(reciprocal(0xff80_0000), 0x8000_0000);
+        assert_eq!(reciprocal(0x7f80_0001), 0x7fc0_0001);
+        assert_eq!(reciprocal(0x7f7f_ffff), 0, "tiny results are flushed");
+        assert_eq!(reciprocal_sqrt(0xbf80_0000), F32::DEFAULT_NAN);
+        assert_eq!(reciprocal_sqrt(0x8000_0000), 0xff80_0000);
+        assert_eq!(reciprocal_sqrt(0x4080_0000), 0x3f00_0000);
+        let r = f32::from_bits(reciprocal(0x4040_0000) as u32);
+        assert!((r - 1.0 / 3.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn dpps_stops_after_a_faulting_stage() {
+        let mut cpu = cpu();
+        // Products underflow (inexact, PE unmasked): #XM after the multiply stage, so the
+        // denormal product never raises DE in the sums.
+        cpu.mxcsr = 0x1f80 & !(softfp::PE << softfp::MASK_SHIFT);
+        cpu.xmm[1] = splat32(0x3400_0001);
+        cpu.xmm[2] = splat32(0x0080_0000);
+        let i = insn(dot::<F32, false>, 1, 2, 0xff, 0);
+        assert!((i.exec)(&mut cpu, &i).is_err());
+        assert_eq!(cpu.mxcsr & softfp::ALL_FLAGS, softfp::UE | softfp::PE);
+        // Masked, the sums see denormal operands.
+        cpu.mxcsr = 0x1f80;
+        (i.exec)(&mut cpu, &i).expect("dpps");
+        assert_eq!(
+            cpu.mxcsr & softfp::ALL_FLAGS,
+            softfp::DE | softfp::UE | softfp::PE
+        );
+    }
+
+    #[test]
+    fn roundss_immediate_overrides_mxcsr_and_can_suppress_pe() {
+        let mut cpu = cpu();
+        cpu.xmm[2] = 0x3fc0_0000; // 1.5
+        let i = insn(round_scalar::<F32, false>, 1, 2, 0x0a, 0); // up, no PE
+        (i.exec)(&mut cpu, &i).expect("roundss");
+        assert_eq!(cpu.xmm[1] as u32, 0x4000_0000);
+        assert_eq!(cpu.mxcsr & softfp::ALL_FLAGS, 0);
+        cpu.mxcsr = 0x1f80 | 3 << softfp::RC_SHIFT;
+        let i = insn(round_scalar::<F32, false>, 1, 2, 0x04, 0); // MXCSR.RC (truncate)
+        (i.exec)(&mut cpu, &i).expect("roundss");
+        assert_eq!(cpu.xmm[1] as u32, 0x3f80_0000);
+        assert_eq!(cpu.mxcsr & softfp::ALL_FLAGS, softfp::PE);
+    }
+}

@@ -230,3 +230,78 @@ pub(crate) mod lanes {
         q[0] as u128 | (q[1] as u128) << 64
     }
 }
+
+/// Helpers for the handler tests of this module's files.
+#[cfg(test)]
+pub(crate) mod test_util {
+    use emu_mmu::Mmu;
+
+    use crate::cpu::{reg, seg, Cpu};
+    use crate::insn::{Handler, Insn};
+
+    /// Where test memory operands live (16-byte aligned).
+    pub const MEM: u64 = 0x1000;
+
+    /// A CPU with 64 KiB of RAM at address 0.
+    pub fn cpu() -> Cpu {
+        let mut cpu = Cpu::new(Mmu::default());
+        cpu.mmu.add_ram(0, 0x10000).expect("map test RAM");
+        cpu
+    }
+
+    /// A record running `exec` with registers `dst`, `src`, immediate `imm` and a
+    /// memory operand at absolute address `addr`.
+    pub fn insn(exec: Handler, dst: u8, src: u8, imm: u64, addr: u64) -> Insn {
+        Insn {
+            exec,
+            rip: 0,
+            disp: addr,
+            imm,
+            len: 4,
+            dst,
+            src,
+            base: reg::ZERO,
+            index: reg::ZERO,
+            scale: 0,
+            seg: seg::FLAT,
+            flags: 0,
+            imm2: 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::softfp::{OE, PE, UE};
+    use super::*;
+
+    #[test]
+    fn unmasked_precomputation_exceptions_hide_the_postcomputation_ones() {
+        let mut cpu = test_util::cpu();
+        // IE unmasked and raised, PE masked: only IE is recorded, and #XM.
+        cpu.mxcsr = 0x1f80 & !(IE << MASK_SHIFT);
+        let r = commit_fp(&mut cpu, IE | PE);
+        assert_eq!(r, Err(Trap::Exception(Exception::SimdFloatingPoint)));
+        assert_eq!(cpu.mxcsr & ALL_FLAGS, IE);
+        // DE masked, OE unmasked: everything is recorded, then #XM.
+        cpu.mxcsr = 0x1f80 & !(OE << MASK_SHIFT);
+        let r = commit_fp(&mut cpu, DE | OE | PE);
+        assert!(r.is_err());
+        assert_eq!(cpu.mxcsr & ALL_FLAGS, DE | OE | PE);
+        // All masked: recorded, no fault.
+        cpu.mxcsr = 0x1f80;
+        assert_eq!(commit_fp(&mut cpu, UE | PE), Ok(()));
+        assert_eq!(cpu.mxcsr, 0x1f80 | UE | PE);
+    }
+
+    #[test]
+    fn lanes_round_trip() {
+        let v = 0x0011_2233_4455_6677_8899_aabb_ccdd_eeffu128;
+        assert_eq!(lanes::from_u8s(lanes::u8s(v)), v);
+        assert_eq!(lanes::from_u16s(lanes::u16s(v)), v);
+        assert_eq!(lanes::from_u32s(lanes::u32s(v)), v);
+        assert_eq!(lanes::from_u64s(lanes::u64s(v)), v);
+        assert_eq!(lane::<softfp::F32>(v, 3), 0x0011_2233);
+        assert_eq!(with_lane::<softfp::F64>(v, 1, 5) >> 64, 5);
+    }
+}

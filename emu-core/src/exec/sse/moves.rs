@@ -381,3 +381,70 @@ pub(super) fn register(t: &mut OpTable) {
     }
     t.set(Code::Clflush_m8, OpEntry::mem(clflush));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_util::{cpu, insn, MEM};
+    use super::*;
+    use crate::exception::Exception;
+    use crate::insn::Trap;
+
+    #[test]
+    fn aligned_forms_fault_on_misaligned_operands_and_change_nothing() {
+        let mut cpu = cpu();
+        cpu.xmm[1] = 7;
+        let i = insn(mov_store::<true>, 1, 0, 0, MEM + 8);
+        assert_eq!(
+            (i.exec)(&mut cpu, &i),
+            Err(Trap::Exception(Exception::GeneralProtection(0)))
+        );
+        assert_eq!(cpu.mmu.read::<8>(MEM + 8), Ok(0));
+        let i = insn(mov_store::<false>, 1, 0, 0, MEM + 8);
+        assert_eq!((i.exec)(&mut cpu, &i), Ok(()));
+        let i = insn(mov_load::<true, false>, 2, 0, 0, MEM + 8);
+        assert_eq!((i.exec)(&mut cpu, &i), Ok(()));
+        assert_eq!(cpu.xmm[2], 7);
+    }
+
+    #[test]
+    fn ldmxcsr_rejects_reserved_bits() {
+        let mut cpu = cpu();
+        cpu.mmu.write::<4>(MEM, 0x1_1f80).expect("write");
+        let i = insn(ldmxcsr, 0, 0, 0, MEM);
+        assert_eq!(
+            (i.exec)(&mut cpu, &i),
+            Err(Trap::Exception(Exception::GeneralProtection(0)))
+        );
+        assert_eq!(cpu.mxcsr, 0x1f80);
+        cpu.mmu.write::<4>(MEM, 0xffff).expect("write");
+        assert_eq!((i.exec)(&mut cpu, &i), Ok(()));
+        assert_eq!(cpu.mxcsr, 0xffff);
+    }
+
+    #[test]
+    fn maskmovdqu_writes_only_selected_bytes() {
+        let mut cpu = cpu();
+        cpu.regs[reg::RDI as usize] = MEM + 3;
+        cpu.xmm[1] = u128::from_le_bytes(std::array::from_fn(|k| 0xa0 + k as u8));
+        cpu.xmm[2] = 0x80 | 0x80 << 120;
+        let i = insn(maskmovdqu, 1, 2, 0, 0);
+        assert_eq!((i.exec)(&mut cpu, &i), Ok(()));
+        assert_eq!(cpu.mmu.read::<1>(MEM + 3), Ok(0xa0));
+        assert_eq!(cpu.mmu.read::<1>(MEM + 4), Ok(0));
+        assert_eq!(cpu.mmu.read::<1>(MEM + 18), Ok(0xaf));
+    }
+
+    #[test]
+    fn scalar_moves_zero_or_keep_the_upper_lanes() {
+        let mut cpu = cpu();
+        cpu.xmm[0] = u128::MAX;
+        cpu.xmm[1] = 0x1234;
+        cpu.mmu.write::<4>(MEM, 0x5678).expect("write");
+        let i = insn(movs_rr::<4>, 0, 1, 0, 0);
+        (i.exec)(&mut cpu, &i).expect("movss");
+        assert_eq!(cpu.xmm[0], (u128::MAX << 32) | 0x1234);
+        let i = insn(load_zext::<4>, 0, 0, 0, MEM);
+        (i.exec)(&mut cpu, &i).expect("movss load");
+        assert_eq!(cpu.xmm[0], 0x5678);
+    }
+}

@@ -521,7 +521,8 @@ mod tests {
         let b = from_u8s([0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0]);
         // Source block 1 (bytes 4..8, all ones) against destination bytes k..k+4.
         let r = u16s(combine::<MPSADBW>(a, b, 1));
-        assert_eq!(r[0], 1 + 0 + 1 + 2);
+        // |0-1| + |1-1| + |2-1| + |3-1|.
+        assert_eq!(r[0], 4);
         assert_eq!(r[7], 6 + 7 + 8 + 9);
     }
 }

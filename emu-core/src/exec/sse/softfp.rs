@@ -720,3 +720,331 @@ pub fn round_to_integral<F: Format>(a: u64, env: &mut Env) -> u64 {
     }
     round_pack::<F>(negative, 0, k, env)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MASKED: u32 = 0x1f80;
+    const ONE32: u64 = 0x3f80_0000;
+    const ONE64: u64 = 0x3ff0_0000_0000_0000;
+
+    fn env(mxcsr: u32) -> Env {
+        Env::new(mxcsr)
+    }
+
+    fn rc(mode: u32) -> u32 {
+        MASKED | mode << RC_SHIFT
+    }
+
+    #[test]
+    fn one_third_rounds_per_mxcsr_rounding_control() {
+        let three = 0x4040_0000;
+        // 1/3 = 0x3eaaaaaa.aaa...: nearest and down/zero truncate, up rounds up.
+        let expect = [
+            (0, 0x3eaa_aaab),
+            (1, 0x3eaa_aaaa),
+            (2, 0x3eaa_aaab),
+            (3, 0x3eaa_aaaa),
+        ];
+        for (mode, bits) in expect {
+            let mut e = env(rc(mode));
+            assert_eq!(div::<F32>(ONE32, three, &mut e), bits, "mode {mode}");
+            assert_eq!(e.flags, PE);
+        }
+        // -1/3 rounds the other way for the directed modes.
+        let mut e = env(rc(1));
+        assert_eq!(div::<F32>(ONE32 | F32::SIGN, three, &mut e), 0xbeaa_aaab);
+        let mut e = env(rc(2));
+        assert_eq!(div::<F32>(ONE32 | F32::SIGN, three, &mut e), 0xbeaa_aaaa);
+    }
+
+    #[test]
+    fn ties_round_to_even() {
+        // 1 + 2^-24 is exactly halfway between 1 and the next single: stays at 1.
+        let mut e = env(MASKED);
+        assert_eq!(add::<F32>(ONE32, 0x3380_0000, &mut e), ONE32);
+        assert_eq!(e.flags, PE);
+        // 1 + 3 * 2^-24 is halfway between two odd/even neighbours: goes to even (up).
+        let mut e = env(MASKED);
+        assert_eq!(add::<F32>(ONE32, 0x3440_0000, &mut e), 0x3f80_0002);
+    }
+
+    #[test]
+    fn exact_cancellation_gives_plus_zero_except_rounding_down() {
+        for mode in 0..4 {
+            let mut e = env(rc(mode));
+            let r = sub::<F64>(ONE64, ONE64, &mut e);
+            assert_eq!(r, if mode == 1 { F64::SIGN } else { 0 });
+            assert_eq!(e.flags, 0);
+        }
+        let mut e = env(MASKED);
+        assert_eq!(add::<F32>(F32::SIGN, F32::SIGN, &mut e), F32::SIGN);
+    }
+
+    #[test]
+    fn overflow_depends_on_rounding_direction() {
+        let max = F32::MAX_FINITE;
+        for (mode, expect) in [(0, F32::EXP_MASK), (1, max), (2, F32::EXP_MASK), (3, max)] {
+            let mut e = env(rc(mode));
+            assert_eq!(add::<F32>(max, max, &mut e), expect, "mode {mode}");
+            assert_eq!(e.flags, OE | PE);
+        }
+        // Negative overflow rounding up stays finite.
+        let mut e = env(rc(2));
+        assert_eq!(
+            mul::<F32>(max | F32::SIGN, 0x4000_0000, &mut e),
+            max | F32::SIGN
+        );
+    }
+
+    #[test]
+    fn unmasked_overflow_reports_precision_only_when_inexact() {
+        let max = F32::MAX_FINITE;
+        let unmask_oe = MASKED & !(OE << MASK_SHIFT);
+        let mut e = env(unmask_oe);
+        add::<F32>(max, max, &mut e);
+        assert_eq!(e.flags, OE, "max + max is exact with an unbounded exponent");
+        let mut e = env(unmask_oe);
+        mul::<F32>(max, max, &mut e);
+        assert_eq!(e.flags, OE | PE);
+    }
+
+    #[test]
+    fn underflow_is_detected_after_rounding() {
+        // (2^-126 - 2^-150) * (1 + 2^-23) rounds up to 2^-126 with an unbounded exponent
+        // at single precision... pick a value just below the smallest normal whose
+        // rounding to 24 bits reaches it: tiny before rounding, not tiny after.
+        let just_below = 0x007f_ffff; // largest denormal, 2^-126 - 2^-149
+        let one_plus = 0x3f80_0001; // 1 + 2^-23
+        let mut e = env(MASKED);
+        let r = mul::<F32>(just_below, one_plus, &mut e);
+        // Exact product is 2^-126 - 2^-149 + 2^-149 - 2^-172 = 2^-126 - 2^-172: it rounds
+        // to 2^-126, so x86 reports PE (and DE for the denormal input) but not UE.
+        assert_eq!(r, 0x0080_0000);
+        assert_eq!(e.flags, DE | PE);
+    }
+
+    #[test]
+    fn tiny_exact_results_raise_nothing_when_masked_but_ue_when_unmasked() {
+        let half = 0x3f00_0000;
+        let mut e = env(MASKED);
+        assert_eq!(mul::<F32>(0x0080_0000, half, &mut e), 0x0040_0000);
+        assert_eq!(e.flags, 0);
+        let mut e = env(MASKED & !(UE << MASK_SHIFT));
+        mul::<F32>(0x0080_0000, half, &mut e);
+        assert_eq!(e.flags, UE);
+    }
+
+    #[test]
+    fn ftz_flushes_tiny_results_with_ue_and_pe() {
+        let half = 0x3f00_0000;
+        let mut e = env(MASKED | FTZ);
+        assert_eq!(mul::<F32>(0x8080_0000, half, &mut e), F32::SIGN);
+        assert_eq!(e.flags, UE | PE);
+        // FTZ has no effect when underflow is unmasked.
+        let mut e = env((MASKED | FTZ) & !(UE << MASK_SHIFT));
+        mul::<F32>(0x8080_0000, half, &mut e);
+        assert_eq!(e.flags, UE);
+    }
+
+    #[test]
+    fn daz_reads_denormals_as_signed_zeros_without_de() {
+        let denormal = 0x8000_0001;
+        let mut e = env(MASKED | DAZ);
+        assert_eq!(add::<F32>(denormal, F32::SIGN, &mut e), F32::SIGN);
+        assert_eq!(e.flags, 0);
+        let mut e = env(MASKED);
+        assert_eq!(add::<F32>(denormal, F32::SIGN, &mut e), denormal);
+        assert_eq!(e.flags, DE);
+        // DAZ: denormal / denormal is 0/0, invalid.
+        let mut e = env(MASKED | DAZ);
+        assert_eq!(div::<F32>(1, 1, &mut e), F32::DEFAULT_NAN);
+        assert_eq!(e.flags, IE);
+    }
+
+    #[test]
+    fn nan_rules_follow_x86() {
+        let qnan_a = 0x7fc0_0001;
+        let snan_b = 0xff80_0002;
+        let mut e = env(MASKED);
+        // Both NaN: the first operand's NaN wins even if only the second is signalling.
+        assert_eq!(add::<F32>(qnan_a, snan_b, &mut e), qnan_a);
+        assert_eq!(e.flags, IE);
+        // An SNaN alone is quieted.
+        let mut e = env(MASKED);
+        assert_eq!(mul::<F32>(ONE32, snan_b, &mut e), 0xffc0_0002);
+        assert_eq!(e.flags, IE);
+        // Invalid operations give the negative default NaN.
+        let mut e = env(MASKED);
+        assert_eq!(
+            sub::<F64>(F64::EXP_MASK, F64::EXP_MASK, &mut e),
+            0xfff8_0000_0000_0000
+        );
+        let mut e = env(MASKED);
+        assert_eq!(sqrt::<F32>(0xbf80_0000, &mut e), 0xffc0_0000);
+        assert_eq!(e.flags, IE);
+        // A QNaN operand suppresses the denormal check.
+        let mut e = env(MASKED);
+        add::<F32>(qnan_a, 1, &mut e);
+        assert_eq!(e.flags, 0);
+        // Subtraction keeps the NaN's sign.
+        let mut e = env(MASKED);
+        assert_eq!(sub::<F32>(ONE32, 0x7fc0_0000, &mut e), 0x7fc0_0000);
+    }
+
+    #[test]
+    fn division_by_zero_and_sqrt_of_minus_zero() {
+        let mut e = env(MASKED);
+        assert_eq!(
+            div::<F64>(ONE64 | F64::SIGN, 0, &mut e),
+            F64::SIGN | F64::EXP_MASK
+        );
+        assert_eq!(e.flags, ZE);
+        let mut e = env(MASKED);
+        assert_eq!(sqrt::<F64>(F64::SIGN, &mut e), F64::SIGN);
+        assert_eq!(e.flags, 0);
+        let mut e = env(MASKED);
+        assert_eq!(
+            sqrt::<F64>(0x4010_0000_0000_0000, &mut e),
+            0x4000_0000_0000_0000
+        );
+        assert_eq!(e.flags, 0);
+        let mut e = env(rc(2));
+        // sqrt(2) rounded up.
+        assert_eq!(
+            sqrt::<F64>(0x4000_0000_0000_0000, &mut e),
+            0x3ff6_a09e_667f_3bcd
+        );
+        assert_eq!(e.flags, PE);
+    }
+
+    #[test]
+    fn min_max_return_the_second_operand_for_nans_and_zeros() {
+        let mut e = env(MASKED);
+        assert_eq!(min::<F32>(0, F32::SIGN, &mut e), F32::SIGN);
+        assert_eq!(min::<F32>(F32::SIGN, 0, &mut e), 0);
+        assert_eq!(e.flags, 0);
+        let snan = 0x7f80_0001;
+        assert_eq!(max::<F32>(0x7fc0_0000, ONE32, &mut e), ONE32);
+        assert_eq!(max::<F32>(ONE32, snan, &mut e), snan, "returned unquieted");
+        assert_eq!(e.flags, IE);
+        let mut e = env(MASKED);
+        assert_eq!(max::<F32>(0xbf80_0000, ONE32, &mut e), ONE32);
+        assert_eq!(min::<F32>(0xbf80_0000, ONE32, &mut e), 0xbf80_0000);
+    }
+
+    #[test]
+    fn integer_conversions_round_and_give_the_indefinite() {
+        let two_and_half = 0x4020_0000;
+        for (mode, expect) in [(0, 2), (1, 2), (2, 3), (3, 2)] {
+            let mut e = env(rc(mode));
+            assert_eq!(to_int::<F32, 32>(two_and_half, &mut e), expect);
+            assert_eq!(e.flags, PE);
+        }
+        let mut e = env(rc(1));
+        assert_eq!(
+            to_int::<F32, 32>(two_and_half | F32::SIGN, &mut e),
+            (-3i32) as u32 as u64
+        );
+        // 2^31 does not fit; -2^31 does.
+        let mut e = env(MASKED);
+        assert_eq!(to_int::<F32, 32>(0x4f00_0000, &mut e), 0x8000_0000);
+        assert_eq!(e.flags, IE);
+        let mut e = env(MASKED);
+        assert_eq!(to_int::<F32, 32>(0xcf00_0000, &mut e), 0x8000_0000);
+        assert_eq!(e.flags, 0);
+        let mut e = env(MASKED);
+        assert_eq!(to_int::<F64, 64>(0x7ff8_0000_0000_0000, &mut e), 1 << 63);
+        assert_eq!(e.flags, IE);
+        // Truncation toward zero of a value just below -2^31 - 1 is still in range when it
+        // truncates to -2^31.
+        let mut e = env(rc(3));
+        assert_eq!(
+            to_int::<F64, 32>(0xc1e0_0000_000f_ffff, &mut e),
+            0x8000_0000
+        );
+        assert_eq!(e.flags, PE);
+    }
+
+    #[test]
+    fn int_to_float_rounds_large_values() {
+        let mut e = env(MASKED);
+        // 2^24 + 1 is not a single: ties to even gives 2^24.
+        assert_eq!(from_int::<F32>((1 << 24) + 1, &mut e), 0x4b80_0000);
+        assert_eq!(e.flags, PE);
+        let mut e = env(rc(2));
+        assert_eq!(from_int::<F32>((1 << 24) + 1, &mut e), 0x4b80_0001);
+        let mut e = env(MASKED);
+        assert_eq!(from_int::<F64>(i64::MIN, &mut e), 0xc3e0_0000_0000_0000);
+        assert_eq!(e.flags, 0);
+    }
+
+    #[test]
+    fn format_conversion_keeps_nan_payloads_and_reports_denormals() {
+        let mut e = env(MASKED);
+        assert_eq!(
+            convert::<F32, F64>(0x7f80_0001, &mut e),
+            0x7ff8_0000_2000_0000
+        );
+        assert_eq!(e.flags, IE);
+        let mut e = env(MASKED);
+        assert_eq!(
+            convert::<F64, F32>(0xfff8_0000_2000_0001, &mut e),
+            0xffc0_0001
+        );
+        let mut e = env(MASKED);
+        assert_eq!(convert::<F32, F64>(1, &mut e), 0x36a0_0000_0000_0000);
+        assert_eq!(e.flags, DE);
+        // A double too small for a single underflows to zero with UE and PE.
+        let mut e = env(MASKED);
+        assert_eq!(convert::<F64, F32>(0x3000_0000_0000_0000, &mut e), 0);
+        assert_eq!(e.flags, UE | PE);
+    }
+
+    #[test]
+    fn round_to_integral_uses_the_given_direction() {
+        let minus_half = 0xbf00_0000;
+        for (mode, expect) in [
+            (0, F32::SIGN),
+            (1, 0xbf80_0000),
+            (2, F32::SIGN),
+            (3, F32::SIGN),
+        ] {
+            let mut e = env(rc(mode));
+            assert_eq!(
+                round_to_integral::<F32>(minus_half, &mut e),
+                expect,
+                "mode {mode}"
+            );
+            assert_eq!(e.flags, PE);
+        }
+        let mut e = env(MASKED);
+        assert_eq!(
+            round_to_integral::<F64>(0x4330_0000_0000_0001, &mut e),
+            0x4330_0000_0000_0001
+        );
+        assert_eq!(e.flags, 0);
+    }
+
+    #[test]
+    fn compare_signals_qnan_only_when_asked() {
+        let mut e = env(MASKED);
+        assert_eq!(
+            compare::<F32>(0x7fc0_0000, ONE32, false, &mut e),
+            Relation::Unordered
+        );
+        assert_eq!(e.flags, 0);
+        assert_eq!(
+            compare::<F32>(0x7fc0_0000, ONE32, true, &mut e),
+            Relation::Unordered
+        );
+        assert_eq!(e.flags, IE);
+        let mut e = env(MASKED);
+        assert_eq!(compare::<F32>(0, F32::SIGN, true, &mut e), Relation::Equal);
+        assert_eq!(
+            compare::<F32>(0xbf80_0000, F32::SIGN, true, &mut e),
+            Relation::Less
+        );
+    }
+}

@@ -1,7 +1,8 @@
 //! Shifts and rotates: SHL/SAL, SHR, SAR, ROL, ROR, RCL, RCR (by 1, CL, imm8) and
 //! SHLD/SHRD (by CL, imm8). Flags are computed eagerly.
 //!
-//! A masked count of zero leaves flags and destination untouched. Flags the manual calls
+//! A masked count of zero leaves flags and destination untouched (except that a 32-bit
+//! register destination is still written, so its upper half is cleared, as on hardware). Flags the manual calls
 //! undefined (OF for counts above 1, AF, CF for SHL/SHR counts of at least the width) get
 //! the values common Intel parts produce where cheap; the differential tests mask them.
 
@@ -134,6 +135,9 @@ fn shift_reg<const OP: u8, const N: usize, const BY: u8>(cpu: &mut Cpu, i: &Insn
     if let Some((r, f)) = shift::<OP, N>(cpu, a, count_of::<BY>(cpu, i)) {
         cpu.set_reg::<N>(i.dst, r);
         cpu.flags.set_materialized(f);
+    } else if N == 4 {
+        // A zero count still writes a 32-bit register, which zero-extends it.
+        cpu.set_reg::<N>(i.dst, a);
     }
     Ok(())
 }
@@ -192,6 +196,9 @@ fn dshift_reg<const LEFT: bool, const N: usize, const BY: u8>(cpu: &mut Cpu, i: 
     if let Some((r, f)) = double_shift::<LEFT, N>(a, b, count_of::<BY>(cpu, i)) {
         cpu.set_reg::<N>(i.dst, r);
         cpu.flags.set_materialized(f);
+    } else if N == 4 {
+        // A zero count still writes a 32-bit register, which zero-extends it.
+        cpu.set_reg::<N>(i.dst, a);
     }
     Ok(())
 }

@@ -83,8 +83,9 @@ fn leave<const N: usize>(cpu: &mut Cpu, _: &Insn) -> Step {
     Ok(())
 }
 
-/// ENTER imm16, imm8 with 64-bit operand size. All stores are checked before any is
-/// made, so a fault leaves the stack untouched.
+/// ENTER imm16, imm8 with 64-bit operand size. The frame stores are checked before any is
+/// made, so a fault there leaves the stack untouched; a fault on the final stack pointer
+/// comes after them, as on hardware.
 fn enter(cpu: &mut Cpu, i: &Insn) -> Step {
     let size = i.imm & 0xffff;
     let level = (i.imm2 & 31) as u64;
@@ -111,6 +112,10 @@ fn enter(cpu: &mut Cpu, i: &Insn) -> Step {
         sp = sp.wrapping_sub(8);
         cpu.mmu.write::<8>(sp, frame)?;
     }
+    // The SDM: ENTER faults if a write using the final stack pointer would fault. Hardware
+    // probes it after storing the frame (the stores stay, RSP and RBP do not change), and
+    // nothing is written there.
+    cpu.mmu.check_writable(sp.wrapping_sub(size), 8)?;
     cpu.regs[reg::RBP as usize] = frame;
     cpu.regs[reg::RSP as usize] = sp.wrapping_sub(size);
     Ok(())

@@ -35,11 +35,18 @@ fn cpuid_leaf_0_names_the_vendor_and_the_highest_leaf() {
     let mut vendor = Vec::new();
     for r in [Register::RBX, Register::RDX, Register::RCX] {
         let v = reg(&emu, r);
-        assert_eq!(v >> 32, 0, "CPUID writes 32-bit registers, zeroing the upper half");
+        assert_eq!(
+            v >> 32,
+            0,
+            "CPUID writes 32-bit registers, zeroing the upper half"
+        );
         vendor.extend_from_slice(&(v as u32).to_le_bytes());
     }
     assert_eq!(&vendor, b"GenuineIntel");
-    assert!(reg(&emu, Register::RAX) >= 0x16, "frequency leaves are reachable");
+    assert!(
+        reg(&emu, Register::RAX) >= 0x16,
+        "frequency leaves are reachable"
+    );
 }
 
 #[test]

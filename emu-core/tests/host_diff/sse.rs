@@ -20,7 +20,6 @@ use iced_x86::{
     Code, CpuidFeature, Instruction, Mnemonic, OpCodeOperandKind as K, OpKind, Register,
 };
 use proptest::prelude::*;
-use proptest::sample::select;
 
 use crate::harness::{self, gen, Case, Feature, Form, OPERAND_ZONE};
 
@@ -87,22 +86,6 @@ fn lanes(code: Code) -> Lanes {
         Lanes::Double
     } else {
         Lanes::Integer
-    }
-}
-
-fn xmm_values(l: Lanes) -> BoxedStrategy<u128> {
-    match l {
-        Lanes::Single => prop_oneof![4 => gen::xmm_f32x4().boxed(), 1 => gen::xmm_any().boxed()].boxed(),
-        Lanes::Double => prop_oneof![4 => gen::xmm_f64x2().boxed(), 1 => gen::xmm_any().boxed()].boxed(),
-        Lanes::Integer => prop_oneof![
-            3 => gen::xmm_int().boxed(),
-            1 => gen::xmm_any().boxed(),
-            // Text for the string compares: letters, digits, zeros (terminators).
-            2 => proptest::array::uniform16(select(vec![0u8, b'a', b'b', b'z', b'A', b'0', b'9', 0x7f, 0x80, 0xff]))
-                .prop_map(u128::from_le_bytes)
-                .boxed(),
-        ]
-        .boxed(),
     }
 }
 
@@ -333,53 +316,241 @@ fn approximation_case(case: &mut Case, ins: &Instruction, use_mem: bool, addr: u
     }
 }
 
+/// The raw material of a case from two seeds. The values are drawn here rather than
+/// composed from proptest strategies: the composed value trees of sixteen XMM registers,
+/// sixteen GPRs and memory are large enough to overflow a test thread's stack.
 fn raw_strategy(code: Code) -> impl Strategy<Value = Raw> {
     let l = lanes(code);
-    let gpr = prop_oneof![
-        3 => gen::int_any_width().boxed(),
-        // Small signed lengths for PCMPESTRx (and small integers for conversions).
-        2 => (-20i64..20).prop_map(|v| v as u64).boxed(),
-    ]
-    .boxed();
-    let gprs = proptest::array::uniform16(gpr).boxed();
-    let imm = prop_oneof![
-        2 => select(vec![0u8, 1, 2, 3, 4, 7, 8, 0x0c, 0x10, 0x1b, 0x40, 0x4e, 0x80, 0xe4, 0xff, 15, 16, 17, 31, 32, 33, 63, 64]),
-        3 => any::<u8>(),
-    ]
-    .boxed();
-    let mxcsr_image = prop_oneof![
-        4 => gen::mxcsr_any(),
-        // Reserved bits (not bit 17, which AMD hosts accept as MisAlignSse).
-        1 => (gen::mxcsr_masked(), select(vec![1u32 << 16, 1 << 18, 1 << 31, 0xffff_0000 & !(1 << 17)]))
-            .prop_map(|(m, r)| m | r),
-    ]
-    .boxed();
-    (
-        (
-            any::<u64>(),
-            proptest::array::uniform16(xmm_values(l)).boxed(),
-            gprs,
-        ),
-        (
-            gen::mxcsr_any().boxed(),
-            gen::rflags(),
+    (any::<u64>(), any::<u64>()).prop_map(move |(a, b)| Raw::generate(l, a, b))
+}
+
+/// SplitMix64.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len() as u64) as usize]
+    }
+}
+
+/// Single-precision values that matter: zeros, infinities, quiet and signalling NaNs with
+/// payloads, denormals, the normal range's ends, values that round or convert at the
+/// edges.
+const F32_EDGES: [u32; 34] = [
+    0x0000_0000,
+    0x8000_0000,
+    0x7f80_0000,
+    0xff80_0000,
+    0x7fc0_0000,
+    0xffc0_0000,
+    0x7fc0_1234,
+    0xffff_ffff,
+    0x7f80_0001,
+    0xff80_0001,
+    0x7fa0_0000,
+    0xffbf_ffff,
+    0x0000_0001,
+    0x8000_0001,
+    0x007f_ffff,
+    0x807f_ffff,
+    0x0040_0000,
+    0x0080_0000,
+    0x8080_0000,
+    0x0080_0001,
+    0x7f7f_ffff,
+    0xff7f_ffff,
+    0x3f80_0000,
+    0xbf80_0000,
+    0x3f00_0000,
+    0x3fc0_0000,
+    0x4020_0000,
+    0xbf00_0000,
+    0x4f00_0000,
+    0xcf00_0000,
+    0x5f00_0000,
+    0xdf00_0000,
+    0x4b00_0001,
+    0x3eff_ffff,
+];
+
+/// Double-precision counterparts of [`F32_EDGES`].
+const F64_EDGES: [u64; 32] = [
+    0x0000_0000_0000_0000,
+    0x8000_0000_0000_0000,
+    0x7ff0_0000_0000_0000,
+    0xfff0_0000_0000_0000,
+    0x7ff8_0000_0000_0000,
+    0xfff8_0000_0000_0000,
+    0x7ff8_0000_0000_1234,
+    0xffff_ffff_ffff_ffff,
+    0x7ff0_0000_0000_0001,
+    0xfff0_0000_0000_0001,
+    0x7ff4_0000_0000_0000,
+    0xfff7_ffff_ffff_ffff,
+    0x0000_0000_0000_0001,
+    0x8000_0000_0000_0001,
+    0x000f_ffff_ffff_ffff,
+    0x800f_ffff_ffff_ffff,
+    0x0010_0000_0000_0000,
+    0x8010_0000_0000_0000,
+    0x7fef_ffff_ffff_ffff,
+    0xffef_ffff_ffff_ffff,
+    0x3ff0_0000_0000_0000,
+    0xbff0_0000_0000_0000,
+    0x3fe0_0000_0000_0000,
+    0x3ff8_0000_0000_0000,
+    0x4004_0000_0000_0000,
+    0x41e0_0000_0000_0000,
+    0xc1e0_0000_0000_0000,
+    0x43e0_0000_0000_0000,
+    0xc3e0_0000_0000_0000,
+    0x41df_ffff_ffc0_0000,
+    0x3810_0000_0000_0000,
+    0x47ef_ffff_e000_0000,
+];
+
+/// Integer values at the edges of every lane width.
+const INT_EDGES: [u64; 16] = [
+    0,
+    1,
+    2,
+    0x7f,
+    0x80,
+    0xff,
+    0x7fff,
+    0x8000,
+    0xffff,
+    0x7fff_ffff,
+    0x8000_0000,
+    0xffff_ffff,
+    0x7fff_ffff_ffff_ffff,
+    0x8000_0000_0000_0000,
+    u64::MAX,
+    0x5555_5555_5555_5555,
+];
+
+fn f32_value(r: &mut Rng) -> u32 {
+    match r.below(8) {
+        0..=3 => r.pick(&F32_EDGES),
+        4 | 5 => 0x3000_0000 + r.below(0x2000_0000) as u32 | (r.below(2) as u32) << 31,
+        // Tiny and huge exponents, for underflow and overflow.
+        6 => {
+            let e = r.pick(&[1u32, 2, 3, 0x68, 0x69, 0xfd, 0xfe]);
+            (e << 23) | (r.next() as u32 & 0x807f_ffff)
+        }
+        _ => r.next() as u32,
+    }
+}
+
+fn f64_value(r: &mut Rng) -> u64 {
+    match r.below(8) {
+        0..=3 => r.pick(&F64_EDGES),
+        4 | 5 => 0x3c00_0000_0000_0000 + r.below(0x0800_0000_0000_0000) | r.below(2) << 63,
+        6 => {
+            let e = r.pick(&[1u64, 2, 3, 0x369, 0x36a, 0x380, 0x47f, 0x7fd, 0x7fe]);
+            (e << 52) | (r.next() & 0x800f_ffff_ffff_ffff)
+        }
+        _ => r.next(),
+    }
+}
+
+fn int_value(r: &mut Rng) -> u64 {
+    match r.below(4) {
+        0 => r.pick(&INT_EDGES),
+        1 => r.pick(&INT_EDGES).wrapping_neg(),
+        2 => 1 << r.below(64),
+        _ => r.next(),
+    }
+}
+
+fn xmm_value(r: &mut Rng, l: Lanes) -> u128 {
+    // Mostly the instruction's own lane type, sometimes another.
+    let l = match r.below(6) {
+        0 => Lanes::Single,
+        1 => Lanes::Double,
+        2 => Lanes::Integer,
+        _ => l,
+    };
+    match l {
+        Lanes::Single => (0..4).fold(0, |a, k| a | (f32_value(r) as u128) << (32 * k)),
+        Lanes::Double => f64_value(r) as u128 | (f64_value(r) as u128) << 64,
+        Lanes::Integer => match r.below(4) {
+            0 | 1 => {
+                // Edge values in lanes of one width.
+                let width = r.pick(&[8u32, 16, 32, 64]);
+                (0..128 / width).fold(0u128, |a, k| {
+                    let v = int_value(r) as u128 & ((1u128 << width) - 1);
+                    a | v << (width * k)
+                })
+            }
+            // Text for the string compares: letters, digits, zeros (terminators).
+            2 => u128::from_le_bytes(std::array::from_fn(|_| {
+                r.pick(&[0u8, b'a', b'b', b'z', b'A', b'0', b'9', 0x7f, 0x80, 0xff])
+            })),
+            _ => r.next() as u128 | (r.next() as u128) << 64,
+        },
+    }
+}
+
+/// MXCSR: every rounding mode and DAZ/FTZ combination, sticky flags, and in a quarter of
+/// the cases random exception masks (so #XM happens).
+fn mxcsr_value(r: &mut Rng) -> u32 {
+    match r.below(8) {
+        0..=2 => 0x1f80,
+        3..=5 => 0x1f80 | (r.next() as u32 & (0x3f | 1 << 6 | 3 << 13 | 1 << 15)),
+        _ => r.next() as u32 & 0xffff,
+    }
+}
+
+impl Raw {
+    fn generate(l: Lanes, a: u64, b: u64) -> Raw {
+        let mut r = Rng(a ^ b.rotate_left(32));
+        let xmm = std::array::from_fn(|_| xmm_value(&mut r, l));
+        let gpr = std::array::from_fn(|_| match r.below(5) {
+            // Small signed lengths for PCMPESTRx (and small integers for conversions).
+            0 | 1 => (r.below(40) as i64 - 20) as u64,
+            2 | 3 => int_value(&mut r),
+            _ => r.next(),
+        });
+        let mxcsr = mxcsr_value(&mut r);
+        let imm = if r.below(5) < 2 {
+            r.pick(&[
+                0u8, 1, 2, 3, 4, 7, 8, 0x0c, 0x10, 0x1b, 0x40, 0x4e, 0x80, 0xe4, 0xff, 15, 16, 17,
+                31, 32, 33, 63, 64,
+            ])
+        } else {
+            r.next() as u8
+        };
+        let mem = [xmm_value(&mut r, l), xmm_value(&mut r, l)];
+        let mxcsr_image = if r.below(5) == 0 {
+            // Reserved bits (not bit 17, which AMD hosts accept as MisAlignSse).
+            mxcsr_value(&mut r) | r.pick(&[1u32 << 16, 1 << 18, 1 << 31, 0xfffd_0000])
+        } else {
+            mxcsr_value(&mut r)
+        };
+        Raw {
+            choices: r.next(),
+            xmm,
+            gpr,
+            mxcsr,
+            rflags: (r.next() & harness::SETTABLE_FLAGS) | harness::FIXED_FLAGS,
             imm,
-            [xmm_values(l), xmm_values(l)],
+            mem,
             mxcsr_image,
-        ),
-    )
-        .prop_map(
-            |((choices, xmm, gpr), (mxcsr, rflags, imm, mem, mxcsr_image))| Raw {
-                choices,
-                xmm,
-                gpr,
-                mxcsr,
-                rflags,
-                imm,
-                mem,
-                mxcsr_image,
-            },
-        )
+        }
+    }
 }
 
 /// The form testing `code`.

@@ -444,7 +444,7 @@ const INT_EDGES: [u64; 16] = [
 fn f32_value(r: &mut Rng) -> u32 {
     match r.below(8) {
         0..=3 => r.pick(&F32_EDGES),
-        4 | 5 => 0x3000_0000 + r.below(0x2000_0000) as u32 | (r.below(2) as u32) << 31,
+        4 | 5 => (0x3000_0000 + r.below(0x2000_0000) as u32) | ((r.below(2) as u32) << 31),
         // Tiny and huge exponents, for underflow and overflow.
         6 => {
             let e = r.pick(&[1u32, 2, 3, 0x68, 0x69, 0xfd, 0xfe]);
@@ -457,7 +457,7 @@ fn f32_value(r: &mut Rng) -> u32 {
 fn f64_value(r: &mut Rng) -> u64 {
     match r.below(8) {
         0..=3 => r.pick(&F64_EDGES),
-        4 | 5 => 0x3c00_0000_0000_0000 + r.below(0x0800_0000_0000_0000) | r.below(2) << 63,
+        4 | 5 => (0x3c00_0000_0000_0000 + r.below(0x0800_0000_0000_0000)) | (r.below(2) << 63),
         6 => {
             let e = r.pick(&[1u64, 2, 3, 0x369, 0x36a, 0x380, 0x47f, 0x7fd, 0x7fe]);
             (e << 52) | (r.next() & 0x800f_ffff_ffff_ffff)

@@ -820,13 +820,13 @@ impl Form {
     }
 }
 
-/// Cases per form: `QUETZAL_DIFF_CASES`, default 96 (about 300 GP forms and 300 SSE
+/// Cases per form: `QUETZAL_DIFF_CASES`, default 256 (about 600 GP forms and 300 SSE
 /// forms then run in well under a minute on two cores).
 pub fn cases_per_form() -> u32 {
     std::env::var("QUETZAL_DIFF_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(96)
+        .unwrap_or(256)
 }
 
 /// The generator seed for a form: derived from its name, so runs are reproducible, unless

@@ -356,6 +356,15 @@ fn zone_target(raw: &Raw, size: u64, align: bool, margin: u64) -> u64 {
     let t = lo + raw.target as u64 % (hi - lo);
     if align {
         t & !(size.max(1).next_power_of_two() - 1)
+    } else if size > 1 && raw.aux >> 5 & 3 == 0 {
+        // Straddle a page boundary (accesses split in two in the emulator's MMU).
+        let page_end = (t | 0xfff) + 1;
+        let crossing = page_end - 1 - (raw.aux >> 7) % (size - 1);
+        if crossing + size <= hi + 32 {
+            crossing
+        } else {
+            t
+        }
     } else {
         t
     }
@@ -1581,6 +1590,51 @@ fn special_forms() -> Vec<Form> {
         case
     });
     forms.push(Form::new("lock misuse", lock_ud));
+    // Accesses straddling the start of the data area (the page below is unmapped): #PF
+    // with nothing written, and a REP MOVS running off it part-way.
+    let straddle = (raw(64), 0usize..6, 1u64..8).prop_map(|(raw, which, k)| {
+        let bytes: &[u8] = match which {
+            0 => &[0x48, 0x89, 0x03], // mov [rbx], rax
+            1 => &[0x48, 0x01, 0x03], // add [rbx], rax
+            2 => &[0x48, 0x8b, 0x03], // mov rax, [rbx]
+            3 => &[0x0f, 0xc7, 0x0b], // cmpxchg8b [rbx]
+            4 => &[0x50],             // push rax (RSP at the edge)
+            _ => &[0xfd, 0xf3, 0xa4], // std; rep movsb, running down off the area
+        };
+        let mut case = Case::new("straddles unmapped memory", bytes.to_vec());
+        case.fill_seed = raw.fill;
+        case.init.gpr = raw.regs;
+        case.init.gpr[3] = harness::DATA - k;
+        case.init.gpr[4] = if which == 4 {
+            harness::DATA + k
+        } else {
+            DEFAULT_RSP
+        };
+        case.init.gpr[1] = 0x40 + (raw.imm & 0x3f);
+        case.init.gpr[6] = harness::DATA + 0x20 + (raw.index_val & 0x1f);
+        case.init.gpr[7] = harness::DATA + 0x800;
+        case.init.rflags = raw.flags;
+        case
+    });
+    forms.push(Form::new("straddles unmapped memory", straddle));
+    // Self-modifying code: a store into the next instruction's immediate, which then
+    // runs with the new value (the emulator must drop the stale translation).
+    let smc = (raw(64), any::<u32>()).prop_map(|(raw, imm)| {
+        let code = harness::asm(|a| {
+            let mut patch = a.create_label();
+            a.mov(dword_ptr(patch) + 1, ecx)?;
+            a.set_label(&mut patch)?;
+            a.add(eax, imm as i32)?;
+            a.mov(byte_ptr(patch) + 1, dl)?;
+            a.nop()
+        });
+        let mut case = Case::new("self-modifying code", code);
+        case.init.gpr = raw.regs;
+        case.init.gpr[4] = DEFAULT_RSP;
+        case.init.rflags = raw.flags;
+        case
+    });
+    forms.push(Form::new("self-modifying code", smc));
     // Data accesses to non-canonical addresses: #GP(0).
     let non_canonical = (raw(64), 0usize..4, any::<bool>()).prop_map(|(raw, which, high)| {
         let bytes: &[u8] = match which {

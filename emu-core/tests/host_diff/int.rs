@@ -1027,6 +1027,24 @@ fn fix_up(code: Code, raw: &Raw, b: &mut Built) {
             };
             b.case.init.set_reg(Register::RCX, c);
         }
+        Mnemonic::Bsf | Mnemonic::Bsr => {
+            // A zero source leaves the destination undefined (AMD documents it unchanged,
+            // Intel parts may still zero-extend a 32-bit one): not compared.
+            let src = if b.instr.op1_kind() == OpKind::Memory {
+                raw.mem_val
+            } else {
+                b.case.init.reg(b.instr.op1_register())
+            };
+            let mask = if w == 8 {
+                u64::MAX
+            } else {
+                (1u64 << (8 * w)) - 1
+            };
+            if src & mask == 0 {
+                let dst = b.instr.op0_register();
+                b.case.undefined_gpr[gpr_index(dst)] = if w == 2 { 0xffff } else { u64::MAX };
+            }
+        }
         Mnemonic::Bswap if w == 2 => {
             // BSWAP of a 16-bit register is undefined.
             if let Some(&r) = b.regs.first() {
@@ -1699,6 +1717,8 @@ fn sequence_pool() -> Vec<Code> {
                     | Mnemonic::Cmpxchg8b
                     | Mnemonic::Cmpxchg16b
                     | Mnemonic::Bswap
+                    | Mnemonic::Bsf
+                    | Mnemonic::Bsr
                     | Mnemonic::Cld
                     | Mnemonic::Std
             ) || feature_of(code).is_some()

@@ -97,6 +97,26 @@ pub struct Insn {
 }
 
 impl Insn {
+    /// A record for `exec` at `rip` with no operands: registers 0, no memory base or
+    /// index, flat segment. The translator fills in the rest.
+    pub fn new(exec: Handler, rip: u64, len: u8) -> Self {
+        Insn {
+            exec,
+            rip,
+            disp: 0,
+            imm: 0,
+            len,
+            dst: 0,
+            src: 0,
+            base: crate::cpu::reg::ZERO,
+            index: crate::cpu::reg::ZERO,
+            scale: 0,
+            seg: crate::cpu::seg::FLAT,
+            flags: 0,
+            imm2: 0,
+        }
+    }
+
     /// Address of the next instruction.
     #[inline(always)]
     pub fn next_rip(&self) -> u64 {

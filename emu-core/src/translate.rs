@@ -104,21 +104,7 @@ fn raise_ud(_: &mut Cpu, _: &Insn) -> Step {
 }
 
 fn raise_ud_record(rip: u64, len: usize) -> Insn {
-    Insn {
-        exec: raise_ud,
-        rip,
-        disp: 0,
-        imm: 0,
-        len: len as u8,
-        dst: 0,
-        src: 0,
-        base: reg::ZERO,
-        index: reg::ZERO,
-        scale: 0,
-        seg: seg::FLAT,
-        flags: 0,
-        imm2: 0,
-    }
+    Insn::new(raise_ud, rip, len as u8)
 }
 
 /// Translates one decoded instruction into its record; unknown or invalid ones become a

@@ -984,44 +984,88 @@ pub mod gen {
         any::<u64>().prop_map(|v| (v & super::SETTABLE_FLAGS) | super::FIXED_FLAGS)
     }
 
+    /// Single-precision values that matter: zeros, infinities, quiet and signalling NaNs with
+    /// payloads, denormals, the normal range's ends, values that round or convert at the
+    /// edges.
+    pub const F32_EDGES: [u32; 34] = [
+        0x0000_0000,
+        0x8000_0000,
+        0x7f80_0000,
+        0xff80_0000,
+        0x7fc0_0000,
+        0xffc0_0000,
+        0x7fc0_1234,
+        0xffff_ffff,
+        0x7f80_0001,
+        0xff80_0001,
+        0x7fa0_0000,
+        0xffbf_ffff,
+        0x0000_0001,
+        0x8000_0001,
+        0x007f_ffff,
+        0x807f_ffff,
+        0x0040_0000,
+        0x0080_0000,
+        0x8080_0000,
+        0x0080_0001,
+        0x7f7f_ffff,
+        0xff7f_ffff,
+        0x3f80_0000,
+        0xbf80_0000,
+        0x3f00_0000,
+        0x3fc0_0000,
+        0x4020_0000,
+        0xbf00_0000,
+        0x4f00_0000,
+        0xcf00_0000,
+        0x5f00_0000,
+        0xdf00_0000,
+        0x4b00_0001,
+        0x3eff_ffff,
+    ];
+
+    /// Double-precision counterparts of [`F32_EDGES`].
+    pub const F64_EDGES: [u64; 32] = [
+        0x0000_0000_0000_0000,
+        0x8000_0000_0000_0000,
+        0x7ff0_0000_0000_0000,
+        0xfff0_0000_0000_0000,
+        0x7ff8_0000_0000_0000,
+        0xfff8_0000_0000_0000,
+        0x7ff8_0000_0000_1234,
+        0xffff_ffff_ffff_ffff,
+        0x7ff0_0000_0000_0001,
+        0xfff0_0000_0000_0001,
+        0x7ff4_0000_0000_0000,
+        0xfff7_ffff_ffff_ffff,
+        0x0000_0000_0000_0001,
+        0x8000_0000_0000_0001,
+        0x000f_ffff_ffff_ffff,
+        0x800f_ffff_ffff_ffff,
+        0x0010_0000_0000_0000,
+        0x8010_0000_0000_0000,
+        0x7fef_ffff_ffff_ffff,
+        0xffef_ffff_ffff_ffff,
+        0x3ff0_0000_0000_0000,
+        0xbff0_0000_0000_0000,
+        0x3fe0_0000_0000_0000,
+        0x3ff8_0000_0000_0000,
+        0x4004_0000_0000_0000,
+        0x41e0_0000_0000_0000,
+        0xc1e0_0000_0000_0000,
+        0x43e0_0000_0000_0000,
+        0xc3e0_0000_0000_0000,
+        0x41df_ffff_ffc0_0000,
+        0x3810_0000_0000_0000,
+        0x47ef_ffff_e000_0000,
+    ];
+
     /// Single-precision bit patterns: ±0, ±inf, quiet and signalling NaNs of both signs
     /// (with payloads), denormals, min/max normals, values that round interestingly, and
     /// random bits.
     pub fn f32_bits() -> impl Strategy<Value = u32> + Clone {
-        const EDGES: [u32; 30] = [
-            0x0000_0000,
-            0x8000_0000, // ±0
-            0x7f80_0000,
-            0xff80_0000, // ±inf
-            0x7fc0_0000,
-            0xffc0_0000, // default quiet NaNs
-            0x7fc0_1234,
-            0xffff_ffff, // quiet NaNs with payloads
-            0x7f80_0001,
-            0xff80_0001,
-            0x7fa0_0000,
-            0xffbf_ffff, // signalling NaNs
-            0x0000_0001,
-            0x8000_0001,
-            0x007f_ffff,
-            0x807f_ffff, // denormals
-            0x0080_0000,
-            0x8080_0000, // min normals
-            0x7f7f_ffff,
-            0xff7f_ffff, // max normals
-            0x3f80_0000,
-            0xbf80_0000, // ±1
-            0x3f00_0000,
-            0x3fc0_0000,
-            0x4020_0000, // 0.5, 1.5, 2.5
-            0x4f00_0000,
-            0xcf00_0000, // ±2^31 (integer conversion limits)
-            0x5f00_0000,
-            0x4b00_0001,
-            0x3effffff,
-        ];
         prop_oneof![
-            3 => select(&EDGES[..]),
+            3 => select(&F32_EDGES[..]),
             // "Ordinary" numbers of modest magnitude, either sign.
             2 => (any::<bool>(), 0x3000_0000u32..0x5000_0000).prop_map(|(s, m)| m | (s as u32) << 31),
             2 => any::<u32>(),
@@ -1030,38 +1074,8 @@ pub mod gen {
 
     /// Double-precision bit patterns, as [`f32_bits`].
     pub fn f64_bits() -> impl Strategy<Value = u64> + Clone {
-        const EDGES: [u64; 28] = [
-            0x0000_0000_0000_0000,
-            0x8000_0000_0000_0000,
-            0x7ff0_0000_0000_0000,
-            0xfff0_0000_0000_0000,
-            0x7ff8_0000_0000_0000,
-            0xfff8_0000_0000_0000,
-            0x7ff8_0000_0000_1234,
-            0xffff_ffff_ffff_ffff,
-            0x7ff0_0000_0000_0001,
-            0xfff0_0000_0000_0001,
-            0x7ff4_0000_0000_0000,
-            0xfff7_ffff_ffff_ffff,
-            0x0000_0000_0000_0001,
-            0x8000_0000_0000_0001,
-            0x000f_ffff_ffff_ffff,
-            0x800f_ffff_ffff_ffff,
-            0x0010_0000_0000_0000,
-            0x8010_0000_0000_0000,
-            0x7fef_ffff_ffff_ffff,
-            0xffef_ffff_ffff_ffff,
-            0x3ff0_0000_0000_0000,
-            0xbff0_0000_0000_0000,
-            0x3fe0_0000_0000_0000,
-            0x3ff8_0000_0000_0000,
-            0x4004_0000_0000_0000,
-            0x41e0_0000_0000_0000,
-            0xc1e0_0000_0000_0000,
-            0x43e0_0000_0000_0000,
-        ];
         prop_oneof![
-            3 => select(&EDGES[..]),
+            3 => select(&F64_EDGES[..]),
             2 => (any::<bool>(), 0x3c00_0000_0000_0000u64..0x4400_0000_0000_0000)
                 .prop_map(|(s, m)| m | (s as u64) << 63),
             2 => any::<u64>(),

@@ -345,82 +345,6 @@ impl Rng {
     }
 }
 
-/// Single-precision values that matter: zeros, infinities, quiet and signalling NaNs with
-/// payloads, denormals, the normal range's ends, values that round or convert at the
-/// edges.
-const F32_EDGES: [u32; 34] = [
-    0x0000_0000,
-    0x8000_0000,
-    0x7f80_0000,
-    0xff80_0000,
-    0x7fc0_0000,
-    0xffc0_0000,
-    0x7fc0_1234,
-    0xffff_ffff,
-    0x7f80_0001,
-    0xff80_0001,
-    0x7fa0_0000,
-    0xffbf_ffff,
-    0x0000_0001,
-    0x8000_0001,
-    0x007f_ffff,
-    0x807f_ffff,
-    0x0040_0000,
-    0x0080_0000,
-    0x8080_0000,
-    0x0080_0001,
-    0x7f7f_ffff,
-    0xff7f_ffff,
-    0x3f80_0000,
-    0xbf80_0000,
-    0x3f00_0000,
-    0x3fc0_0000,
-    0x4020_0000,
-    0xbf00_0000,
-    0x4f00_0000,
-    0xcf00_0000,
-    0x5f00_0000,
-    0xdf00_0000,
-    0x4b00_0001,
-    0x3eff_ffff,
-];
-
-/// Double-precision counterparts of [`F32_EDGES`].
-const F64_EDGES: [u64; 32] = [
-    0x0000_0000_0000_0000,
-    0x8000_0000_0000_0000,
-    0x7ff0_0000_0000_0000,
-    0xfff0_0000_0000_0000,
-    0x7ff8_0000_0000_0000,
-    0xfff8_0000_0000_0000,
-    0x7ff8_0000_0000_1234,
-    0xffff_ffff_ffff_ffff,
-    0x7ff0_0000_0000_0001,
-    0xfff0_0000_0000_0001,
-    0x7ff4_0000_0000_0000,
-    0xfff7_ffff_ffff_ffff,
-    0x0000_0000_0000_0001,
-    0x8000_0000_0000_0001,
-    0x000f_ffff_ffff_ffff,
-    0x800f_ffff_ffff_ffff,
-    0x0010_0000_0000_0000,
-    0x8010_0000_0000_0000,
-    0x7fef_ffff_ffff_ffff,
-    0xffef_ffff_ffff_ffff,
-    0x3ff0_0000_0000_0000,
-    0xbff0_0000_0000_0000,
-    0x3fe0_0000_0000_0000,
-    0x3ff8_0000_0000_0000,
-    0x4004_0000_0000_0000,
-    0x41e0_0000_0000_0000,
-    0xc1e0_0000_0000_0000,
-    0x43e0_0000_0000_0000,
-    0xc3e0_0000_0000_0000,
-    0x41df_ffff_ffc0_0000,
-    0x3810_0000_0000_0000,
-    0x47ef_ffff_e000_0000,
-];
-
 /// Integer values at the edges of every lane width.
 const INT_EDGES: [u64; 16] = [
     0,
@@ -443,7 +367,7 @@ const INT_EDGES: [u64; 16] = [
 
 fn f32_value(r: &mut Rng) -> u32 {
     match r.below(8) {
-        0..=3 => r.pick(&F32_EDGES),
+        0..=3 => r.pick(&gen::F32_EDGES),
         4 | 5 => (0x3000_0000 + r.below(0x2000_0000) as u32) | ((r.below(2) as u32) << 31),
         // Tiny and huge exponents, for underflow and overflow.
         6 => {
@@ -456,7 +380,7 @@ fn f32_value(r: &mut Rng) -> u32 {
 
 fn f64_value(r: &mut Rng) -> u64 {
     match r.below(8) {
-        0..=3 => r.pick(&F64_EDGES),
+        0..=3 => r.pick(&gen::F64_EDGES),
         4 | 5 => (0x3c00_0000_0000_0000 + r.below(0x0800_0000_0000_0000)) | (r.below(2) << 63),
         6 => {
             let e = r.pick(&[1u64, 2, 3, 0x369, 0x36a, 0x380, 0x47f, 0x7fd, 0x7fe]);

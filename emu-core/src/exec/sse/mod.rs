@@ -236,7 +236,7 @@ pub(crate) mod lanes {
 pub(crate) mod test_util {
     use emu_mmu::Mmu;
 
-    use crate::cpu::{reg, seg, Cpu};
+    use crate::cpu::Cpu;
     use crate::insn::{Handler, Insn};
 
     /// Where test memory operands live (16-byte aligned).
@@ -253,19 +253,11 @@ pub(crate) mod test_util {
     /// memory operand at absolute address `addr`.
     pub fn insn(exec: Handler, dst: u8, src: u8, imm: u64, addr: u64) -> Insn {
         Insn {
-            exec,
-            rip: 0,
             disp: addr,
             imm,
-            len: 4,
             dst,
             src,
-            base: reg::ZERO,
-            index: reg::ZERO,
-            scale: 0,
-            seg: seg::FLAT,
-            flags: 0,
-            imm2: 0,
+            ..Insn::new(exec, 0, 4)
         }
     }
 }

@@ -20,12 +20,12 @@ mod edx1 {
     pub const TSC: u32 = 1 << 4;
     pub const CX8: u32 = 1 << 8;
     pub const CMOV: u32 = 1 << 15;
+    pub const CLFSH: u32 = 1 << 19;
     pub const SSE: u32 = 1 << 25;
     pub const SSE2: u32 = 1 << 26;
 }
 
 /// Leaf 1 ECX bits.
-#[allow(dead_code)] // the SSE3..SSE4.2 bits are named before they are advertised
 mod ecx1 {
     pub const SSE3: u32 = 1 << 0;
     pub const SSSE3: u32 = 1 << 9;
@@ -38,22 +38,22 @@ mod ecx1 {
 }
 
 /// Leaf 1 EDX as advertised.
-pub const LEAF1_EDX: u32 = edx1::TSC | edx1::CX8 | edx1::CMOV | SSE_EDX;
+pub const LEAF1_EDX: u32 = edx1::TSC | edx1::CX8 | edx1::CMOV | edx1::CLFSH | SSE_EDX;
 /// Leaf 1 ECX as advertised.
 pub const LEAF1_ECX: u32 = ecx1::CX16 | ecx1::MOVBE | ecx1::POPCNT | ecx1::HYPERVISOR | SSE_ECX;
 /// Leaf 7 subleaf 0 EBX as advertised: BMI1.
 pub const LEAF7_EBX: u32 = 1 << 3;
-/// Leaf 0x80000001 ECX: LAHF/SAHF in 64-bit mode, LZCNT.
-pub const EXT1_ECX: u32 = (1 << 0) | (1 << 5);
+/// Leaf 0x80000001 ECX: LAHF/SAHF in 64-bit mode, LZCNT, PREFETCHW (a hint, executed as
+/// a no-op).
+pub const EXT1_ECX: u32 = (1 << 0) | (1 << 5) | (1 << 8);
 /// Leaf 0x80000001 EDX: RDTSCP, long mode.
 pub const EXT1_EDX: u32 = (1 << 27) | (1 << 29);
 
-/// SSE-family bits in leaf 1 EDX (turned on as the SSE handlers pass the differential
-/// suite).
+/// SSE-family bits in leaf 1 EDX.
 const SSE_EDX: u32 = edx1::SSE | edx1::SSE2;
-/// SSE-family bits in leaf 1 ECX: `ecx1::SSE3`, `SSSE3`, `SSE41`, `SSE42` join this as
-/// each extension passes the differential suite.
-const SSE_ECX: u32 = 0;
+/// SSE-family bits in leaf 1 ECX: SSE3, SSSE3, SSE4.1 and SSE4.2 (with CRC32, PCMPGTQ and
+/// the PCMPxSTRx string instructions) are implemented and pass the differential suite.
+const SSE_ECX: u32 = ecx1::SSE3 | ecx1::SSSE3 | ecx1::SSE41 | ecx1::SSE42;
 
 const VENDOR: &[u8; 12] = b"GenuineIntel";
 const BRAND: &[u8; 48] = b"Quetzal x86-64 software CPU\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0";
@@ -125,6 +125,64 @@ mod tests {
             }
         }
         assert!(brand.starts_with(b"Quetzal"));
+    }
+
+    /// Where CPUID reports a feature: `(leaf, register index eax=0..edx=3, bit)`, or `None`
+    /// for features every x86-64 CPU has.
+    fn feature_location(f: iced_x86::CpuidFeature) -> Option<Option<(u32, usize, u32)>> {
+        use iced_x86::CpuidFeature as F;
+        Some(match f {
+            F::INTEL8086
+            | F::INTEL186
+            | F::INTEL286
+            | F::INTEL386
+            | F::INTEL486
+            | F::X64
+            | F::CPUID
+            | F::MULTIBYTENOP
+            | F::PAUSE => None,
+            F::TSC => Some((1, 3, 4)),
+            F::CX8 => Some((1, 3, 8)),
+            F::CMOV => Some((1, 3, 15)),
+            F::CLFSH => Some((1, 3, 19)),
+            F::SSE => Some((1, 3, 25)),
+            F::SSE2 => Some((1, 3, 26)),
+            F::SSE3 => Some((1, 2, 0)),
+            F::SSSE3 => Some((1, 2, 9)),
+            F::CMPXCHG16B => Some((1, 2, 13)),
+            F::SSE4_1 => Some((1, 2, 19)),
+            F::SSE4_2 => Some((1, 2, 20)),
+            F::MOVBE => Some((1, 2, 22)),
+            F::POPCNT => Some((1, 2, 23)),
+            F::BMI1 => Some((7, 1, 3)),
+            F::LZCNT => Some((0x8000_0001, 2, 5)),
+            F::PREFETCHW => Some((0x8000_0001, 2, 8)),
+            F::RDTSCP => Some((0x8000_0001, 3, 27)),
+            _ => return None,
+        })
+    }
+
+    /// CPUID tells the truth: every instruction the translator accepts needs only features
+    /// that CPUID advertises.
+    #[test]
+    fn every_implemented_instruction_is_advertised() {
+        let mut missing = Vec::new();
+        for code in crate::insn::OpTable::global().codes() {
+            for &feature in code.cpuid_features() {
+                match feature_location(feature) {
+                    None => {
+                        missing.push(format!("{code:?}: {feature:?} has no CPUID mapping here"))
+                    }
+                    Some(None) => {}
+                    Some(Some((leaf, reg, bit))) => {
+                        if cpuid(leaf, 0)[reg] & (1 << bit) == 0 {
+                            missing.push(format!("{code:?}: {feature:?} not advertised"));
+                        }
+                    }
+                }
+            }
+        }
+        assert!(missing.is_empty(), "{}", missing.join("\n"));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 use emu_mmu::Mmu;
 
 use crate::flags::{self, LazyFlags};
+use crate::sysregs::{cr0, efer, SystemRegs};
 
 /// General-purpose register numbers, as used in [`Cpu::regs`] and instruction records.
 pub mod reg {
@@ -79,10 +80,12 @@ pub struct Cpu {
     pub icount: u64,
     /// Offset added to the virtual clock to form the TSC (written through the TSC MSR).
     pub tsc_offset: u64,
-    /// TSC_AUX, returned in ECX by RDTSCP.
-    pub tsc_aux: u32,
+    /// TSC_AUX, returned in ECX by RDTSCP (32 bits wide).
+    pub tsc_aux: u64,
     /// Origin of the virtual clock.
     pub clock_origin: std::time::Instant,
+    /// Control, debug, descriptor-table and model-specific registers.
+    pub sys: SystemRegs,
     /// This vCPU's path to guest memory.
     pub mmu: Mmu,
 }
@@ -104,6 +107,13 @@ impl Cpu {
             tsc_offset: 0,
             tsc_aux: 0,
             clock_origin: std::time::Instant::now(),
+            sys: SystemRegs {
+                // The bare CPU's non-architectural starting point: 64-bit code with flat
+                // segments and paging off (virtual addresses are physical), at CPL 0.
+                cr0: cr0::PE | cr0::ET | cr0::NE,
+                efer: efer::LME | efer::LMA,
+                ..SystemRegs::default()
+            },
             mmu,
         }
     }
@@ -131,8 +141,18 @@ impl Cpu {
     /// The time-stamp counter: virtual-clock nanoseconds at [`crate::cpuid::TSC_HZ`]
     /// plus the offset.
     pub fn tsc(&self) -> u64 {
+        self.raw_tsc().wrapping_add(self.tsc_offset)
+    }
+
+    /// The virtual clock in TSC ticks, without the offset.
+    pub fn raw_tsc(&self) -> u64 {
         let ns = self.clock_origin.elapsed().as_nanos() as u64;
-        (ns as u128 * crate::cpuid::TSC_HZ as u128 / 1_000_000_000) as u64 + self.tsc_offset
+        (ns as u128 * crate::cpuid::TSC_HZ as u128 / 1_000_000_000) as u64
+    }
+
+    /// RFLAGS.IOPL.
+    pub fn iopl(&self) -> u8 {
+        ((self.rflags_other >> 12) & 3) as u8
     }
 
     /// Whether the direction flag is set (string instructions step downwards).

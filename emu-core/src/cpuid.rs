@@ -18,6 +18,7 @@ pub const APIC_TIMER_HZ: u64 = 1_000_000_000;
 /// Leaf 1 EDX bits.
 mod edx1 {
     pub const TSC: u32 = 1 << 4;
+    pub const MSR: u32 = 1 << 5;
     pub const CX8: u32 = 1 << 8;
     pub const CMOV: u32 = 1 << 15;
     pub const CLFSH: u32 = 1 << 19;
@@ -38,7 +39,7 @@ mod ecx1 {
 }
 
 /// Leaf 1 EDX as advertised.
-pub const LEAF1_EDX: u32 = edx1::TSC | edx1::CX8 | edx1::CMOV | edx1::CLFSH | SSE_EDX;
+pub const LEAF1_EDX: u32 = edx1::TSC | edx1::MSR | edx1::CX8 | edx1::CMOV | edx1::CLFSH | SSE_EDX;
 /// Leaf 1 ECX as advertised.
 pub const LEAF1_ECX: u32 = ecx1::CX16 | ecx1::MOVBE | ecx1::POPCNT | ecx1::HYPERVISOR | SSE_ECX;
 /// Leaf 7 subleaf 0 EBX as advertised: BMI1.
@@ -142,6 +143,7 @@ mod tests {
             | F::MULTIBYTENOP
             | F::PAUSE => None,
             F::TSC => Some((1, 3, 4)),
+            F::MSR => Some((1, 3, 5)),
             F::CX8 => Some((1, 3, 8)),
             F::CMOV => Some((1, 3, 15)),
             F::CLFSH => Some((1, 3, 19)),

@@ -30,6 +30,7 @@ pub mod exception;
 pub mod exec;
 pub mod flags;
 pub mod insn;
+pub mod sysregs;
 pub mod translate;
 
 pub use cpu::Cpu;

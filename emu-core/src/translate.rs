@@ -253,8 +253,15 @@ pub fn register_number(r: Register) -> u8 {
         (n - Register::RAX as u32) as u8
     } else if r.is_xmm() {
         (n - Register::XMM0 as u32) as u8
+    } else if r.is_cr() {
+        (n - Register::CR0 as u32) as u8
+    } else if r.is_dr() {
+        (n - Register::DR0 as u32) as u8
     } else if r.is_segment_register() {
         (n - Register::ES as u32) as u8
+    } else if r.is_st() {
+        // x87 stack registers ST(0)..ST(7), relative to TOP.
+        (n - Register::ST0 as u32) as u8
     } else {
         0
     }

@@ -123,7 +123,8 @@ fn ud(_: &mut Cpu, _: &Insn) -> Step {
     Err(Trap::Exception(Exception::InvalidOpcode))
 }
 
-fn hlt(_: &mut Cpu, _: &Insn) -> Step {
+fn hlt(cpu: &mut Cpu, _: &Insn) -> Step {
+    super::privileged::require_cpl0(cpu)?;
     Err(Trap::Halt)
 }
 

@@ -12,6 +12,7 @@ pub mod control;
 pub mod data;
 pub mod logic;
 pub mod muldiv;
+pub mod privileged;
 pub mod shift;
 pub mod sse;
 pub mod stack;
@@ -33,6 +34,7 @@ pub(crate) fn register_all(t: &mut OpTable) {
     control::register(t);
     string::register(t);
     system::register(t);
+    privileged::register(t);
     sse::register(t);
 }
 

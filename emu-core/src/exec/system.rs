@@ -26,7 +26,7 @@ fn rdtsc(cpu: &mut Cpu, _: &Insn) -> Step {
 
 fn rdtscp(cpu: &mut Cpu, i: &Insn) -> Step {
     rdtsc(cpu, i)?;
-    let aux = cpu.tsc_aux as u64;
+    let aux = cpu.tsc_aux;
     cpu.set_reg::<4>(reg::RCX, aux);
     Ok(())
 }

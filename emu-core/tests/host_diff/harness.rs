@@ -459,6 +459,9 @@ pub fn run_emulated(case: &Case, data: &[u8]) -> Snapshot {
     emu.set_reg(Register::GS, case.init.gs_base).expect("gs");
     {
         let cpu = emu.cpu_mut();
+        // The native side runs in a user process, so the emulated side runs at CPL 3 too:
+        // privileged instructions must fault the same way on both.
+        cpu.sys.cpl = 3;
         cpu.xmm = case.init.xmm;
         cpu.mxcsr = case.init.mxcsr;
         cpu.set_rflags(case.initial_rflags());

@@ -33,15 +33,20 @@ use crate::harness::{
 };
 
 /// Instructions whose results the host cannot show, so they have no differential case:
-/// CPUID (we describe our own CPU, not the host's), RDTSC/RDTSCP (time), HLT and INT n
-/// (privileged or kernel-defined in user mode, while the bare emulator stops or delivers
-/// them itself). `tests/non_differential.rs` checks their documented behaviour instead.
+/// CPUID (we describe our own CPU, not the host's), RDTSC/RDTSCP (time), INT n
+/// (kernel-defined in user mode, while the bare emulator delivers it itself), SGDT/SIDT
+/// (see below). `tests/non_differential.rs` and `tests/system_isa.rs` check their
+/// documented behaviour instead. HLT and the other privileged instructions do have cases:
+/// they fault at CPL 3 on both sides (see [`PRIVILEGED`]).
 pub const EXCLUDED: &[Code] = &[
     Code::Cpuid,
     Code::Rdtsc,
     Code::Rdtscp,
-    Code::Hlt,
     Code::Int_imm8,
+    // Legal at CPL 3 unless the host kernel turned UMIP on, so the host's answer depends
+    // on its configuration; tests/system_isa.rs checks them.
+    Code::Sgdt_m1664,
+    Code::Sidt_m1664,
 ];
 
 /// Random material for one generic case; the builder turns it into a [`Case`]
@@ -1200,7 +1205,7 @@ fn table_codes(mnemonics: &[Mnemonic]) -> Vec<Code> {
     emu_core::insn::OpTable::global()
         .codes()
         .filter(|c| mnemonics.contains(&c.mnemonic()) && !has_vector_operand(*c))
-        .filter(|c| !STRING_CODES.contains(c))
+        .filter(|c| !STRING_CODES.contains(c) && !PRIVILEGED.contains(c))
         .collect()
 }
 
@@ -1867,6 +1872,74 @@ const FLAG_MAP: [(u64, u32); 6] = [
     (OF, RflagsBits::OF),
 ];
 
+/// Instructions that need CPL 0 (CLI/STI: CPL <= IOPL). The host runs them in a user
+/// process, where each raises #GP(0); the emulated side runs at CPL 3 too, so these cases
+/// check the privilege checks. Their CPL 0 behaviour is covered by `tests/system_isa.rs`.
+/// SGDT/SIDT are not here: they are legal at CPL 3 unless the host kernel enables UMIP, so
+/// the host's answer depends on its configuration.
+const PRIVILEGED: &[Code] = &[
+    Code::Mov_r64_cr,
+    Code::Mov_cr_r64,
+    Code::Mov_r64_dr,
+    Code::Mov_dr_r64,
+    Code::Rdmsr,
+    Code::Wrmsr,
+    Code::Lgdt_m1664,
+    Code::Lidt_m1664,
+    Code::Cli,
+    Code::Sti,
+    Code::Clts,
+    Code::Swapgs,
+    Code::Invlpg_m,
+    Code::Wbinvd,
+    Code::Invd,
+    Code::Hlt,
+];
+
+/// One form per privileged instruction: random registers, then the instruction, which
+/// must raise #GP(0) at CPL 3 on both sides without changing anything.
+fn privileged_forms() -> Vec<Form> {
+    use iced_x86::code_asm::*;
+    PRIVILEGED
+        .iter()
+        .map(|&code| {
+            let strategy = raw(64).prop_map(move |raw| {
+                let bytes = harness::asm(|a| match code {
+                    Code::Mov_r64_cr => a.mov(rax, cr0),
+                    Code::Mov_cr_r64 => a.mov(cr4, rbx),
+                    Code::Mov_r64_dr => a.mov(rcx, dr7),
+                    Code::Mov_dr_r64 => a.mov(dr0, rdx),
+                    Code::Rdmsr => a.rdmsr(),
+                    Code::Wrmsr => a.wrmsr(),
+                    Code::Lgdt_m1664 => a.lgdt(ptr(rsi)),
+                    Code::Lidt_m1664 => a.lidt(ptr(rsi)),
+                    Code::Cli => a.cli(),
+                    Code::Sti => a.sti(),
+                    Code::Clts => a.clts(),
+                    Code::Swapgs => a.swapgs(),
+                    Code::Invlpg_m => a.invlpg(ptr(rsi)),
+                    Code::Wbinvd => a.wbinvd(),
+                    Code::Invd => a.invd(),
+                    _ => a.hlt(),
+                });
+                let mut case = Case::new(format!("{code:?} at CPL 3"), bytes);
+                case.fill_seed = raw.fill;
+                case.init.gpr = raw.regs;
+                case.init.gpr[4] = DEFAULT_RSP;
+                case.init.gpr[6] = OPERAND_ZONE;
+                case.init.rflags = raw.flags;
+                case
+            });
+            Form::new(format!("{code:?} at CPL 3"), strategy)
+        })
+        .collect()
+}
+
+#[test]
+fn privileged_instructions_fault_at_cpl3() {
+    harness::run_forms(privileged_forms());
+}
+
 /// Every GP form, for the coverage test.
 pub fn forms() -> Vec<Form> {
     let mut all = Vec::new();
@@ -1885,6 +1958,7 @@ pub fn forms() -> Vec<Form> {
         all.extend(generic_forms(family));
     }
     all.extend(string_forms());
+    all.extend(privileged_forms());
     all.extend(special_forms());
     all.push(sequence_form());
     all

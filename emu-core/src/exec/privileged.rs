@@ -1,0 +1,228 @@
+//! Privileged and system-state instructions: MOV to/from CR and DR, RDMSR/WRMSR,
+//! LGDT/LIDT/SGDT/SIDT, CLI/STI, CLTS, SWAPGS, INVLPG, WBINVD/INVD.
+//!
+//! Each checks privilege first (`#GP(0)` above CPL 0, or above IOPL for CLI/STI) and
+//! validates values through [`crate::sysregs`]. Instructions that change how later code
+//! is translated or how addresses translate end their block.
+
+use iced_x86::Code;
+
+use crate::cpu::{reg, seg, Cpu};
+use crate::exception::Exception;
+use crate::flags;
+use crate::insn::{Insn, OpEntry, OpTable, Step, Trap};
+use crate::sysregs::{is_canonical, msr, MsrHost, TableRegister};
+
+const GP0: Trap = Trap::Exception(Exception::GeneralProtection(0));
+
+/// `#GP(0)` unless running at CPL 0.
+#[inline]
+pub(crate) fn require_cpl0(cpu: &Cpu) -> Result<(), Trap> {
+    if cpu.sys.cpl == 0 {
+        Ok(())
+    } else {
+        Err(GP0)
+    }
+}
+
+fn mov_from_cr(cpu: &mut Cpu, i: &Insn) -> Step {
+    require_cpl0(cpu)?;
+    let value = match i.src {
+        0 => cpu.sys.cr0,
+        2 => cpu.sys.cr2,
+        3 => cpu.sys.cr3,
+        4 => cpu.sys.cr4,
+        8 => cpu.sys.cr8,
+        _ => return Err(Exception::InvalidOpcode.into()),
+    };
+    cpu.set_reg::<8>(i.dst, value);
+    Ok(())
+}
+
+fn mov_to_cr(cpu: &mut Cpu, i: &Insn) -> Step {
+    require_cpl0(cpu)?;
+    let value = cpu.reg::<8>(i.src);
+    match i.dst {
+        0 => {
+            cpu.sys.cr0 = cpu.sys.check_cr0(value)?;
+            cpu.mmu.flush_tlb();
+        }
+        2 => cpu.sys.cr2 = value,
+        3 => {
+            cpu.sys.cr3 = cpu.sys.check_cr3(value)?;
+            cpu.mmu.flush_tlb();
+        }
+        4 => {
+            cpu.sys.cr4 = cpu.sys.check_cr4(value)?;
+            cpu.mmu.flush_tlb();
+        }
+        8 => cpu.sys.cr8 = cpu.sys.check_cr8(value)?,
+        _ => return Err(Exception::InvalidOpcode.into()),
+    }
+    Ok(())
+}
+
+fn mov_from_dr(cpu: &mut Cpu, i: &Insn) -> Step {
+    require_cpl0(cpu)?;
+    let value = cpu.sys.read_dr(i.src)?;
+    cpu.set_reg::<8>(i.dst, value);
+    Ok(())
+}
+
+fn mov_to_dr(cpu: &mut Cpu, i: &Insn) -> Step {
+    require_cpl0(cpu)?;
+    let value = cpu.reg::<8>(i.src);
+    cpu.sys.write_dr(i.dst, value)?;
+    Ok(())
+}
+
+/// The MSRs stored in [`Cpu`] fields outside [`crate::sysregs::SystemRegs`].
+struct CpuMsrs<'a> {
+    seg_base: &'a mut [u64; 8],
+    kernel_gs_base: &'a mut u64,
+    tsc_aux: &'a mut u64,
+    tsc_offset: &'a mut u64,
+    raw_tsc: u64,
+}
+
+impl MsrHost for CpuMsrs<'_> {
+    fn tsc(&self) -> u64 {
+        self.raw_tsc.wrapping_add(*self.tsc_offset)
+    }
+    fn set_tsc(&mut self, value: u64) {
+        *self.tsc_offset = value.wrapping_sub(self.raw_tsc);
+    }
+    fn base_msr(&mut self, index: u32) -> &mut u64 {
+        match index {
+            msr::FS_BASE => &mut self.seg_base[seg::FS as usize],
+            msr::GS_BASE => &mut self.seg_base[seg::GS as usize],
+            msr::KERNEL_GS_BASE => self.kernel_gs_base,
+            _ => self.tsc_aux,
+        }
+    }
+}
+
+fn msr_host(cpu: &mut Cpu) -> (&mut crate::sysregs::SystemRegs, CpuMsrs<'_>) {
+    let raw_tsc = cpu.raw_tsc();
+    (
+        &mut cpu.sys,
+        CpuMsrs {
+            seg_base: &mut cpu.seg_base,
+            kernel_gs_base: &mut cpu.kernel_gs_base,
+            tsc_aux: &mut cpu.tsc_aux,
+            tsc_offset: &mut cpu.tsc_offset,
+            raw_tsc,
+        },
+    )
+}
+
+fn rdmsr(cpu: &mut Cpu, _: &Insn) -> Step {
+    require_cpl0(cpu)?;
+    let index = cpu.reg::<4>(reg::RCX) as u32;
+    let (sys, mut host) = msr_host(cpu);
+    let value = sys.read_msr(&mut host, index)?;
+    cpu.set_reg::<4>(reg::RAX, value & 0xffff_ffff);
+    cpu.set_reg::<4>(reg::RDX, value >> 32);
+    Ok(())
+}
+
+fn wrmsr(cpu: &mut Cpu, _: &Insn) -> Step {
+    require_cpl0(cpu)?;
+    let index = cpu.reg::<4>(reg::RCX) as u32;
+    let value = cpu.reg::<4>(reg::RAX) | cpu.reg::<4>(reg::RDX) << 32;
+    let (sys, mut host) = msr_host(cpu);
+    sys.write_msr(&mut host, index, value)?;
+    if index == msr::EFER {
+        cpu.mmu.flush_tlb();
+    }
+    Ok(())
+}
+
+/// LGDT/LIDT m16&64: a 2-byte limit then an 8-byte base, which must be canonical.
+fn load_table<const IDT: bool>(cpu: &mut Cpu, i: &Insn) -> Step {
+    require_cpl0(cpu)?;
+    let addr = i.ea(cpu);
+    let limit = cpu.mmu.read::<2>(addr)? as u16;
+    let base = cpu.mmu.read::<8>(addr.wrapping_add(2))?;
+    if !is_canonical(base) {
+        return Err(GP0);
+    }
+    let table = TableRegister { base, limit };
+    if IDT {
+        cpu.sys.idtr = table;
+    } else {
+        cpu.sys.gdtr = table;
+    }
+    Ok(())
+}
+
+/// SGDT/SIDT: allowed at any privilege (UMIP is not supported).
+fn store_table<const IDT: bool>(cpu: &mut Cpu, i: &Insn) -> Step {
+    let table = if IDT { cpu.sys.idtr } else { cpu.sys.gdtr };
+    let addr = i.ea(cpu);
+    cpu.mmu.check_writable(addr, 10)?;
+    cpu.mmu.write::<2>(addr, table.limit as u64)?;
+    cpu.mmu.write::<8>(addr.wrapping_add(2), table.base)?;
+    Ok(())
+}
+
+/// CLI/STI: `#GP(0)` when CPL > IOPL (no VME/PVI).
+fn set_interrupt_flag<const ON: bool>(cpu: &mut Cpu, _: &Insn) -> Step {
+    if cpu.sys.cpl > cpu.iopl() {
+        return Err(GP0);
+    }
+    if ON {
+        cpu.rflags_other |= flags::IF;
+    } else {
+        cpu.rflags_other &= !flags::IF;
+    }
+    Ok(())
+}
+
+fn clts(cpu: &mut Cpu, _: &Insn) -> Step {
+    require_cpl0(cpu)?;
+    cpu.sys.cr0 &= !crate::sysregs::cr0::TS;
+    Ok(())
+}
+
+fn swapgs(cpu: &mut Cpu, _: &Insn) -> Step {
+    require_cpl0(cpu)?;
+    std::mem::swap(&mut cpu.seg_base[seg::GS as usize], &mut cpu.kernel_gs_base);
+    Ok(())
+}
+
+fn invlpg(cpu: &mut Cpu, _: &Insn) -> Step {
+    require_cpl0(cpu)?;
+    // Flushing everything is a correct (if blunt) INVLPG until the paging walker lands.
+    cpu.mmu.flush_tlb();
+    Ok(())
+}
+
+/// WBINVD/INVD: there are no caches to write back or drop.
+fn cache_control(cpu: &mut Cpu, _: &Insn) -> Step {
+    require_cpl0(cpu)
+}
+
+pub(crate) fn register(t: &mut OpTable) {
+    t.set(Code::Mov_r64_cr, OpEntry::reg(mov_from_cr));
+    t.set(Code::Mov_cr_r64, OpEntry::reg(mov_to_cr).ends_block());
+    t.set(Code::Mov_r64_dr, OpEntry::reg(mov_from_dr));
+    t.set(Code::Mov_dr_r64, OpEntry::reg(mov_to_dr).ends_block());
+    t.set(Code::Rdmsr, OpEntry::reg(rdmsr));
+    t.set(Code::Wrmsr, OpEntry::reg(wrmsr).ends_block());
+    t.set(Code::Lgdt_m1664, OpEntry::mem(load_table::<false>));
+    t.set(Code::Lidt_m1664, OpEntry::mem(load_table::<true>));
+    t.set(Code::Sgdt_m1664, OpEntry::mem(store_table::<false>));
+    t.set(Code::Sidt_m1664, OpEntry::mem(store_table::<true>));
+    t.set(Code::Cli, OpEntry::reg(set_interrupt_flag::<false>));
+    // STI ends its block so the interrupt shadow can be modelled at the block boundary.
+    t.set(
+        Code::Sti,
+        OpEntry::reg(set_interrupt_flag::<true>).ends_block(),
+    );
+    t.set(Code::Clts, OpEntry::reg(clts));
+    t.set(Code::Swapgs, OpEntry::reg(swapgs));
+    t.set(Code::Invlpg_m, OpEntry::mem(invlpg).ends_block());
+    t.set(Code::Wbinvd, OpEntry::reg(cache_control));
+    t.set(Code::Invd, OpEntry::reg(cache_control));
+}

@@ -378,10 +378,16 @@ impl Emulator {
             // A data access to a non-canonical address is #GP(0) before it is anything
             // else (hardware raises #SS(0) for stack references; this is a bare CPU without
             // segments, so #GP it is).
-            Trap::Memory(MemFault::Unmapped { addr, access })
-                if access != emu_mmu::Access::Fetch && !is_canonical(addr) =>
+            Trap::Memory(MemFault::NonCanonical { access, .. })
+                if access != emu_mmu::Access::Fetch =>
             {
                 InterruptEvent::Exception(Exception::GeneralProtection(0))
+            }
+            Trap::Memory(MemFault::PageFault { addr, error_code }) => {
+                InterruptEvent::Exception(Exception::PageFault {
+                    addr,
+                    code: error_code,
+                })
             }
             Trap::Memory(fault) => {
                 return Some(StopReason::Unmapped {
@@ -410,11 +416,6 @@ impl Emulator {
             InterruptEvent::Syscall => StopReason::Syscall { rip: self.cpu.rip },
         })
     }
-}
-
-/// Whether `addr` is canonical with 48-bit virtual addresses (bits 63..47 all equal).
-fn is_canonical(addr: u64) -> bool {
-    ((addr as i64) << 16 >> 16) as u64 == addr
 }
 
 /// Outcome of running (part of) a block: instructions retired, and the trap that ended

@@ -113,3 +113,45 @@ pub unsafe fn copy_in(dst: *mut u8, src: &[u8]) {
         unsafe { dst.add(i).write_volatile(*byte) };
     }
 }
+
+/// Atomically replaces the little-endian `u32` at `ptr` with `new` if it holds `old`.
+/// Returns whether it did. Used for accessed/dirty updates of paging-structure entries,
+/// which other vCPUs and devices may write at the same time.
+///
+/// # Safety
+///
+/// `ptr..ptr + 4` must lie inside a live guest RAM region and `ptr` must be 4-byte aligned.
+#[inline]
+pub unsafe fn compare_exchange_u32(ptr: *mut u8, old: u32, new: u32) -> bool {
+    debug_assert!(ptr as usize % 4 == 0, "entry pointer must be aligned");
+    // SAFETY: the caller guarantees an aligned 4-byte location inside live guest RAM, which
+    // is only ever accessed through atomics or volatile accesses.
+    unsafe { AtomicU32::from_ptr(ptr as *mut u32) }
+        .compare_exchange(
+            old.to_le(),
+            new.to_le(),
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        )
+        .is_ok()
+}
+
+/// Atomically replaces the little-endian `u64` at `ptr` with `new` if it holds `old`.
+/// Returns whether it did.
+///
+/// # Safety
+///
+/// `ptr..ptr + 8` must lie inside a live guest RAM region and `ptr` must be 8-byte aligned.
+#[inline]
+pub unsafe fn compare_exchange_u64(ptr: *mut u8, old: u64, new: u64) -> bool {
+    debug_assert!(ptr as usize % 8 == 0, "entry pointer must be aligned");
+    // SAFETY: as in `compare_exchange_u32`, for an aligned 8-byte location.
+    unsafe { AtomicU64::from_ptr(ptr as *mut u64) }
+        .compare_exchange(
+            old.to_le(),
+            new.to_le(),
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        )
+        .is_ok()
+}

@@ -5,8 +5,16 @@
 //! * [`Mmu`] is what a vCPU touches memory through. Its fast path is the soft TLB
 //!   ([`tlb::SoftTlb`]): a direct-mapped array per access kind, each entry a virtual page tag
 //!   and a host-pointer addend, so a hit is one compare and one add. A miss takes the slow
-//!   path, which translates the address (identity while paging is off; page walks arrive
-//!   with the system ISA), checks what the physical page is, and fills the entry.
+//!   path, which translates the address (identity while paging is off, otherwise the page
+//!   walker in [`paging`]), checks what the physical page is, and fills the entry.
+//! * With paging on the soft TLB is the shadow page table. Entries are filled only after
+//!   the walk checked the very access they serve (a read fills the read array, a write the
+//!   write array once the dirty bit is set, a fetch the fetch array), so a hit needs no
+//!   permission check. Because what a walk grants depends on who asks, the `Mmu` keeps one
+//!   `SoftTlb` per *privilege class* (user; supervisor that may touch user pages; supervisor
+//!   that SMAP keeps off user pages) and swaps the active one in when the class changes
+//!   (three pointer swaps; the hit path is unchanged). Flushes follow the architecture: see
+//!   [`Mmu::set_paging`], [`Mmu::write_cr3`], [`Mmu::invlpg`] and [`Mmu::invpcid`].
 //! * Pages that hold translated guest code are marked. Their write entries are never put in
 //!   the TLB, so every store to them goes through the slow path, which records the page in
 //!   a list the code cache drains to drop stale blocks (self-modifying code).
@@ -17,11 +25,15 @@
 //! there.
 
 pub mod host_access;
+pub mod paging;
 pub mod ram;
 pub mod tlb;
 
 use std::collections::HashSet;
 
+pub use paging::{
+    PageFault, PagingContext, PagingError, PagingMode, Privilege, Translation, MAXPHYADDR,
+};
 pub use ram::{GuestRam, RamError};
 pub use tlb::{SoftTlb, TlbArray, TlbEntry, TLB_ENTRIES};
 
@@ -55,6 +67,54 @@ pub enum MemFault {
         /// What kind of access it was.
         access: Access,
     },
+    /// The page walk failed: the guest sees #PF with CR2 = `addr`.
+    #[error("page fault at {addr:#x} (error code {error_code:#x})")]
+    PageFault {
+        /// The faulting linear address.
+        addr: u64,
+        /// The #PF error code (bits in [`paging::pf`]).
+        error_code: u32,
+    },
+    /// The linear address is not canonical (48-bit, or 57-bit with LA57): the guest sees
+    /// #GP(0) (#SS(0) for stack references), not #PF.
+    #[error("{access:?} of non-canonical address {addr:#x}")]
+    NonCanonical {
+        /// The address of the first non-canonical byte.
+        addr: u64,
+        /// What kind of access it was.
+        access: Access,
+    },
+}
+
+/// Which INVPCID operation to perform (the type operand).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InvpcidKind {
+    /// Type 0: one linear address in one PCID (global translations excepted).
+    Address,
+    /// Type 1: every non-global translation of one PCID.
+    SingleContext,
+    /// Type 2: every translation, global ones included.
+    AllIncludingGlobal,
+    /// Type 3: every non-global translation.
+    AllExceptGlobal,
+}
+
+/// Privilege classes; one `SoftTlb` each.
+const CLASS_USER: usize = 0;
+/// Supervisor accesses that may touch user data pages (SMAP off, or RFLAGS.AC with an
+/// explicit access). Also the class used while paging is off.
+const CLASS_SUPERVISOR: usize = 1;
+/// Supervisor accesses that SMAP keeps away from user data pages.
+const CLASS_SUPERVISOR_SMAP: usize = 2;
+
+/// What one slow-path translation found.
+#[derive(Clone, Copy)]
+struct Resolved {
+    paddr: u64,
+    host_page: *mut u8,
+    global: bool,
+    /// `(virtual base, size)` of the large page that mapped it, if larger than 4 KiB.
+    large: Option<(u64, u64)>,
 }
 
 /// A memory access reported to memory hooks.
@@ -78,7 +138,20 @@ pub type MemHook = Box<dyn FnMut(&MemAccessEvent) + Send>;
 /// For now an `Mmu` also owns the machine's RAM and code-page marks; when several vCPUs
 /// arrive those move into a shared machine memory object and each `Mmu` keeps only its TLB.
 pub struct Mmu {
+    /// The TLB of the current privilege class.
     tlb: SoftTlb,
+    /// The TLBs of the other classes; slot `class` holds an empty spare.
+    parked: [SoftTlb; 3],
+    /// The current privilege class (`CLASS_*`).
+    class: usize,
+    paging: PagingContext,
+    mode: PagingMode,
+    /// PAE PDPTEs, loaded when CR3 is written in (or paging switches to) PAE mode.
+    pdptes: [u64; 4],
+    privilege: Privilege,
+    /// Virtual range `(base, mask)` covering every large page the TLB may hold slices of,
+    /// if any. INVLPG inside it flushes everything.
+    large_pages: Option<(u64, u64)>,
     ram: GuestRam,
     /// Physical pages (page-aligned) that hold translated code.
     code_pages: HashSet<u64>,
@@ -108,6 +181,13 @@ impl Mmu {
     pub fn new(ram: GuestRam) -> Self {
         Self {
             tlb: SoftTlb::default(),
+            parked: Default::default(),
+            class: CLASS_SUPERVISOR,
+            paging: PagingContext::default(),
+            mode: PagingMode::Off,
+            pdptes: [0; 4],
+            privilege: Privilege::default(),
+            large_pages: None,
             ram,
             code_pages: HashSet::new(),
             written_code_pages: Vec::new(),
@@ -129,19 +209,213 @@ impl Mmu {
         self.ram.add_region(addr, size)?;
         // A page that was unassigned may be RAM now; TLB entries never cache "unassigned",
         // but flush anyway so the rule "layout changes flush" holds without exceptions.
-        self.tlb.flush();
+        self.flush_tlb();
         Ok(())
     }
 
-    /// Flushes the whole TLB (CR3 writes, mode changes, layout changes).
+    /// Flushes the whole TLB of every privilege class, global entries included.
     pub fn flush_tlb(&mut self) {
         self.tlb.flush();
+        for t in &mut self.parked {
+            t.flush();
+        }
+        self.large_pages = None;
+    }
+
+    /// Flushes every non-global entry of every privilege class.
+    fn flush_non_global(&mut self) {
+        self.tlb.flush_non_global();
+        for t in &mut self.parked {
+            t.flush_non_global();
+        }
+    }
+
+    /// The paging registers last installed.
+    pub fn paging(&self) -> &PagingContext {
+        &self.paging
+    }
+
+    /// The paging mode in force.
+    pub fn paging_mode(&self) -> PagingMode {
+        self.mode
+    }
+
+    /// The PAE PDPTEs as last loaded (meaningful in PAE mode only).
+    pub fn pdptes(&self) -> [u64; 4] {
+        self.pdptes
+    }
+
+    /// Installs CR0, CR3, CR4 and EFER. Call after every MOV to CR0 or CR4, WRMSR to EFER,
+    /// mode switch, task switch or reset (a MOV to CR3 alone goes to [`Mmu::write_cr3`]).
+    ///
+    /// Flushes as the architecture requires: everything, global entries included, when
+    /// CR0.PG/WP, CR4.PSE/PAE/PGE/LA57/PCIDE/SMEP/SMAP or EFER.NXE/LMA change; otherwise,
+    /// if CR3 changed, the non-global entries (as a MOV to CR3 without the no-flush bit).
+    /// When the result is PAE paging and PG, PAE, PSE, PGE, SMEP or CR3 changed, the PDPTEs
+    /// are (re)loaded.
+    ///
+    /// # Errors
+    ///
+    /// [`PagingError::ReservedPdpte`] if PDPTEs had to be loaded and one is invalid; the
+    /// CPU raises #GP(0) and must keep its old register values (nothing here changed).
+    pub fn set_paging(&mut self, ctx: PagingContext) -> Result<(), PagingError> {
+        use paging::bits::*;
+        let old = self.paging;
+        if ctx == old {
+            return Ok(());
+        }
+        let cr0_diff = (old.cr0 ^ ctx.cr0) & (CR0_PG | CR0_WP);
+        let cr4_diff = (old.cr4 ^ ctx.cr4)
+            & (CR4_PSE | CR4_PAE | CR4_PGE | CR4_LA57 | CR4_PCIDE | CR4_SMEP | CR4_SMAP);
+        let efer_diff = (old.efer ^ ctx.efer) & (EFER_NXE | EFER_LMA);
+        let mode = ctx.mode();
+        let pdpte_reload = mode == PagingMode::Pae
+            && (old.cr3 != ctx.cr3
+                || cr0_diff & CR0_PG != 0
+                || cr4_diff & (CR4_PAE | CR4_PSE | CR4_PGE | CR4_SMEP) != 0
+                || self.mode != PagingMode::Pae);
+        if pdpte_reload {
+            self.pdptes = paging::load_pdptes(&self.ram, ctx.cr3)?;
+        }
+        self.paging = ctx;
+        self.mode = mode;
+        if cr0_diff != 0 || cr4_diff != 0 || efer_diff != 0 {
+            self.flush_tlb();
+        } else if old.cr3 != ctx.cr3 {
+            self.flush_non_global();
+        }
+        self.select_class();
+        Ok(())
+    }
+
+    /// MOV to CR3 with `value` as the guest wrote it. Call on every MOV to CR3, even of an
+    /// unchanged value (that is how guests flush).
+    ///
+    /// Stores `value` without bit 63 (the PCID no-flush bit, honoured when CR4.PCIDE). In
+    /// PAE mode loads the PDPTEs. Flushes non-global entries, unless CR4.PCIDE and bit 63 is
+    /// set and the PCID is unchanged. (The TLB holds entries of the current PCID only, so a
+    /// switch to another PCID flushes the non-global entries even with the no-flush bit.)
+    ///
+    /// # Errors
+    ///
+    /// [`PagingError::ReservedCr3`] in long mode if bits 62:MAXPHYADDR (or bit 63 without
+    /// CR4.PCIDE) are set, [`PagingError::ReservedPdpte`] in PAE mode for an invalid PDPTE.
+    /// The CPU raises #GP(0); nothing changed.
+    pub fn write_cr3(&mut self, value: u64) -> Result<(), PagingError> {
+        use paging::bits::*;
+        let pcide = self.paging.cr4 & CR4_PCIDE != 0;
+        let no_flush = pcide && value & CR3_NO_FLUSH != 0;
+        let cr3 = if pcide { value & !CR3_NO_FLUSH } else { value };
+        if self.paging.efer & EFER_LMA != 0 && cr3 >> MAXPHYADDR != 0 {
+            return Err(PagingError::ReservedCr3 { value });
+        }
+        if self.mode == PagingMode::Pae {
+            self.pdptes = paging::load_pdptes(&self.ram, cr3)?;
+        }
+        let old_pcid = self.paging.pcid();
+        self.paging.cr3 = cr3;
+        if !(no_flush && self.paging.pcid() == old_pcid) {
+            self.flush_non_global();
+        }
+        Ok(())
+    }
+
+    /// INVLPG: drops the translation of the page holding linear address `vaddr` (global
+    /// or not) in every privilege class. If the address lies where a large page was
+    /// cached (as 4 KiB slices), everything is flushed.
+    pub fn invlpg(&mut self, vaddr: u64) {
+        if matches!(self.large_pages, Some((base, mask)) if vaddr & mask == base) {
+            self.flush_tlb();
+            return;
+        }
+        self.tlb.flush_page(vaddr);
+        for t in &mut self.parked {
+            t.flush_page(vaddr);
+        }
+    }
+
+    /// INVPCID of `kind` for `pcid` and linear address `vaddr` (type 0 only).
+    ///
+    /// # Errors
+    ///
+    /// [`PagingError::BadPcid`] for a PCID above 0xfff, [`PagingError::NonCanonical`] for a
+    /// non-canonical address with type 0. The CPU raises #GP(0). (Checking CR4.PCIDE for
+    /// types 0/1 with a non-zero PCID and the reserved-type #GP is the CPU's.)
+    pub fn invpcid(&mut self, kind: InvpcidKind, pcid: u64, vaddr: u64) -> Result<(), PagingError> {
+        if pcid > 0xfff {
+            return Err(PagingError::BadPcid { pcid });
+        }
+        let current = u64::from(self.paging.pcid()) == pcid;
+        match kind {
+            InvpcidKind::Address => {
+                if !paging::is_canonical(vaddr, self.mode == PagingMode::Level5) {
+                    return Err(PagingError::NonCanonical { addr: vaddr });
+                }
+                // Entries of other PCIDs are never held; global entries are exempt but
+                // flushing one more page is always allowed.
+                if current {
+                    self.invlpg(vaddr);
+                }
+            }
+            InvpcidKind::SingleContext => {
+                if current {
+                    self.flush_non_global();
+                }
+            }
+            InvpcidKind::AllIncludingGlobal => self.flush_tlb(),
+            InvpcidKind::AllExceptGlobal => self.flush_non_global(),
+        }
+        Ok(())
+    }
+
+    /// Sets the privilege of subsequent accesses: the CPL and RFLAGS.AC. Call when CPL
+    /// changes and when AC changes (STAC, CLAC, POPF, IRET, ...); cheap when nothing
+    /// relevant changed.
+    #[inline]
+    pub fn set_privilege(&mut self, cpl: u8, ac: bool) {
+        self.privilege.cpl = cpl;
+        self.privilege.ac = ac;
+        self.select_class();
+    }
+
+    /// Marks subsequent accesses as implicit supervisor accesses (`true`: descriptor
+    /// tables, TSS, stack pushes during event delivery) or ends that (`false`).
+    #[inline]
+    pub fn set_implicit_supervisor(&mut self, on: bool) {
+        self.privilege.implicit_supervisor = on;
+        self.select_class();
+    }
+
+    /// The privilege of accesses now.
+    pub fn privilege(&self) -> Privilege {
+        self.privilege
+    }
+
+    /// Activates the TLB of the current privilege class.
+    #[inline]
+    fn select_class(&mut self) {
+        let class = if self.mode == PagingMode::Off {
+            CLASS_SUPERVISOR
+        } else if self.privilege.is_user() {
+            CLASS_USER
+        } else if self.paging.cr4 & paging::bits::CR4_SMAP != 0
+            && (self.privilege.implicit_supervisor || !self.privilege.ac)
+        {
+            CLASS_SUPERVISOR_SMAP
+        } else {
+            CLASS_SUPERVISOR
+        };
+        if class != self.class {
+            std::mem::swap(&mut self.tlb, &mut self.parked[self.class]);
+            std::mem::swap(&mut self.tlb, &mut self.parked[class]);
+            self.class = class;
+        }
     }
 
     /// Installs a memory hook. While any hook is installed the TLB is bypassed.
     pub fn add_hook(&mut self, hook: MemHook) {
         self.hooks.push(hook);
-        self.tlb.flush();
+        self.flush_tlb();
     }
 
     /// Removes every memory hook, re-enabling the TLB.
@@ -242,39 +516,49 @@ impl Mmu {
     }
 
     /// Copies up to `buf.len()` bytes of code starting at `vaddr` into `buf`, stopping at
-    /// the first unmapped byte. Returns how many bytes were copied.
+    /// the first byte that cannot be fetched (unmapped, not present, not executable).
+    /// Returns how many bytes were copied; [`Mmu::translate`] with [`Access::Fetch`] at the
+    /// first byte not copied gives the fault.
     pub fn fetch_code(&mut self, vaddr: u64, buf: &mut [u8]) -> usize {
         let mut done = 0;
         while done < buf.len() {
             let addr = vaddr.wrapping_add(done as u64);
-            let Ok(host_page) = self.fetch_host_page(addr) else {
+            let Ok(page) = self.access_page(addr, Access::Fetch) else {
                 break;
             };
             let offset = (addr & !PAGE_MASK) as usize;
             let n = (ram::PAGE_BYTES - offset).min(buf.len() - done);
             // SAFETY: `host_page` is a live RAM page and `offset + n <= PAGE_BYTES`.
-            unsafe { host_access::copy_out(host_page.add(offset), &mut buf[done..done + n]) };
+            unsafe { host_access::copy_out(page.host_page.add(offset), &mut buf[done..done + n]) };
             done += n;
         }
         done
     }
 
-    /// Translates a virtual address for `access`, returning the physical address.
+    /// Translates a linear address for `access` by the current privilege, returning the
+    /// physical address. With paging on this walks the page tables (setting A/D bits) on a
+    /// TLB miss and fills the TLB as the access would.
     ///
     /// # Errors
     ///
-    /// [`MemFault::Unmapped`] if the page is not RAM.
+    /// [`MemFault::NonCanonical`] for a non-canonical address (in 32-bit and PAE paging:
+    /// above 4 GiB), [`MemFault::PageFault`] if the walk faults, [`MemFault::Unmapped`] if
+    /// the physical page is not RAM.
     pub fn translate(&mut self, vaddr: u64, access: Access) -> Result<u64, MemFault> {
-        // Paging is off: physical == virtual. Page walks arrive with the system ISA.
-        let paddr = vaddr;
-        if self.ram.is_ram(paddr) {
-            Ok(paddr)
-        } else {
-            Err(MemFault::Unmapped {
-                addr: vaddr,
-                access,
-            })
-        }
+        Ok(self.access_page(vaddr, access)?.paddr)
+    }
+
+    /// Translates `vaddr` for an instruction fetch and marks the physical page it lands on
+    /// as holding translated code. Returns that physical page (page aligned). The code
+    /// cache calls this for each page a block's bytes came from.
+    ///
+    /// # Errors
+    ///
+    /// As [`Mmu::translate`].
+    pub fn mark_code_at(&mut self, vaddr: u64) -> Result<u64, MemFault> {
+        let page = self.access_page(vaddr, Access::Fetch)?.paddr & PAGE_MASK;
+        self.mark_code_page(page);
+        Ok(page)
     }
 
     /// Marks the physical page holding `paddr` as holding translated code, so writes to it
@@ -283,6 +567,9 @@ impl Mmu {
         let page = paddr & PAGE_MASK;
         if self.code_pages.insert(page) {
             self.tlb.write.flush_phys_page(page);
+            for t in &mut self.parked {
+                t.write.flush_phys_page(page);
+            }
         }
     }
 
@@ -303,70 +590,132 @@ impl Mmu {
         std::mem::take(&mut self.written_code_pages)
     }
 
-    /// Reads guest memory into `buf` (embedder and loader access, not through hooks).
+    /// Reads guest memory into `buf` (embedder and loader access, not through hooks), at
+    /// linear addresses translated with the current paging state and privilege.
     ///
     /// # Errors
     ///
-    /// [`MemFault`] if any byte is not RAM; `buf` may then be partly filled.
+    /// [`MemFault`] if any byte cannot be read; `buf` is then untouched.
     pub fn read_bytes(&mut self, vaddr: u64, buf: &mut [u8]) -> Result<(), MemFault> {
         self.check_mapped(vaddr, buf.len() as u64, Access::Read)?;
         let mut done = 0;
         while done < buf.len() {
             let addr = vaddr.wrapping_add(done as u64);
-            let host_page = self.host_page_for(addr, Access::Read)?;
+            let page = self.access_page(addr, Access::Read)?;
             let offset = (addr & !PAGE_MASK) as usize;
             let n = (ram::PAGE_BYTES - offset).min(buf.len() - done);
             // SAFETY: `host_page` is a live RAM page and `offset + n <= PAGE_BYTES`.
-            unsafe { host_access::copy_out(host_page.add(offset), &mut buf[done..done + n]) };
+            unsafe { host_access::copy_out(page.host_page.add(offset), &mut buf[done..done + n]) };
             done += n;
         }
         Ok(())
     }
 
-    /// Writes `data` into guest memory (embedder and loader access). Code pages written
-    /// this way are reported to the code cache like guest stores.
+    /// Writes `data` into guest memory (embedder and loader access), at linear addresses
+    /// translated with the current paging state and privilege. Code pages written this way
+    /// are reported to the code cache like guest stores.
     ///
     /// # Errors
     ///
-    /// [`MemFault`] if any byte is not RAM; nothing is written then.
+    /// [`MemFault`] if any byte cannot be written; nothing is written then.
     pub fn write_bytes(&mut self, vaddr: u64, data: &[u8]) -> Result<(), MemFault> {
         self.check_mapped(vaddr, data.len() as u64, Access::Write)?;
         let mut done = 0;
         while done < data.len() {
             let addr = vaddr.wrapping_add(done as u64);
-            let host_page = self.host_page_for(addr, Access::Write)?;
-            self.note_code_write(addr);
+            let page = self.access_page(addr, Access::Write)?;
+            self.note_code_write(page.paddr);
             let offset = (addr & !PAGE_MASK) as usize;
             let n = (ram::PAGE_BYTES - offset).min(data.len() - done);
             // SAFETY: `host_page` is a live RAM page and `offset + n <= PAGE_BYTES`.
-            unsafe { host_access::copy_in(host_page.add(offset), &data[done..done + n]) };
+            unsafe { host_access::copy_in(page.host_page.add(offset), &data[done..done + n]) };
             done += n;
         }
         Ok(())
     }
 
-    fn host_page_for(&mut self, vaddr: u64, access: Access) -> Result<*mut u8, MemFault> {
-        let paddr = self.translate(vaddr, access)?;
-        self.ram.host_page(paddr).ok_or(MemFault::Unmapped {
-            addr: vaddr,
+    /// Translates `vaddr` (paging, canonical check) without touching the TLB.
+    fn walk(&mut self, vaddr: u64, access: Access) -> Result<Translation, MemFault> {
+        let ok = match self.mode {
+            PagingMode::Bits32 | PagingMode::Pae => vaddr <= u64::from(u32::MAX),
+            PagingMode::Level5 => paging::is_canonical(vaddr, true),
+            PagingMode::Off | PagingMode::Level4 => paging::is_canonical(vaddr, false),
+        };
+        if !ok {
+            return Err(MemFault::NonCanonical {
+                addr: vaddr,
+                access,
+            });
+        }
+        paging::walk(
+            &self.ram,
+            &self.paging,
+            &self.pdptes,
+            self.privilege,
+            vaddr,
             access,
+        )
+        .map_err(|f| MemFault::PageFault {
+            addr: f.addr,
+            error_code: f.error_code,
         })
     }
 
-    fn fetch_host_page(&mut self, vaddr: u64) -> Result<*mut u8, MemFault> {
-        if let Some(host) = self.tlb.fetch.lookup(vaddr & PAGE_MASK, 1) {
-            return Ok(host as *mut u8);
+    /// The physical and host page for `vaddr`: from the TLB if it holds the page for this
+    /// access, otherwise by a walk, after which the TLB is filled (unless hooks are
+    /// installed or it is a write to a code page).
+    fn access_page(&mut self, vaddr: u64, access: Access) -> Result<Resolved, MemFault> {
+        let array = self.tlb.array(access);
+        let e = array.entry(vaddr);
+        let tag = vaddr & PAGE_MASK;
+        if e.tag == tag {
+            return Ok(Resolved {
+                paddr: e.phys_page & PAGE_MASK | vaddr & !PAGE_MASK,
+                host_page: tag.wrapping_add(e.addend) as *mut u8,
+                global: e.phys_page & TlbEntry::GLOBAL != 0,
+                large: None,
+            });
         }
-        let host_page = self.host_page_for(vaddr, Access::Fetch)?;
-        let paddr = self.translate(vaddr, Access::Fetch)?;
-        self.tlb.fetch.fill(vaddr, paddr, host_page);
-        Ok(host_page)
+        let t = self.walk(vaddr, access)?;
+        let host_page = self.ram.host_page(t.paddr).ok_or(MemFault::Unmapped {
+            addr: vaddr,
+            access,
+        })?;
+        let r = Resolved {
+            paddr: t.paddr,
+            host_page,
+            global: t.global,
+            large: (t.page_size > PAGE_SIZE).then(|| (vaddr & !(t.page_size - 1), t.page_size)),
+        };
+        let fill =
+            self.hooks.is_empty() && !(access == Access::Write && self.is_code_page(r.paddr));
+        if fill {
+            if let Some((base, size)) = r.large {
+                self.note_large_page(base, size);
+            }
+            self.tlb
+                .array_mut(access)
+                .fill_with(vaddr, r.paddr, r.host_page, r.global);
+        }
+        Ok(r)
     }
 
-    /// Records a write to a code page: the page loses its mark (later writes go fast again
-    /// until code is translated from it anew) and is queued for the code cache.
-    fn note_code_write(&mut self, vaddr: u64) {
-        let paddr = vaddr; // identity while paging is off
+    /// Widens the large-page range INVLPG checks to cover `base..base + size`.
+    fn note_large_page(&mut self, base: u64, size: u64) {
+        let mut mask = !(size - 1);
+        if let Some((old_base, old_mask)) = self.large_pages {
+            mask &= old_mask;
+            while old_base & mask != base & mask {
+                mask <<= 1;
+            }
+        }
+        self.large_pages = Some((base & mask, mask));
+    }
+
+    /// Records a write to physical address `paddr`: if its page holds code, the page loses
+    /// its mark (later writes go fast again until code is translated from it anew) and is
+    /// queued for the code cache.
+    fn note_code_write(&mut self, paddr: u64) {
         let page = paddr & PAGE_MASK;
         if self.code_pages.remove(&page) {
             self.written_code_pages.push(page);
@@ -376,27 +725,29 @@ impl Mmu {
     #[cold]
     #[inline(never)]
     fn read_slow<const N: usize>(&mut self, vaddr: u64) -> Result<u64, MemFault> {
-        let value = if (vaddr & !PAGE_MASK) + N as u64 > PAGE_SIZE {
-            // Crosses a page: check both pages first, then assemble byte by byte.
-            self.check_mapped(vaddr, N as u64, Access::Read)?;
+        let offset = (vaddr & !PAGE_MASK) as usize;
+        let value = if offset + N > ram::PAGE_BYTES {
+            // Crosses a page: translate both pages first, then assemble byte by byte.
+            let first = self.access_page(vaddr, Access::Read)?;
+            let next = (vaddr & PAGE_MASK).wrapping_add(PAGE_SIZE);
+            let second = self.access_page(next, Access::Read)?;
             let mut value = 0u64;
             for i in 0..N {
-                let addr = vaddr.wrapping_add(i as u64);
-                let host_page = self.host_page_for(addr, Access::Read)?;
+                let ptr = if offset + i < ram::PAGE_BYTES {
+                    // SAFETY: offset + i is inside the first page.
+                    unsafe { first.host_page.add(offset + i) }
+                } else {
+                    // SAFETY: offset + i - PAGE_BYTES < N is inside the second page.
+                    unsafe { second.host_page.add(offset + i - ram::PAGE_BYTES) }
+                };
                 // SAFETY: one byte inside a live RAM page.
-                let byte =
-                    unsafe { host_access::load::<1>(host_page.add((addr & !PAGE_MASK) as usize)) };
-                value |= byte << (8 * i);
+                value |= unsafe { host_access::load::<1>(ptr) } << (8 * i);
             }
             value
         } else {
-            let host_page = self.host_page_for(vaddr, Access::Read)?;
-            if self.hooks.is_empty() {
-                let paddr = self.translate(vaddr, Access::Read)?;
-                self.tlb.read.fill(vaddr, paddr, host_page);
-            }
+            let page = self.access_page(vaddr, Access::Read)?;
             // SAFETY: all N bytes are inside this live RAM page (no crossing, checked above).
-            unsafe { host_access::load::<N>(host_page.add((vaddr & !PAGE_MASK) as usize)) }
+            unsafe { host_access::load::<N>(page.host_page.add(offset)) }
         };
         self.run_hooks(Access::Read, vaddr, N, value);
         Ok(value)
@@ -406,31 +757,31 @@ impl Mmu {
     #[inline(never)]
     fn write_slow<const N: usize>(&mut self, vaddr: u64, value: u64) -> Result<(), MemFault> {
         self.run_hooks(Access::Write, vaddr, N, value);
-        if (vaddr & !PAGE_MASK) + N as u64 > PAGE_SIZE {
-            self.check_mapped(vaddr, N as u64, Access::Write)?;
+        let offset = (vaddr & !PAGE_MASK) as usize;
+        if offset + N > ram::PAGE_BYTES {
+            // Both pages are checked (and their dirty bits set) before any byte is stored.
+            let first = self.access_page(vaddr, Access::Write)?;
+            let next = (vaddr & PAGE_MASK).wrapping_add(PAGE_SIZE);
+            let second = self.access_page(next, Access::Write)?;
+            self.note_code_write(first.paddr);
+            self.note_code_write(second.paddr);
             for i in 0..N {
-                let addr = vaddr.wrapping_add(i as u64);
-                let host_page = self.host_page_for(addr, Access::Write)?;
-                self.note_code_write(addr);
-                // SAFETY: one byte inside a live RAM page.
-                unsafe {
-                    host_access::store::<1>(
-                        host_page.add((addr & !PAGE_MASK) as usize),
-                        value >> (8 * i),
-                    )
+                let ptr = if offset + i < ram::PAGE_BYTES {
+                    // SAFETY: offset + i is inside the first page.
+                    unsafe { first.host_page.add(offset + i) }
+                } else {
+                    // SAFETY: offset + i - PAGE_BYTES < N is inside the second page.
+                    unsafe { second.host_page.add(offset + i - ram::PAGE_BYTES) }
                 };
+                // SAFETY: one byte inside a live RAM page.
+                unsafe { host_access::store::<1>(ptr, value >> (8 * i)) };
             }
             return Ok(());
         }
-        let host_page = self.host_page_for(vaddr, Access::Write)?;
-        let paddr = self.translate(vaddr, Access::Write)?;
-        if self.is_code_page(paddr) {
-            self.note_code_write(vaddr);
-        } else if self.hooks.is_empty() {
-            self.tlb.write.fill(vaddr, paddr, host_page);
-        }
+        let page = self.access_page(vaddr, Access::Write)?;
+        self.note_code_write(page.paddr);
         // SAFETY: all N bytes are inside this live RAM page (no crossing, checked above).
-        unsafe { host_access::store::<N>(host_page.add((vaddr & !PAGE_MASK) as usize), value) };
+        unsafe { host_access::store::<N>(page.host_page.add(offset), value) };
         Ok(())
     }
 

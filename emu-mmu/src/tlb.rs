@@ -6,6 +6,11 @@
 //! fetches have separate arrays, because their permissions differ (a page holding
 //! translated code is readable and fetchable through the TLB, but its writes must take the
 //! slow path so the code cache hears about them).
+//!
+//! With paging on, an entry is only ever filled after the page walk checked the access it
+//! is for, under the privilege class of the [`SoftTlb`] it is in (the `Mmu` keeps one
+//! `SoftTlb` per class and swaps them when the class changes), so a hit needs no
+//! permission check. Entries mapping global pages are flagged so CR3 writes can keep them.
 
 /// Number of entries in each direct-mapped array (a power of two).
 pub const TLB_ENTRIES: usize = 512;
@@ -21,11 +26,15 @@ pub struct TlbEntry {
     pub tag: u64,
     /// `host address of the page - tag`, as a wrapping difference.
     pub addend: u64,
-    /// Guest physical address of the page (for flushing by physical page).
+    /// Guest physical address of the page (for flushing by physical page) in the high
+    /// bits; the low 12 bits hold flags ([`TlbEntry::GLOBAL`]).
     pub phys_page: u64,
 }
 
 impl TlbEntry {
+    /// Flag in `phys_page`: the entry maps a global page (kept across CR3 writes).
+    pub const GLOBAL: u64 = 1;
+
     const EMPTY: TlbEntry = TlbEntry {
         tag: INVALID_TAG,
         addend: 0,
@@ -75,12 +84,34 @@ impl TlbArray {
 
     /// Installs the mapping `virtual page -> (physical page, host page pointer)`.
     pub fn fill(&mut self, vaddr: u64, phys_page: u64, host_page: *mut u8) {
+        self.fill_with(vaddr, phys_page, host_page, false);
+    }
+
+    /// As [`TlbArray::fill`], marking the entry global if `global`.
+    pub fn fill_with(&mut self, vaddr: u64, phys_page: u64, host_page: *mut u8, global: bool) {
         let tag = vaddr & crate::PAGE_MASK;
         self.entries[Self::slot(vaddr)] = TlbEntry {
             tag,
             addend: (host_page as u64).wrapping_sub(tag),
-            phys_page: phys_page & crate::PAGE_MASK,
+            phys_page: phys_page & crate::PAGE_MASK | if global { TlbEntry::GLOBAL } else { 0 },
         };
+    }
+
+    /// Physical address of `vaddr` if the entry for its page is present.
+    #[inline]
+    pub fn phys(&self, vaddr: u64) -> Option<u64> {
+        let e = self.entry(vaddr);
+        (e.tag == vaddr & crate::PAGE_MASK)
+            .then_some(e.phys_page & crate::PAGE_MASK | vaddr & !crate::PAGE_MASK)
+    }
+
+    /// Drops every entry that is not global.
+    pub fn flush_non_global(&mut self) {
+        for e in self.entries.iter_mut() {
+            if e.phys_page & TlbEntry::GLOBAL == 0 {
+                *e = TlbEntry::EMPTY;
+            }
+        }
     }
 
     /// Drops every entry.
@@ -99,7 +130,11 @@ impl TlbArray {
     /// Drops every entry that maps physical page `paddr` (through any virtual page).
     pub fn flush_phys_page(&mut self, paddr: u64) {
         let page = paddr & crate::PAGE_MASK;
-        for e in self.entries.iter_mut().filter(|e| e.phys_page == page) {
+        for e in self
+            .entries
+            .iter_mut()
+            .filter(|e| e.tag != INVALID_TAG && e.phys_page & crate::PAGE_MASK == page)
+        {
             *e = TlbEntry::EMPTY;
         }
     }
@@ -114,14 +149,59 @@ pub struct SoftTlb {
     pub write: TlbArray,
     /// Entries for instruction fetch.
     pub fetch: TlbArray,
+    /// Whether anything may have been filled since the last full flush (lets flushes skip
+    /// arrays that are known empty).
+    pub(crate) used: bool,
 }
 
 impl SoftTlb {
     /// Drops every entry of every array.
     pub fn flush(&mut self) {
-        self.read.flush();
-        self.write.flush();
-        self.fetch.flush();
+        if self.used {
+            self.read.flush();
+            self.write.flush();
+            self.fetch.flush();
+            self.used = false;
+        }
+    }
+
+    /// Drops every entry that is not global, in every array.
+    pub fn flush_non_global(&mut self) {
+        if self.used {
+            self.read.flush_non_global();
+            self.write.flush_non_global();
+            self.fetch.flush_non_global();
+        }
+    }
+
+    /// Drops the entries for the virtual page holding `vaddr` in every array.
+    pub fn flush_page(&mut self, vaddr: u64) {
+        if self.used {
+            self.read.flush_page(vaddr);
+            self.write.flush_page(vaddr);
+            self.fetch.flush_page(vaddr);
+        }
+    }
+
+    /// The array for `access`.
+    #[inline(always)]
+    pub fn array_mut(&mut self, access: crate::Access) -> &mut TlbArray {
+        self.used = true;
+        match access {
+            crate::Access::Read => &mut self.read,
+            crate::Access::Write => &mut self.write,
+            crate::Access::Fetch => &mut self.fetch,
+        }
+    }
+
+    /// The array for `access`, for lookups.
+    #[inline(always)]
+    pub fn array(&self, access: crate::Access) -> &TlbArray {
+        match access {
+            crate::Access::Read => &self.read,
+            crate::Access::Write => &self.write,
+            crate::Access::Fetch => &self.fetch,
+        }
     }
 }
 

@@ -29,6 +29,7 @@ use crate::cache::CodeCache;
 use crate::cpu::Cpu;
 use crate::exception::Exception;
 use crate::insn::Trap;
+use crate::interrupt::{self, escalate, fault_class, Escalation, EventKind, FaultClass};
 use crate::translate::{translate_block, Block};
 
 /// Errors from the embedding API (never from guest behaviour, which ends a run with a
@@ -92,6 +93,11 @@ pub enum StopReason {
         /// Address of the next instruction.
         rip: u64,
     },
+    /// A fault while delivering a double fault: the processor shuts down.
+    TripleFault {
+        /// RIP when the shutdown happened.
+        rip: u64,
+    },
     /// A data access or fetch reached unmapped memory.
     Unmapped {
         /// The fault.
@@ -110,6 +116,18 @@ pub enum InterruptEvent {
     Software(u8),
     /// SYSCALL; RIP is the next instruction.
     Syscall,
+}
+
+/// Who handles exceptions and software interrupts that no interrupt hook handled.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum InterruptDelivery {
+    /// The run stops and reports them ([`StopReason::Exception`],
+    /// [`StopReason::SoftwareInterrupt`]): the Unicorn-style bare CPU.
+    #[default]
+    Embedder,
+    /// The guest does, through its IDT, as a real processor would (with #DF and triple
+    /// faults).
+    Guest,
 }
 
 /// What a code hook wants next.
@@ -146,6 +164,7 @@ pub struct Emulator {
     stop: Arc<AtomicBool>,
     code_hooks: Vec<CodeHook>,
     interrupt_hooks: Vec<InterruptHook>,
+    delivery: InterruptDelivery,
 }
 
 impl Default for Emulator {
@@ -166,7 +185,13 @@ impl Emulator {
             stop: Arc::new(AtomicBool::new(false)),
             code_hooks: Vec::new(),
             interrupt_hooks: Vec::new(),
+            delivery: InterruptDelivery::Embedder,
         }
+    }
+
+    /// Chooses who handles exceptions and software interrupts (see [`InterruptDelivery`]).
+    pub fn set_interrupt_delivery(&mut self, delivery: InterruptDelivery) {
+        self.delivery = delivery;
     }
 
     /// Maps `size` bytes of zeroed RAM at `addr` (both 4 KiB aligned).
@@ -404,6 +429,29 @@ impl Emulator {
                 return None;
             }
         }
+        if self.delivery == InterruptDelivery::Guest {
+            match event {
+                InterruptEvent::Exception(e) => {
+                    return self.deliver_to_guest(
+                        e.vector(),
+                        e.error_code(),
+                        EventKind::Exception,
+                        fault_class(e),
+                        Some(e),
+                    );
+                }
+                InterruptEvent::Software(v) => {
+                    return self.deliver_to_guest(
+                        v,
+                        None,
+                        EventKind::Software,
+                        FaultClass::Benign,
+                        None,
+                    );
+                }
+                InterruptEvent::Syscall => {}
+            }
+        }
         Some(match event {
             InterruptEvent::Exception(exception) => StopReason::Exception {
                 exception,
@@ -415,6 +463,57 @@ impl Emulator {
             },
             InterruptEvent::Syscall => StopReason::Syscall { rip: self.cpu.rip },
         })
+    }
+
+    /// Delivers an event through the guest's IDT, applying the double-fault rules to
+    /// faults raised by the delivery itself. `Some` ends the run (triple fault, or a
+    /// delivery that touched unmapped memory).
+    fn deliver_to_guest(
+        &mut self,
+        mut vector: u8,
+        mut error_code: Option<u32>,
+        mut kind: EventKind,
+        mut class: FaultClass,
+        mut exception: Option<Exception>,
+    ) -> Option<StopReason> {
+        loop {
+            if let Some(Exception::PageFault { addr, .. }) = exception {
+                self.cpu.sys.cr2 = addr;
+            }
+            let second = match interrupt::deliver(&mut self.cpu, vector, error_code, kind) {
+                Ok(()) => return None,
+                Err(Trap::Exception(e)) => e,
+                Err(Trap::Memory(fault)) => {
+                    return Some(StopReason::Unmapped {
+                        fault,
+                        rip: self.cpu.rip,
+                    })
+                }
+                Err(_) => return Some(StopReason::TripleFault { rip: self.cpu.rip }),
+            };
+            match escalate(class, second) {
+                Escalation::TripleFault => {
+                    return Some(StopReason::TripleFault { rip: self.cpu.rip })
+                }
+                Escalation::DoubleFault => {
+                    vector = Exception::DoubleFault.vector();
+                    error_code = Some(0);
+                    class = FaultClass::DoubleFault;
+                    exception = Some(Exception::DoubleFault);
+                }
+                Escalation::Serial => {
+                    vector = second.vector();
+                    error_code = second.error_code();
+                    class = fault_class(second);
+                    exception = Some(second);
+                }
+            }
+            // A fault raised while delivering an external event keeps EXT; otherwise the
+            // event is now an exception (no gate-DPL check).
+            if kind != EventKind::External {
+                kind = EventKind::Exception;
+            }
+        }
     }
 }
 

@@ -25,18 +25,20 @@
 pub mod cache;
 pub mod cpu;
 pub mod cpuid;
+pub mod descriptor;
 pub mod emulator;
 pub mod exception;
 pub mod exec;
 pub mod flags;
 pub mod insn;
+pub mod interrupt;
 pub mod sysregs;
 pub mod translate;
 
 pub use cpu::Cpu;
 pub use emulator::{
-    CodeHook, EmuError, Emulator, HookAction, InterruptEvent, InterruptHook, RunOptions,
-    StopHandle, StopReason,
+    CodeHook, EmuError, Emulator, HookAction, InterruptDelivery, InterruptEvent, InterruptHook,
+    RunOptions, StopHandle, StopReason,
 };
 pub use exception::Exception;
 pub use iced_x86::Register;

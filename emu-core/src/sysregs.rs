@@ -6,6 +6,7 @@
 //! error. What a write *does* (TLB flushes, mode switches) is the instruction handler's
 //! business; this module only holds and checks state.
 
+use crate::descriptor::SystemSegment;
 use crate::exception::Exception;
 
 /// CR0 bits.
@@ -189,6 +190,12 @@ pub struct SystemRegs {
     pub gdtr: TableRegister,
     /// IDTR.
     pub idtr: TableRegister,
+    /// LDTR.
+    pub ldtr: SystemSegment,
+    /// TR.
+    pub tr: SystemSegment,
+    /// Attributes of the loaded CS descriptor ([`crate::descriptor::Descriptor::attributes`]).
+    pub cs_attributes: u16,
     /// IA32_STAR.
     pub star: u64,
     /// IA32_LSTAR.
@@ -235,6 +242,10 @@ impl Default for SystemRegs {
                 base: 0,
                 limit: 0xffff,
             },
+            ldtr: SystemSegment::default(),
+            tr: SystemSegment::default(),
+            // A present, DPL 0, 64-bit code segment.
+            cs_attributes: 0x209b,
             star: 0,
             lstar: 0,
             cstar: 0,

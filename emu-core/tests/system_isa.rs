@@ -270,3 +270,329 @@ fn tsc_msr_writes_move_rdtsc() {
         "{tsc:#x}"
     );
 }
+
+/// A 64-bit machine with descriptor tables in memory, for delivery tests.
+mod delivery {
+    use super::*;
+    use emu_core::InterruptDelivery;
+
+    pub const GDT: u64 = 0x5000;
+    pub const IDT: u64 = 0x6000;
+    pub const TSS: u64 = 0x7000;
+    pub const RESULTS: u64 = 0x7800;
+    pub const RSP0: u64 = 0x9_0000;
+    pub const IST1: u64 = 0xa_0000;
+    pub const USER_STACK: u64 = 0x8_8000;
+    /// Handlers, 0x40 bytes per vector: 0x1_0000..0x1_4000.
+    pub const HANDLERS: u64 = 0x1_0000;
+    pub const KERNEL_CS: u16 = 0x08;
+    pub const KERNEL_DS: u16 = 0x10;
+    pub const USER_DS: u16 = 0x1b;
+    pub const USER_CS: u16 = 0x23;
+    pub const TSS_SEL: u16 = 0x28;
+
+    /// Interrupt-gate and trap-gate types.
+    pub const INTERRUPT: u8 = 0xe;
+    pub const TRAP: u8 = 0xf;
+
+    /// Address of the handler for `vector`.
+    pub fn handler(vector: u8) -> u64 {
+        HANDLERS + vector as u64 * 0x40
+    }
+
+    fn assemble_at(
+        ip: u64,
+        build: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>,
+    ) -> Vec<u8> {
+        let mut a = CodeAssembler::new(64).unwrap();
+        build(&mut a).unwrap();
+        a.assemble(ip).unwrap()
+    }
+
+    /// Writes a 16-byte gate for `vector`.
+    pub fn set_gate(emu: &mut Emulator, vector: u8, kind: u8, dpl: u8, ist: u8, present: bool) {
+        let target = handler(vector);
+        let lo = (target & 0xffff)
+            | (KERNEL_CS as u64) << 16
+            | (ist as u64) << 32
+            | (kind as u64) << 40
+            | (dpl as u64) << 45
+            | (present as u64) << 47
+            | (target & 0xffff_0000) << 32;
+        let hi = target >> 32;
+        let mut bytes = lo.to_le_bytes().to_vec();
+        bytes.extend_from_slice(&hi.to_le_bytes());
+        emu.write_memory(IDT + vector as u64 * 16, &bytes).unwrap();
+    }
+
+    /// Places handler code for `vector`.
+    pub fn set_handler(
+        emu: &mut Emulator,
+        vector: u8,
+        build: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>,
+    ) {
+        let code = assemble_at(handler(vector), build);
+        assert!(code.len() <= 0x40, "handler too long");
+        emu.write_memory(handler(vector), &code).unwrap();
+    }
+
+    /// A machine whose `main` program first loads GDTR, IDTR and TR, with guest delivery.
+    pub fn machine(main: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> Emulator {
+        let mut emu = super::machine(|a| {
+            a.mov(rax, 0x7f00u64)?;
+            a.lgdt(ptr(rax))?;
+            a.lidt(ptr(rax + 16))?;
+            a.mov(ax, TSS_SEL as u32)?;
+            a.ltr(ax)?;
+            main(a)
+        });
+        let gdt: [u64; 7] = [
+            0,
+            0x00af_9a00_0000_ffff, // kernel code
+            0x00cf_9200_0000_ffff, // kernel data
+            0x00cf_f200_0000_ffff, // user data
+            0x00af_fa00_0000_ffff, // user code
+            // 64-bit available TSS at TSS, limit 0x67.
+            0x0000_8900_0000_0067 | (TSS & 0xff_ffff) << 16 | (TSS & 0xff00_0000) << 32,
+            TSS >> 32,
+        ];
+        let gdt_bytes: Vec<u8> = gdt.iter().flat_map(|d| d.to_le_bytes()).collect();
+        emu.write_memory(GDT, &gdt_bytes).unwrap();
+        // Pseudo-descriptors at 0x7f00 (GDT) and 0x7f10 (IDT).
+        let mut pseudo = vec![0u8; 32];
+        pseudo[0..2].copy_from_slice(&(gdt_bytes.len() as u16 - 1).to_le_bytes());
+        pseudo[2..10].copy_from_slice(&GDT.to_le_bytes());
+        pseudo[16..18].copy_from_slice(&(256u16 * 16 - 1).to_le_bytes());
+        pseudo[18..26].copy_from_slice(&IDT.to_le_bytes());
+        emu.write_memory(0x7f00, &pseudo).unwrap();
+        // TSS: RSP0 at offset 4, IST1 at 0x24.
+        emu.write_memory(TSS + 4, &RSP0.to_le_bytes()).unwrap();
+        emu.write_memory(TSS + 0x24, &IST1.to_le_bytes()).unwrap();
+        let cpu = emu.cpu_mut();
+        cpu.seg_sel[1] = KERNEL_CS;
+        cpu.seg_sel[2] = KERNEL_DS;
+        emu.set_interrupt_delivery(InterruptDelivery::Guest);
+        emu
+    }
+
+    pub fn read_u64(emu: &mut Emulator, addr: u64) -> u64 {
+        let mut b = [0u8; 8];
+        emu.read_memory(addr, &mut b).unwrap();
+        u64::from_le_bytes(b)
+    }
+}
+
+#[test]
+fn int_n_goes_through_an_interrupt_gate_and_iretq_returns() {
+    use delivery::*;
+    let mut emu = machine(|a| {
+        let mut after = a.create_label();
+        a.sti()?;
+        a.mov(rbx, rsp)?;
+        a.lea(r14, ptr(after))?;
+        a.int(0x40)?;
+        a.set_label(&mut after)?;
+        a.mov(r15, 1u64)?; // after IRETQ
+        a.hlt()
+    });
+    set_gate(&mut emu, 0x40, INTERRUPT, 0, 0, true);
+    set_handler(&mut emu, 0x40, |a| {
+        // Copy the frame: RIP, CS, RFLAGS, RSP, SS.
+        a.mov(rax, RESULTS)?;
+        for k in 0..5 {
+            a.mov(rcx, qword_ptr(rsp + 8 * k))?;
+            a.mov(qword_ptr(rax + 8 * k), rcx)?;
+        }
+        a.pushfq()?;
+        a.pop(rcx)?;
+        a.mov(qword_ptr(rax + 40), rcx)?;
+        a.iretq()
+    });
+    assert_eq!(run(&mut emu), StopReason::Halted);
+    assert_eq!(reg(&emu, Register::R15), 1, "execution resumed after INT");
+    let frame: Vec<u64> = (0..6)
+        .map(|k| read_u64(&mut emu, RESULTS + 8 * k))
+        .collect();
+    let rsp_before = reg(&emu, Register::RBX);
+    assert_eq!(
+        frame[0],
+        reg(&emu, Register::R14),
+        "return RIP is the instruction after INT"
+    );
+    assert_eq!(frame[1], KERNEL_CS as u64);
+    assert_ne!(frame[2] & (1 << 9), 0, "IF was set before");
+    assert_eq!(frame[3], rsp_before);
+    assert_eq!(frame[4], KERNEL_DS as u64);
+    assert_eq!(frame[5] & (1 << 9), 0, "an interrupt gate clears IF");
+    assert_eq!(reg(&emu, Register::RSP), rsp_before, "IRETQ restored RSP");
+}
+
+#[test]
+fn faults_push_their_error_code_and_the_faulting_rip() {
+    use delivery::*;
+    let mut emu = machine(|a| {
+        let mut faulting = a.create_label();
+        a.lea(r14, ptr(faulting))?;
+        a.mov(ecx, 0x1234u32)?;
+        a.set_label(&mut faulting)?;
+        a.rdmsr()?; // #GP(0): no such MSR
+        a.mov(r15, 1u64)?;
+        a.hlt()
+    });
+    set_gate(&mut emu, 13, INTERRUPT, 0, 0, true);
+    set_handler(&mut emu, 13, |a| {
+        a.pop(r12)?; // error code
+        a.mov(r13, qword_ptr(rsp))?; // faulting RIP
+        a.add(qword_ptr(rsp), 2)?; // skip the 2-byte RDMSR
+        a.iretq()
+    });
+    assert_eq!(run(&mut emu), StopReason::Halted);
+    assert_eq!(reg(&emu, Register::R12), 0, "#GP(0)");
+    assert_eq!(
+        reg(&emu, Register::R13),
+        reg(&emu, Register::R14),
+        "RIP of the faulting instruction"
+    );
+    assert_eq!(reg(&emu, Register::R15), 1);
+}
+
+#[test]
+fn user_code_enters_the_kernel_on_the_tss_stack_and_returns_with_iretq() {
+    use delivery::*;
+    // Kernel: build an IRETQ frame to CPL 3 and go.
+    let mut emu = machine(|a| {
+        a.push(USER_DS as i32)?;
+        a.mov(rax, USER_STACK)?;
+        a.push(rax)?;
+        a.push(0x202i32)?; // IF set
+        a.push(USER_CS as i32)?;
+        a.mov(rax, 0x2000u64)?;
+        a.push(rax)?;
+        a.iretq()
+    });
+    // User code at 0x2000: INT 0x80 (DPL 3 gate) works; INT 0x81 (DPL 0 gate) is #GP.
+    let user = {
+        let mut a = CodeAssembler::new(64).unwrap();
+        a.mov(r8, 0x11u64).unwrap();
+        a.int(0x80).unwrap();
+        a.mov(r9, rsp).unwrap();
+        a.int(0x81).unwrap();
+        a.assemble(0x2000).unwrap()
+    };
+    emu.write_memory(0x2000, &user).unwrap();
+    set_gate(&mut emu, 0x80, TRAP, 3, 0, true);
+    set_gate(&mut emu, 0x81, INTERRUPT, 0, 0, true);
+    set_gate(&mut emu, 13, INTERRUPT, 0, 0, true);
+    set_handler(&mut emu, 0x80, |a| {
+        a.mov(r10, rsp)?; // on RSP0
+        a.mov(r11, qword_ptr(rsp + 8))?; // saved CS
+        a.mov(r12, qword_ptr(rsp + 24))?; // saved RSP
+        a.iretq()
+    });
+    set_handler(&mut emu, 13, |a| {
+        a.pop(r13)?; // error code
+        a.mov(r14, qword_ptr(rsp + 8))?; // saved CS
+        a.hlt()
+    });
+    assert_eq!(run(&mut emu), StopReason::Halted);
+    assert_eq!(reg(&emu, Register::R8), 0x11);
+    assert_eq!(
+        reg(&emu, Register::R10),
+        RSP0 - 40,
+        "frame of five quadwords on TSS.RSP0"
+    );
+    assert_eq!(reg(&emu, Register::R11), USER_CS as u64);
+    assert_eq!(reg(&emu, Register::R12), USER_STACK);
+    assert_eq!(
+        reg(&emu, Register::R9),
+        USER_STACK,
+        "IRETQ restored the user stack"
+    );
+    assert_eq!(
+        reg(&emu, Register::R13),
+        0x81 * 8 + 2,
+        "#GP names the IDT entry"
+    );
+    assert_eq!(
+        reg(&emu, Register::R14),
+        USER_CS as u64,
+        "raised from user mode"
+    );
+    assert_eq!(emu.cpu().sys.cpl, 0);
+}
+
+#[test]
+fn a_fault_while_delivering_a_fault_is_a_double_fault_on_its_ist_stack() {
+    use delivery::*;
+    let mut emu = machine(|a| {
+        a.xor(ecx, ecx)?;
+        a.div(ecx)?; // #DE; its gate is not present -> #NP -> #DF
+        a.hlt()
+    });
+    set_gate(&mut emu, 0, INTERRUPT, 0, 0, false);
+    set_gate(&mut emu, 11, INTERRUPT, 0, 0, false);
+    set_gate(&mut emu, 8, INTERRUPT, 0, 1, true);
+    set_handler(&mut emu, 8, |a| {
+        a.mov(r10, rsp)?;
+        a.mov(r11, qword_ptr(rsp))?; // error code (always 0)
+        a.hlt()
+    });
+    assert_eq!(run(&mut emu), StopReason::Halted);
+    assert_eq!(
+        reg(&emu, Register::R10),
+        IST1 - 48,
+        "#DF frame with error code on IST1"
+    );
+    assert_eq!(reg(&emu, Register::R11), 0);
+}
+
+#[test]
+fn a_fault_while_delivering_a_double_fault_shuts_down() {
+    use delivery::*;
+    let mut emu = machine(|a| {
+        a.ud2()?; // #UD; no gates at all: #NP, #NP again -> #DF -> #NP -> triple fault
+        a.hlt()
+    });
+    let stop = run(&mut emu);
+    assert!(matches!(stop, StopReason::TripleFault { .. }), "{stop:?}");
+}
+
+#[test]
+fn ltr_marks_the_tss_busy_and_refuses_a_busy_one() {
+    use delivery::*;
+    let mut emu = machine(|a| {
+        a.str(r8w)?;
+        a.mov(ax, TSS_SEL as u32)?;
+        a.ltr(ax)?; // now busy: #GP(0x28)
+        a.hlt()
+    });
+    let stop = run(&mut emu);
+    assert!(
+        matches!(stop, StopReason::TripleFault { .. }),
+        "no #GP gate, so the #GP escalates: {stop:?}"
+    );
+    assert_eq!(reg(&emu, Register::R8) & 0xffff, TSS_SEL as u64);
+    let mut desc = [0u8; 8];
+    emu.read_memory(GDT + TSS_SEL as u64, &mut desc).unwrap();
+    assert_eq!(desc[5] & 0xf, 0xb, "type 11: busy TSS");
+    let mut emu = delivery::machine(|a| {
+        a.mov(ax, TSS_SEL as u32)?;
+        a.ltr(ax)
+    });
+    emu.set_interrupt_delivery(emu_core::InterruptDelivery::Embedder);
+    let stop = run(&mut emu);
+    assert_eq!(
+        stop,
+        StopReason::Exception {
+            exception: Exception::GeneralProtection(TSS_SEL as u32),
+            rip: stop_rip(&stop)
+        }
+    );
+}
+
+fn stop_rip(stop: &StopReason) -> u64 {
+    match stop {
+        StopReason::Exception { rip, .. } => *rip,
+        _ => 0,
+    }
+}

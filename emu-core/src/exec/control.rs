@@ -123,6 +123,11 @@ fn ud(_: &mut Cpu, _: &Insn) -> Step {
     Err(Trap::Exception(Exception::InvalidOpcode))
 }
 
+/// IRETQ (64-bit mode): see [`crate::interrupt::iretq`].
+fn iretq(cpu: &mut Cpu, _: &Insn) -> Step {
+    crate::interrupt::iretq(cpu)
+}
+
 fn hlt(cpu: &mut Cpu, _: &Insn) -> Step {
     super::privileged::require_cpl0(cpu)?;
     Err(Trap::Halt)
@@ -206,4 +211,5 @@ pub(crate) fn register(t: &mut OpTable) {
     t.set(Code::Int_imm8, OpEntry::reg(int_n).branch());
     t.set(Code::Ud2, OpEntry::reg(ud).branch());
     t.set(Code::Hlt, OpEntry::reg(hlt).branch());
+    t.set(Code::Iretq, OpEntry::reg(iretq).branch());
 }

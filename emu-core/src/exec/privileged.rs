@@ -1,5 +1,5 @@
 //! Privileged and system-state instructions: MOV to/from CR and DR, RDMSR/WRMSR,
-//! LGDT/LIDT/SGDT/SIDT, CLI/STI, CLTS, SWAPGS, INVLPG, WBINVD/INVD.
+//! LGDT/LIDT/SGDT/SIDT, LTR/LLDT/STR/SLDT, CLI/STI, CLTS, SWAPGS, INVLPG, WBINVD/INVD.
 //!
 //! Each checks privilege first (`#GP(0)` above CPL 0, or above IOPL for CLI/STI) and
 //! validates values through [`crate::sysregs`]. Instructions that change how later code
@@ -8,6 +8,9 @@
 use iced_x86::Code;
 
 use crate::cpu::{reg, seg, Cpu};
+use crate::descriptor::{
+    descriptor_address, read_system_descriptor, system_type, Descriptor, Selector, SystemSegment,
+};
 use crate::exception::Exception;
 use crate::flags;
 use crate::insn::{Insn, OpEntry, OpTable, Step, Trap};
@@ -203,7 +206,133 @@ fn cache_control(cpu: &mut Cpu, _: &Insn) -> Step {
     require_cpl0(cpu)
 }
 
+/// The selector operand of LTR/LLDT: a 16-bit register or memory word.
+fn selector_operand<const MEM: bool>(cpu: &mut Cpu, i: &Insn) -> Result<Selector, Trap> {
+    Ok(Selector(if MEM {
+        super::load::<2>(cpu, i)?
+    } else {
+        cpu.reg::<2>(i.dst)
+    } as u16))
+}
+
+/// LTR: loads TR from an available 64-bit TSS descriptor in the GDT and marks it busy.
+fn ltr<const MEM: bool>(cpu: &mut Cpu, i: &Insn) -> Step {
+    require_cpl0(cpu)?;
+    let sel = selector_operand::<MEM>(cpu, i)?;
+    if sel.is_null() {
+        return Err(GP0);
+    }
+    let gp_sel = Trap::Exception(Exception::GeneralProtection(sel.error_code()));
+    if sel.in_ldt() {
+        return Err(gp_sel);
+    }
+    let (desc, base) = read_system_descriptor(cpu, sel)?;
+    if desc.is_code_or_data() || desc.kind() != system_type::TSS_AVAILABLE {
+        return Err(gp_sel);
+    }
+    if !desc.present() {
+        return Err(Exception::SegmentNotPresent(sel.error_code()).into());
+    }
+    if !is_canonical(base) {
+        return Err(gp_sel);
+    }
+    // Mark the descriptor busy in the GDT (type 9 -> 11).
+    let addr = descriptor_address(cpu, sel, 16)?;
+    cpu.mmu.write::<8>(addr, desc.0 | (2 << 40))?;
+    cpu.sys.tr = SystemSegment {
+        selector: sel.0,
+        base,
+        limit: desc.limit(),
+        attributes: Descriptor(desc.0 | (2 << 40)).attributes(),
+    };
+    Ok(())
+}
+
+/// LLDT: loads LDTR from an LDT descriptor in the GDT; a null selector leaves LDTR unusable.
+fn lldt<const MEM: bool>(cpu: &mut Cpu, i: &Insn) -> Step {
+    require_cpl0(cpu)?;
+    let sel = selector_operand::<MEM>(cpu, i)?;
+    if sel.is_null() {
+        cpu.sys.ldtr = SystemSegment {
+            selector: sel.0,
+            ..SystemSegment::default()
+        };
+        return Ok(());
+    }
+    let gp_sel = Trap::Exception(Exception::GeneralProtection(sel.error_code()));
+    if sel.in_ldt() {
+        return Err(gp_sel);
+    }
+    let (desc, base) = read_system_descriptor(cpu, sel)?;
+    if desc.is_code_or_data() || desc.kind() != system_type::LDT {
+        return Err(gp_sel);
+    }
+    if !desc.present() {
+        return Err(Exception::SegmentNotPresent(sel.error_code()).into());
+    }
+    if !is_canonical(base) {
+        return Err(gp_sel);
+    }
+    cpu.sys.ldtr = SystemSegment {
+        selector: sel.0,
+        base,
+        limit: desc.limit(),
+        attributes: desc.attributes(),
+    };
+    Ok(())
+}
+
+/// STR/SLDT: a register destination of 32 or 64 bits is zero-extended; memory gets 16 bits.
+fn store_selector<const TR: bool, const N: usize>(cpu: &mut Cpu, i: &Insn) -> Step {
+    let sel = if TR {
+        cpu.sys.tr.selector
+    } else {
+        cpu.sys.ldtr.selector
+    } as u64;
+    cpu.set_reg::<N>(i.dst, sel);
+    Ok(())
+}
+
+fn store_selector_mem<const TR: bool>(cpu: &mut Cpu, i: &Insn) -> Step {
+    let sel = if TR {
+        cpu.sys.tr.selector
+    } else {
+        cpu.sys.ldtr.selector
+    } as u64;
+    super::store::<2>(cpu, i, sel)
+}
+
 pub(crate) fn register(t: &mut OpTable) {
+    for code in [Code::Ltr_rm16, Code::Ltr_r32m16, Code::Ltr_r64m16] {
+        t.set(code, OpEntry::rm(ltr::<false>, ltr::<true>));
+    }
+    for code in [Code::Lldt_rm16, Code::Lldt_r32m16, Code::Lldt_r64m16] {
+        t.set(code, OpEntry::rm(lldt::<false>, lldt::<true>));
+    }
+    t.set(
+        Code::Str_rm16,
+        OpEntry::rm(store_selector::<true, 2>, store_selector_mem::<true>),
+    );
+    t.set(
+        Code::Str_r32m16,
+        OpEntry::rm(store_selector::<true, 4>, store_selector_mem::<true>),
+    );
+    t.set(
+        Code::Str_r64m16,
+        OpEntry::rm(store_selector::<true, 8>, store_selector_mem::<true>),
+    );
+    t.set(
+        Code::Sldt_rm16,
+        OpEntry::rm(store_selector::<false, 2>, store_selector_mem::<false>),
+    );
+    t.set(
+        Code::Sldt_r32m16,
+        OpEntry::rm(store_selector::<false, 4>, store_selector_mem::<false>),
+    );
+    t.set(
+        Code::Sldt_r64m16,
+        OpEntry::rm(store_selector::<false, 8>, store_selector_mem::<false>),
+    );
     t.set(Code::Mov_r64_cr, OpEntry::reg(mov_from_cr));
     t.set(Code::Mov_cr_r64, OpEntry::reg(mov_to_cr).ends_block());
     t.set(Code::Mov_r64_dr, OpEntry::reg(mov_from_dr));

@@ -35,7 +35,7 @@ use crate::harness::{
 /// Instructions whose results the host cannot show, so they have no differential case:
 /// CPUID (we describe our own CPU, not the host's), RDTSC/RDTSCP (time), INT n
 /// (kernel-defined in user mode, while the bare emulator delivers it itself), SGDT/SIDT
-/// (see below). `tests/non_differential.rs` and `tests/system_isa.rs` check their
+/// STR/SLDT (see below), IRETQ. `tests/non_differential.rs` and `tests/system_isa.rs` check their
 /// documented behaviour instead. HLT and the other privileged instructions do have cases:
 /// they fault at CPL 3 on both sides (see [`PRIVILEGED`]).
 pub const EXCLUDED: &[Code] = &[
@@ -47,6 +47,15 @@ pub const EXCLUDED: &[Code] = &[
     // on its configuration; tests/system_isa.rs checks them.
     Code::Sgdt_m1664,
     Code::Sidt_m1664,
+    Code::Str_rm16,
+    Code::Str_r32m16,
+    Code::Str_r64m16,
+    Code::Sldt_rm16,
+    Code::Sldt_r32m16,
+    Code::Sldt_r64m16,
+    // A user-mode IRETQ is legal, but its selectors name the host kernel's GDT entries,
+    // which the emulated machine does not have; tests/system_isa.rs covers IRETQ.
+    Code::Iretq,
 ];
 
 /// Random material for one generic case; the builder turns it into a [`Case`]
@@ -1886,6 +1895,12 @@ const PRIVILEGED: &[Code] = &[
     Code::Wrmsr,
     Code::Lgdt_m1664,
     Code::Lidt_m1664,
+    Code::Ltr_rm16,
+    Code::Ltr_r32m16,
+    Code::Ltr_r64m16,
+    Code::Lldt_rm16,
+    Code::Lldt_r32m16,
+    Code::Lldt_r64m16,
     Code::Cli,
     Code::Sti,
     Code::Clts,
@@ -1904,24 +1919,35 @@ fn privileged_forms() -> Vec<Form> {
         .iter()
         .map(|&code| {
             let strategy = raw(64).prop_map(move |raw| {
-                let bytes = harness::asm(|a| match code {
-                    Code::Mov_r64_cr => a.mov(rax, cr0),
-                    Code::Mov_cr_r64 => a.mov(cr4, rbx),
-                    Code::Mov_r64_dr => a.mov(rcx, dr7),
-                    Code::Mov_dr_r64 => a.mov(dr0, rdx),
-                    Code::Rdmsr => a.rdmsr(),
-                    Code::Wrmsr => a.wrmsr(),
-                    Code::Lgdt_m1664 => a.lgdt(ptr(rsi)),
-                    Code::Lidt_m1664 => a.lidt(ptr(rsi)),
-                    Code::Cli => a.cli(),
-                    Code::Sti => a.sti(),
-                    Code::Clts => a.clts(),
-                    Code::Swapgs => a.swapgs(),
-                    Code::Invlpg_m => a.invlpg(ptr(rsi)),
-                    Code::Wbinvd => a.wbinvd(),
-                    Code::Invd => a.invd(),
-                    _ => a.hlt(),
-                });
+                let selector_operand = match code {
+                    Code::Ltr_rm16 | Code::Lldt_rm16 => Some(Register::AX),
+                    Code::Ltr_r32m16 | Code::Lldt_r32m16 => Some(Register::EAX),
+                    Code::Ltr_r64m16 | Code::Lldt_r64m16 => Some(Register::RAX),
+                    _ => None,
+                };
+                let bytes = if let Some(r) = selector_operand {
+                    let instr = Instruction::with1(code, r).expect("LTR/LLDT register form");
+                    harness::encode(&[instr]).expect("encodable")
+                } else {
+                    harness::asm(|a| match code {
+                        Code::Mov_r64_cr => a.mov(rax, cr0),
+                        Code::Mov_cr_r64 => a.mov(cr4, rbx),
+                        Code::Mov_r64_dr => a.mov(rcx, dr7),
+                        Code::Mov_dr_r64 => a.mov(dr0, rdx),
+                        Code::Rdmsr => a.rdmsr(),
+                        Code::Wrmsr => a.wrmsr(),
+                        Code::Lgdt_m1664 => a.lgdt(ptr(rsi)),
+                        Code::Lidt_m1664 => a.lidt(ptr(rsi)),
+                        Code::Cli => a.cli(),
+                        Code::Sti => a.sti(),
+                        Code::Clts => a.clts(),
+                        Code::Swapgs => a.swapgs(),
+                        Code::Invlpg_m => a.invlpg(ptr(rsi)),
+                        Code::Wbinvd => a.wbinvd(),
+                        Code::Invd => a.invd(),
+                        _ => a.hlt(),
+                    })
+                };
                 let mut case = Case::new(format!("{code:?} at CPL 3"), bytes);
                 case.fill_seed = raw.fill;
                 case.init.gpr = raw.regs;

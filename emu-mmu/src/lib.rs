@@ -896,4 +896,340 @@ mod tests {
         assert_eq!(m.fetch_code(0x1ffe, &mut buf), 2);
         assert_eq!(&buf[..2], &[0x90, 0xc3]);
     }
+
+    mod paged {
+        use super::super::*;
+        use paging::bits::*;
+        use vm_memory::{Bytes, GuestAddress};
+
+        const PRESENT: u64 = 1;
+        const RW: u64 = 2;
+        const US: u64 = 4;
+        const PS: u64 = 1 << 7;
+        const G: u64 = 1 << 8;
+        const PRU: u64 = PRESENT | RW | US;
+        const ROOT: u64 = 0x10_0000;
+
+        /// An Mmu over 16 MiB with 4-level tables at ROOT whose upper levels are user and
+        /// writable; `map` writes leaves directly into RAM (bypassing the TLB).
+        struct Setup {
+            mmu: Mmu,
+            next: u64,
+        }
+
+        impl Setup {
+            fn new() -> Self {
+                let mut ram = GuestRam::new();
+                ram.add_region(0, 16 << 20).unwrap();
+                let mut s = Self {
+                    mmu: Mmu::new(ram),
+                    next: ROOT + 0x1000,
+                };
+                s.enable(0, false);
+                s
+            }
+            fn enable(&mut self, extra_cr4: u64, pcide: bool) {
+                let ctx = PagingContext {
+                    cr0: CR0_PG | CR0_WP | 1,
+                    cr3: ROOT | if pcide { 1 } else { 0 },
+                    cr4: CR4_PAE | extra_cr4,
+                    efer: EFER_LME | EFER_LMA | EFER_NXE,
+                };
+                self.mmu.set_paging(ctx).unwrap();
+            }
+            fn w64(&self, a: u64, v: u64) {
+                self.mmu
+                    .ram()
+                    .memory()
+                    .unwrap()
+                    .write_obj(v, GuestAddress(a))
+                    .unwrap();
+            }
+            fn r64(&self, a: u64) -> u64 {
+                self.mmu
+                    .ram()
+                    .memory()
+                    .unwrap()
+                    .read_obj(GuestAddress(a))
+                    .unwrap()
+            }
+            /// Maps `va` with a leaf at `level` (1: 4 KiB, 2: 2 MiB); returns the leaf address.
+            fn map(&mut self, va: u64, level: u32, leaf: u64) -> u64 {
+                let mut table = ROOT;
+                for l in (level..=4).rev() {
+                    let addr = table + ((va >> (12 + 9 * (l - 1))) & 0x1ff) * 8;
+                    if l == level {
+                        self.w64(addr, leaf);
+                        return addr;
+                    }
+                    let e = self.r64(addr);
+                    table = if e & PRESENT != 0 {
+                        e & 0xff_ffff_f000
+                    } else {
+                        let t = self.next;
+                        self.next += 0x1000;
+                        self.w64(addr, t | PRU);
+                        t
+                    };
+                }
+                unreachable!()
+            }
+            fn phys_write(&self, a: u64, v: u64) {
+                self.w64(a, v);
+            }
+        }
+
+        const VA: u64 = 0x0000_4000_0012_3000;
+
+        #[test]
+        fn tlb_keeps_a_stale_translation_until_invlpg() {
+            let mut s = Setup::new();
+            let leaf = s.map(VA, 1, 0x5000 | PRU);
+            s.phys_write(0x5008, 0x1111);
+            s.phys_write(0x6008, 0x2222);
+            assert_eq!(s.mmu.read::<8>(VA + 8).unwrap(), 0x1111);
+            s.w64(leaf, 0x6000 | PRU);
+            assert_eq!(s.mmu.read::<8>(VA + 8).unwrap(), 0x1111, "TLB hit");
+            s.mmu.invlpg(VA + 0xfff);
+            assert_eq!(s.mmu.read::<8>(VA + 8).unwrap(), 0x2222);
+            s.mmu.write::<8>(VA + 16, 7).unwrap();
+            assert_eq!(s.r64(0x6010), 7);
+            assert_eq!(s.r64(leaf) & 0x60, 0x60, "A and D set through the Mmu");
+        }
+
+        #[test]
+        fn cr3_writes_keep_global_entries_only_with_pge() {
+            let mut s = Setup::new();
+            s.enable(CR4_PGE, false);
+            let va2 = VA + 0x1000;
+            let l1 = s.map(VA, 1, 0x5000 | PRU | G);
+            let l2 = s.map(va2, 1, 0x7000 | PRU);
+            s.phys_write(0x5000, 1);
+            s.phys_write(0x6000, 2);
+            s.phys_write(0x7000, 3);
+            s.phys_write(0x8000, 4);
+            assert_eq!(s.mmu.read::<8>(VA).unwrap(), 1);
+            assert_eq!(s.mmu.read::<8>(va2).unwrap(), 3);
+            s.w64(l1, 0x6000 | PRU | G);
+            s.w64(l2, 0x8000 | PRU);
+            s.mmu.write_cr3(ROOT).unwrap();
+            assert_eq!(s.mmu.read::<8>(VA).unwrap(), 1, "global entry survives");
+            assert_eq!(s.mmu.read::<8>(va2).unwrap(), 4, "non-global entry flushed");
+            // Clearing CR4.PGE flushes everything.
+            s.enable(0, false);
+            assert_eq!(s.mmu.read::<8>(VA).unwrap(), 2);
+        }
+
+        #[test]
+        fn privilege_classes_never_share_entries() {
+            let mut s = Setup::new();
+            s.map(VA, 1, 0x5000 | PRESENT | RW); // supervisor page
+            s.mmu.read::<8>(VA).unwrap();
+            s.mmu.set_privilege(3, false);
+            assert_eq!(
+                s.mmu.read::<8>(VA),
+                Err(MemFault::PageFault {
+                    addr: VA,
+                    error_code: 5
+                })
+            );
+            s.mmu.set_privilege(0, false);
+            s.mmu.read::<8>(VA).unwrap();
+            // SMAP: a user page is readable by the supervisor only with AC, explicitly.
+            let va2 = VA + 0x1000;
+            s.map(va2, 1, 0x6000 | PRU);
+            s.enable(CR4_SMAP, false);
+            s.mmu.set_privilege(0, true);
+            s.mmu.read::<8>(va2).unwrap();
+            s.mmu.set_privilege(0, false); // CLAC
+            assert_eq!(
+                s.mmu.read::<8>(va2),
+                Err(MemFault::PageFault {
+                    addr: va2,
+                    error_code: 1
+                })
+            );
+            s.mmu.set_privilege(0, true); // STAC
+            s.mmu.read::<8>(va2).unwrap();
+            s.mmu.set_implicit_supervisor(true);
+            assert_eq!(
+                s.mmu.read::<8>(va2),
+                Err(MemFault::PageFault {
+                    addr: va2,
+                    error_code: 1
+                })
+            );
+            s.mmu.set_implicit_supervisor(false);
+            s.mmu.set_privilege(3, false);
+            s.mmu.write::<8>(va2, 5).unwrap();
+            assert_eq!(s.mmu.read::<8>(va2).unwrap(), 5);
+        }
+
+        #[test]
+        fn a_read_entry_never_lets_a_write_through() {
+            let mut s = Setup::new();
+            let leaf = s.map(VA, 1, 0x5000 | PRESENT | US);
+            s.mmu.set_privilege(3, false);
+            s.mmu.read::<8>(VA).unwrap();
+            assert_eq!(
+                s.mmu.write::<8>(VA, 1),
+                Err(MemFault::PageFault {
+                    addr: VA,
+                    error_code: 7
+                })
+            );
+            assert_eq!(s.r64(leaf) & 0x40, 0, "no dirty bit for a faulting write");
+            assert_eq!(s.r64(0x5000), 0);
+        }
+
+        #[test]
+        fn invlpg_anywhere_in_a_large_page_drops_all_its_slices() {
+            let mut s = Setup::new();
+            let base = 0x0000_0000_4020_0000u64;
+            let pde = s.map(base, 2, 0x20_0000 | PS | PRU);
+            s.phys_write(0x20_1000, 1);
+            s.phys_write(0x20_5000, 2);
+            s.phys_write(0x40_1000, 3);
+            s.phys_write(0x40_5000, 4);
+            assert_eq!(s.mmu.read::<8>(base + 0x1000).unwrap(), 1);
+            assert_eq!(s.mmu.read::<8>(base + 0x5000).unwrap(), 2);
+            s.w64(pde, 0x40_0000 | PS | PRU);
+            s.mmu.invlpg(base + 0x10_0000);
+            assert_eq!(s.mmu.read::<8>(base + 0x1000).unwrap(), 3);
+            assert_eq!(s.mmu.read::<8>(base + 0x5000).unwrap(), 4);
+        }
+
+        #[test]
+        fn pcid_no_flush_keeps_entries_only_for_the_same_pcid() {
+            let mut s = Setup::new();
+            s.enable(CR4_PCIDE, true);
+            assert_eq!(s.mmu.paging().pcid(), 1);
+            let leaf = s.map(VA, 1, 0x5000 | PRU);
+            s.phys_write(0x5000, 1);
+            s.phys_write(0x6000, 2);
+            assert_eq!(s.mmu.read::<8>(VA).unwrap(), 1);
+            s.w64(leaf, 0x6000 | PRU);
+            s.mmu.write_cr3(ROOT | 1 | CR3_NO_FLUSH).unwrap();
+            assert_eq!(s.mmu.paging().cr3, ROOT | 1, "bit 63 is not stored");
+            assert_eq!(s.mmu.read::<8>(VA).unwrap(), 1, "same PCID, no flush");
+            s.mmu.invpcid(InvpcidKind::SingleContext, 2, 0).unwrap();
+            assert_eq!(
+                s.mmu.read::<8>(VA).unwrap(),
+                1,
+                "other PCID: nothing to drop"
+            );
+            s.mmu.invpcid(InvpcidKind::Address, 1, VA).unwrap();
+            assert_eq!(s.mmu.read::<8>(VA).unwrap(), 2);
+            s.w64(leaf, 0x5000 | PRU);
+            s.mmu.write_cr3(ROOT | 2 | CR3_NO_FLUSH).unwrap();
+            assert_eq!(s.mmu.read::<8>(VA).unwrap(), 1, "new PCID: entries dropped");
+            assert!(s
+                .mmu
+                .invpcid(InvpcidKind::AllExceptGlobal, 0x1000, 0)
+                .is_err());
+            assert!(s.mmu.invpcid(InvpcidKind::Address, 2, 1 << 47).is_err());
+            assert_eq!(
+                s.mmu.write_cr3(1 << 40),
+                Err(PagingError::ReservedCr3 { value: 1 << 40 })
+            );
+        }
+
+        #[test]
+        fn mode_bit_changes_flush_everything() {
+            let mut s = Setup::new();
+            let leaf = s.map(VA, 1, 0x5000 | PRESENT | RW);
+            s.phys_write(0x5000, 1);
+            s.phys_write(0x6000, 2);
+            for change in [CR4_SMEP, CR4_SMAP, CR4_PGE] {
+                s.w64(leaf, 0x5000 | PRESENT | RW);
+                s.enable(0, false);
+                assert_eq!(s.mmu.read::<8>(VA).unwrap(), 1);
+                s.w64(leaf, 0x6000 | PRESENT | RW);
+                s.enable(change, false);
+                assert_eq!(s.mmu.read::<8>(VA).unwrap(), 2, "CR4 bit {change:#x}");
+            }
+            s.w64(leaf, 0x5000 | PRESENT | RW);
+            let mut ctx = *s.mmu.paging();
+            ctx.efer &= !EFER_NXE;
+            s.mmu.set_paging(ctx).unwrap();
+            assert_eq!(s.mmu.read::<8>(VA).unwrap(), 1, "EFER.NXE change flushes");
+            s.w64(leaf, 0x6000 | PRESENT | RW);
+            ctx.cr0 &= !CR0_WP;
+            s.mmu.set_paging(ctx).unwrap();
+            assert_eq!(s.mmu.read::<8>(VA).unwrap(), 2, "CR0.WP change flushes");
+        }
+
+        #[test]
+        fn non_canonical_addresses_fault_distinctly() {
+            let mut s = Setup::new();
+            assert_eq!(
+                s.mmu.read::<1>(0x0000_8000_0000_0000),
+                Err(MemFault::NonCanonical {
+                    addr: 0x0000_8000_0000_0000,
+                    access: Access::Read
+                })
+            );
+            // An access running off the top of the lower half faults on its second page.
+            s.map(0x0000_7fff_ffff_f000, 1, 0x5000 | PRU);
+            assert_eq!(
+                s.mmu.read::<8>(0x0000_7fff_ffff_fffc),
+                Err(MemFault::NonCanonical {
+                    addr: 0x0000_8000_0000_0000,
+                    access: Access::Read
+                })
+            );
+        }
+
+        #[test]
+        fn code_marks_and_writes_use_physical_pages() {
+            let mut s = Setup::new();
+            let alias = VA + 0x10_0000;
+            s.map(VA, 1, 0x5000 | PRU);
+            s.map(alias, 1, 0x5000 | PRU);
+            assert_eq!(s.mmu.mark_code_at(VA + 0x10).unwrap(), 0x5000);
+            assert!(s.mmu.is_code_page(0x5000));
+            s.mmu.write::<4>(alias + 4, 0x90).unwrap();
+            assert_eq!(s.mmu.take_written_code_pages(), vec![0x5000]);
+            let mut buf = [0u8; 8];
+            assert_eq!(s.mmu.fetch_code(VA, &mut buf), 8);
+            assert_eq!(buf[4], 0x90);
+        }
+
+        #[test]
+        fn guest_pointers_outside_ram_never_reach_the_host() {
+            let mut s = Setup::new();
+            // A leaf mapping a frame beyond RAM: unmapped, not a host access.
+            s.map(VA, 1, 0xf0_0000_0000 | PRU);
+            assert_eq!(
+                s.mmu.read::<8>(VA),
+                Err(MemFault::Unmapped {
+                    addr: VA,
+                    access: Access::Read
+                })
+            );
+            // A table pointer beyond RAM reads as all ones: reserved bits, #PF with RSVD.
+            let va2 = 0x0000_6000_0000_0000u64;
+            s.w64(ROOT + ((va2 >> 39) & 0x1ff) * 8, 0x80_0000_0000 | PRU);
+            assert_eq!(
+                s.mmu.write::<8>(va2, 1),
+                Err(MemFault::PageFault {
+                    addr: va2,
+                    error_code: 0b1011
+                })
+            );
+            // PAE with a PDPT outside RAM: the mode change is refused and nothing changes.
+            let before = *s.mmu.paging();
+            let pae = PagingContext {
+                cr0: CR0_PG | 1,
+                cr3: 0xfff0_0000,
+                cr4: CR4_PAE,
+                efer: 0,
+            };
+            assert!(matches!(
+                s.mmu.set_paging(pae),
+                Err(PagingError::ReservedPdpte { .. })
+            ));
+            assert_eq!(*s.mmu.paging(), before);
+        }
+    }
 }

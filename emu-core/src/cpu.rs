@@ -69,6 +69,8 @@ pub struct Cpu {
     pub xmm: [u128; 16],
     /// SSE control and status register.
     pub mxcsr: u32,
+    /// The x87 FPU (FNINIT state at creation).
+    pub x87: crate::exec::x87::X87,
     /// Segment selectors ES, CS, SS, DS, FS, GS.
     pub seg_sel: [u16; 6],
     /// Segment bases ES, CS, SS, DS, FS, GS, then a flat (zero) base and a spare zero.
@@ -100,6 +102,7 @@ impl Cpu {
             rflags_other: 1 << 1,
             xmm: [0; 16],
             mxcsr: MXCSR_DEFAULT,
+            x87: crate::exec::x87::X87::new(),
             seg_sel: [0; 6],
             seg_base: [0; 8],
             kernel_gs_base: 0,

@@ -17,11 +17,15 @@ pub const APIC_TIMER_HZ: u64 = 1_000_000_000;
 
 /// Leaf 1 EDX bits.
 mod edx1 {
+    #[allow(dead_code)] // advertised with the `x87` feature
+    pub const FPU: u32 = 1 << 0;
     pub const TSC: u32 = 1 << 4;
     pub const MSR: u32 = 1 << 5;
     pub const CX8: u32 = 1 << 8;
     pub const CMOV: u32 = 1 << 15;
     pub const CLFSH: u32 = 1 << 19;
+    #[allow(dead_code)] // advertised with the `x87` feature
+    pub const FXSR: u32 = 1 << 24;
     pub const SSE: u32 = 1 << 25;
     pub const SSE2: u32 = 1 << 26;
 }
@@ -142,6 +146,8 @@ mod tests {
             | F::CPUID
             | F::MULTIBYTENOP
             | F::PAUSE => None,
+            F::FPU | F::FPU287 | F::FPU387 => Some((1, 3, 0)),
+            F::FXSR => Some((1, 3, 24)),
             F::TSC => Some((1, 3, 4)),
             F::MSR => Some((1, 3, 5)),
             F::CX8 => Some((1, 3, 8)),

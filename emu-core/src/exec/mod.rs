@@ -18,6 +18,7 @@ pub mod sse;
 pub mod stack;
 pub mod string;
 pub mod system;
+pub mod x87;
 
 use crate::cpu::Cpu;
 use crate::insn::{Insn, OpTable, Trap};
@@ -36,6 +37,10 @@ pub(crate) fn register_all(t: &mut OpTable) {
     system::register(t);
     privileged::register(t);
     sse::register(t);
+    // The x87 FPU is registered (and advertised) once it is complete; until then only
+    // with the `x87` feature.
+    #[cfg(feature = "x87")]
+    x87::register(t);
 }
 
 /// Reads the `N`-byte memory operand of `i`.

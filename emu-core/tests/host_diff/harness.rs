@@ -135,6 +135,21 @@ pub struct State {
     pub fs_base: u64,
     /// GS base.
     pub gs_base: u64,
+    /// The x87 part of the FXSAVE image (bytes 0..160: control, status and abridged tag
+    /// words, pointers, and ST(0)..ST(7) in 16-byte slots); bytes 24..32 (MXCSR and its
+    /// mask) are ignored here, MXCSR is [`State::mxcsr`].
+    pub x87: [u8; X87_IMAGE],
+}
+
+/// Bytes of the FXSAVE image that hold the x87 state.
+pub const X87_IMAGE: usize = 160;
+
+/// Bytes of the x87 image that are compared: FCW, FSW, the abridged FTW and the reserved
+/// byte after it, and the register slots. FOP, FIP and FDP (bytes 6..24) are not: AMD
+/// CPUs store them only while an exception is pending, and they are masked in saved
+/// environments too.
+fn x87_compared(k: usize) -> bool {
+    !(6..32).contains(&k)
 }
 
 impl Default for State {
@@ -161,7 +176,61 @@ impl State {
             mxcsr: 0x1f80,
             fs_base: 0,
             gs_base: 0,
+            x87: {
+                let mut x = [0u8; X87_IMAGE];
+                x[0..2].copy_from_slice(&0x037fu16.to_le_bytes());
+                x
+            },
         }
+    }
+
+    /// Sets the x87 control word.
+    pub fn set_fcw(&mut self, fcw: u16) {
+        self.x87[0..2].copy_from_slice(&fcw.to_le_bytes());
+    }
+
+    /// Sets the x87 status word (TOP included).
+    pub fn set_fsw(&mut self, fsw: u16) {
+        self.x87[2..4].copy_from_slice(&fsw.to_le_bytes());
+    }
+
+    /// The x87 status word.
+    pub fn fsw(&self) -> u16 {
+        u16::from_le_bytes([self.x87[2], self.x87[3]])
+    }
+
+    /// Makes `values` the x87 stack (`values[0]` is ST(0), 80-bit encodings); the other
+    /// registers are empty but keep `filler` contents. TOP becomes `8 - values.len()`
+    /// (mod 8); the rest of the status word is kept.
+    pub fn set_x87_stack(&mut self, values: &[u128], filler: u128) {
+        let n = values.len().min(8);
+        let top = (8 - n) % 8;
+        let fsw = (self.fsw() & !(7 << 11)) | ((top as u16) << 11);
+        self.set_fsw(fsw);
+        let mut valid = 0u8;
+        for k in 0..8 {
+            let v = if let Some(&v) = values.get(k).filter(|_| k < n) {
+                valid |= 1 << ((top + k) % 8);
+                v
+            } else {
+                filler.wrapping_mul(k as u128 + 1)
+            };
+            let v = v & ((1u128 << 80) - 1);
+            self.x87[32 + 16 * k..48 + 16 * k].copy_from_slice(&v.to_le_bytes());
+        }
+        self.x87[4] = valid;
+    }
+
+    /// The full FXSAVE image of this state (MXCSR_MASK 0).
+    pub fn fx_image(&self) -> [u8; 512] {
+        let mut img = [0u8; 512];
+        img[..X87_IMAGE].copy_from_slice(&self.x87);
+        img[24..28].copy_from_slice(&self.mxcsr.to_le_bytes());
+        img[28..32].fill(0);
+        for (k, x) in self.xmm.iter().enumerate() {
+            img[160 + 16 * k..176 + 16 * k].copy_from_slice(&x.to_le_bytes());
+        }
+        img
     }
 
     /// Reads a GPR by any of its names (AH..BH read bits 8..15).
@@ -227,6 +296,11 @@ pub struct Case {
     pub undefined_gpr: [u64; 16],
     /// Per XMM register, bits whose final value the manual leaves undefined.
     pub undefined_xmm: [u128; 16],
+    /// x87 status-word bits the manual leaves undefined for this case.
+    pub undefined_fsw: u16,
+    /// Memory ranges `(address, length)` whose final contents are undefined (x87
+    /// instruction and operand pointers in saved environments).
+    pub undefined_mem: Vec<(u64, usize)>,
 }
 
 impl Case {
@@ -243,6 +317,8 @@ impl Case {
             undefined_flags: 0,
             undefined_gpr: [0; 16],
             undefined_xmm: [0; 16],
+            undefined_fsw: 0,
+            undefined_mem: Vec::new(),
         }
     }
 
@@ -462,8 +538,12 @@ pub fn run_emulated(case: &Case, data: &[u8]) -> Snapshot {
         // The native side runs in a user process, so the emulated side runs at CPL 3 too:
         // privileged instructions must fault the same way on both.
         cpu.sys.cpl = 3;
+        // As the host kernel does, enable SYSCALL/SYSRET (so SYSRET at CPL 3 is #GP, not #UD).
+        cpu.sys.efer |= emu_core::sysregs::efer::SCE;
         cpu.xmm = case.init.xmm;
         cpu.mxcsr = case.init.mxcsr;
+        emu_core::exec::x87::fxsave::restore(cpu, &case.init.fx_image(), true)
+            .expect("case x87 image loads");
         cpu.set_rflags(case.initial_rflags());
     }
     let stop = emu.run(
@@ -507,6 +587,9 @@ pub fn run_emulated(case: &Case, data: &[u8]) -> Snapshot {
     state.xmm = cpu.xmm;
     state.mxcsr = cpu.mxcsr;
     state.rflags = cpu.rflags();
+    state
+        .x87
+        .copy_from_slice(&emu_core::exec::x87::fxsave::image(cpu, true)[..X87_IMAGE]);
     let mut out = vec![0u8; DATA_SIZE];
     emu.read_memory(DATA, &mut out).expect("read data");
     Snapshot {
@@ -593,7 +676,25 @@ pub fn compare(case: &Case, native: &Snapshot, emulated: &Snapshot) -> Result<()
             n.mxcsr, e.mxcsr
         );
     }
-    diffs.push_str(&memory_diff(&native.data, &emulated.data));
+    let fsw_mask = !case.undefined_fsw;
+    let x87_differs = (0..X87_IMAGE).any(|k| {
+        let mask = match k {
+            2 => fsw_mask as u8,
+            3 => (fsw_mask >> 8) as u8,
+            _ => 0xff,
+        };
+        x87_compared(k) && (n.x87[k] ^ e.x87[k]) & mask != 0
+    });
+    if x87_differs {
+        let _ = writeln!(diffs, "  x87: native {}", describe_x87(&n.x87));
+        let _ = writeln!(diffs, "       emulated {}", describe_x87(&e.x87));
+    }
+    let mut emulated_data = emulated.data.clone();
+    for &(addr, len) in &case.undefined_mem {
+        let off = (addr - DATA) as usize;
+        emulated_data[off..off + len].copy_from_slice(&native.data[off..off + len]);
+    }
+    diffs.push_str(&memory_diff(&native.data, &emulated_data));
     if diffs.is_empty() {
         return Ok(());
     }
@@ -605,6 +706,34 @@ pub fn compare(case: &Case, native: &Snapshot, emulated: &Snapshot) -> Result<()
         native.outcome,
         emulated.outcome,
     ))
+}
+
+/// The x87 part of an FXSAVE image, readably.
+pub fn describe_x87(x: &[u8; X87_IMAGE]) -> String {
+    let w = |k: usize| u16::from_le_bytes([x[k], x[k + 1]]);
+    let mut s = format!(
+        "FCW {:#06x} FSW {:#06x} (TOP {}) FTW {:#04x} rsvd {:#04x}",
+        w(0),
+        w(2),
+        (w(2) >> 11) & 7,
+        x[4],
+        x[5]
+    );
+    for k in 0..8 {
+        let mut r = [0u8; 16];
+        r.copy_from_slice(&x[32 + 16 * k..48 + 16 * k]);
+        let v = u128::from_le_bytes(r);
+        let _ = write!(
+            s,
+            "\n         ST{k} {:04x}_{:016x}",
+            (v >> 64) as u16,
+            v as u64
+        );
+        if v >> 80 != 0 {
+            let _ = write!(s, " (slot bytes 10..16: {:#x})", v >> 80);
+        }
+    }
+    s
 }
 
 fn memory_diff(native: &[u8], emulated: &[u8]) -> String {
@@ -707,6 +836,9 @@ fn describe_initial(case: &Case) -> String {
         if s.xmm[i] != defaults.xmm[i] {
             let _ = writeln!(out, "  XMM{i}={:#034x}", s.xmm[i]);
         }
+    }
+    if s.x87 != defaults.x87 {
+        let _ = writeln!(out, "  x87: {}", describe_x87(&s.x87));
     }
     let _ = writeln!(out, "  data fill seed {:#x}", case.fill_seed);
     for (addr, bytes) in &case.mem {
@@ -1138,7 +1270,9 @@ mod native {
     use iced_x86::code_asm::*;
     use iced_x86::BlockEncoderOptions;
 
-    use super::{Case, Outcome, Snapshot, State, CODE, CODE_MAX, DATA, DATA_SIZE, NATIVE_TIMEOUT};
+    use super::{
+        Case, Outcome, Snapshot, State, CODE, CODE_MAX, DATA, DATA_SIZE, NATIVE_TIMEOUT, X87_IMAGE,
+    };
 
     /// The mailbox shared by the parent and the server child (fixed address, below
     /// 2 GiB so the stub addresses it with `[disp32]`).
@@ -1180,6 +1314,8 @@ mod native {
         host_gs: u64,
         code_len: u64,
         fx: FxArea,
+        in_fx: FxArea,
+        out_fx: FxArea,
         scratch: [u64; 32],
         code: [u8; CODE_MAX],
     }
@@ -1229,6 +1365,7 @@ mod native {
         a.pushfq()?;
         a.pop(qword_ptr(mb!(host_gpr) + 8 * 7))?;
         a.fxsave64(ptr(mb!(fx)))?;
+        a.fxrstor64(ptr(mb!(in_fx)))?;
         for (code, field) in [(ARCH_SET_FS, mb!(in_fs)), (ARCH_SET_GS, mb!(in_gs))] {
             a.mov(eax, SYS_ARCH_PRCTL as u32)?;
             a.mov(edi, code as u32)?;
@@ -1261,6 +1398,7 @@ mod native {
         a.pushfq()?;
         a.pop(qword_ptr(mb!(out_rflags)))?;
         a.stmxcsr(dword_ptr(mb!(out_mxcsr)))?;
+        a.fxsave64(ptr(mb!(out_fx)))?;
         for (i, &x) in xmms.iter().enumerate() {
             a.movups(xmmword_ptr(mb!(out_xmm) + 16 * i as u64), x)?;
         }
@@ -1522,6 +1660,7 @@ mod native {
             (*mb).out_rflags = g[libc::REG_EFL as usize] as u64;
             let fp = (*uc).uc_mcontext.fpregs;
             if !fp.is_null() {
+                std::ptr::copy_nonoverlapping(fp.cast::<u8>(), (*mb).out_fx.0.as_mut_ptr(), 512);
                 (*mb).out_mxcsr = (*fp).mxcsr as u64;
                 for i in 0..16 {
                     let e = (*fp)._xmm[i].element;
@@ -1553,6 +1692,7 @@ mod native {
             (*mb).in_gs = case.init.gs_base;
             (*mb).in_mxcsr = case.init.mxcsr;
             (*mb).in_xmm = case.init.xmm;
+            (*mb).in_fx.0 = case.init.fx_image();
             (*mb).in_test = 0;
             (&mut (*mb).code)[..case.code.len()].copy_from_slice(&case.code);
             (*mb).code_len = case.code.len() as u64;
@@ -1626,6 +1766,7 @@ mod native {
             state.rflags = (*mb).out_rflags;
             state.xmm = (*mb).out_xmm;
             state.mxcsr = (*mb).out_mxcsr as u32;
+            state.x87.copy_from_slice(&(&(*mb).out_fx.0)[..X87_IMAGE]);
             std::ptr::copy_nonoverlapping(DATA as *const u8, data.as_mut_ptr(), DATA_SIZE);
         }
         state.fs_base = case.init.fs_base;

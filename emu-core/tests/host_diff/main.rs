@@ -1,10 +1,12 @@
 //! Differential tests against the host CPU (design notes section 7, layer 2): each case runs
 //! natively and in emu-core from the same state and the results are compared. See
-//! `harness.rs` for how, `int.rs` for the general-purpose cases, `sse.rs` for SSE.
+//! `harness.rs` for how, `int.rs` for the general-purpose cases, `sse.rs` for SSE, `x87.rs` for the
+//! x87 FPU and FXSAVE/FXRSTOR.
 
 mod harness;
 mod int;
 mod sse;
+mod x87;
 
 use std::collections::BTreeSet;
 
@@ -24,7 +26,11 @@ fn every_table_entry_has_differential_coverage() {
         Config::default(),
         TestRng::from_seed(RngAlgorithm::ChaCha, &[7; 32]),
     );
-    for form in int::forms().into_iter().chain(sse::forms()) {
+    for form in int::forms()
+        .into_iter()
+        .chain(sse::forms())
+        .chain(x87::forms())
+    {
         for _ in 0..4 {
             let case = form
                 .cases

@@ -244,7 +244,7 @@ fn propagate_nan1<F: Format>(a: u64, env: &mut Env) -> Option<u64> {
 /// A finite value split into sign, exponent and integer significand:
 /// `value = sig * 2^exp` (a zero has `sig == 0`).
 #[inline]
-fn unpack<F: Format>(x: u64) -> (bool, i32, u64) {
+pub(crate) fn unpack<F: Format>(x: u64) -> (bool, i32, u64) {
     let negative = is_negative::<F>(x);
     let e = ((x & F::EXP_MASK) >> F::MANT) as i32;
     let frac = x & F::FRAC_MASK;
@@ -262,7 +262,7 @@ fn unpack<F: Format>(x: u64) -> (bool, i32, u64) {
 /// Drops the low `drop` bits of `sig` with rounding. Returns the rounded integer and
 /// whether anything non-zero was dropped.
 #[inline]
-fn shift_round(sig: u128, drop: i32, negative: bool, round: Round) -> (u128, bool) {
+pub(crate) fn shift_round(sig: u128, drop: i32, negative: bool, round: Round) -> (u128, bool) {
     if drop <= 0 {
         return (sig << (-drop).min(127) as u32, false);
     }
@@ -291,7 +291,7 @@ fn shift_round(sig: u128, drop: i32, negative: bool, round: Round) -> (u128, boo
 /// Rounds `(-1)^negative * sig * 2^exp` to format `F` under `env`, raising OE, UE and
 /// PE as x86 does. `sig` may carry a sticky bit in its least significant position as long
 /// as it then has at least `MANT + 3` significant bits, and must be below 2^126.
-fn round_pack<F: Format>(negative: bool, exp: i32, sig: u128, env: &mut Env) -> u64 {
+pub(crate) fn round_pack<F: Format>(negative: bool, exp: i32, sig: u128, env: &mut Env) -> u64 {
     let sign = signed_zero::<F>(negative);
     if sig == 0 {
         return sign;
@@ -498,7 +498,7 @@ pub fn div<F: Format>(a: u64, b: u64, env: &mut Env) -> u64 {
 }
 
 /// Integer square root of a `u128`, rounded down.
-fn isqrt(n: u128) -> u128 {
+pub(crate) fn isqrt(n: u128) -> u128 {
     if n == 0 {
         return 0;
     }

@@ -1,0 +1,219 @@
+//! x87 control instructions: status and control words, FNCLEX, FNINIT, the environment
+//! and full-state save/restore (64-bit-mode formats), FWAIT, FNOP, FFREE, FINCSTP/FDECSTP.
+
+use iced_x86::Code;
+
+use super::softfp80::MASK80;
+use super::state::{C1, FCW_BITS, SF, X87};
+use super::{begin, read_mem, write_mem};
+use crate::cpu::{reg, Cpu};
+use crate::exec::sse::softfp::ALL_FLAGS;
+use crate::insn::{Insn, OpEntry, OpTable, Step};
+
+/// FNSTSW AX (and FSTSW AX, which waits first).
+fn fstsw_ax<const WAIT: bool>(cpu: &mut Cpu, _: &Insn) -> Step {
+    if WAIT {
+        cpu.x87.check_pending()?;
+    }
+    let sw = cpu.x87.status_word();
+    cpu.set_reg::<2>(reg::RAX, sw as u64);
+    Ok(())
+}
+
+/// FNSTSW m16 (and FSTSW m16).
+fn fstsw_mem<const WAIT: bool>(cpu: &mut Cpu, i: &Insn) -> Step {
+    if WAIT {
+        cpu.x87.check_pending()?;
+    }
+    let sw = cpu.x87.status_word();
+    crate::exec::store::<2>(cpu, i, sw as u64)
+}
+
+/// FNSTCW m16 (and FSTCW m16).
+fn fstcw<const WAIT: bool>(cpu: &mut Cpu, i: &Insn) -> Step {
+    if WAIT {
+        cpu.x87.check_pending()?;
+    }
+    let cw = cpu.x87.fcw;
+    crate::exec::store::<2>(cpu, i, cw as u64)
+}
+
+/// FLDCW m16: unmasking a raised flag makes it pending (ES).
+fn fldcw(cpu: &mut Cpu, i: &Insn) -> Step {
+    cpu.x87.check_pending()?;
+    let cw = crate::exec::load::<2>(cpu, i)? as u16;
+    cpu.x87.fcw = (cw & FCW_BITS) | 0x40;
+    cpu.x87.update_summary();
+    Ok(())
+}
+
+/// FNCLEX (and FCLEX): clears the flags, SF, ES and B.
+fn fclex<const WAIT: bool>(cpu: &mut Cpu, _: &Insn) -> Step {
+    if WAIT {
+        cpu.x87.check_pending()?;
+    }
+    cpu.x87.fsw &= !(ALL_FLAGS as u16 | SF | super::state::ES | super::state::B);
+    Ok(())
+}
+
+/// The FNINIT state change: everything but the register contents is reset.
+fn init(x: &mut X87) {
+    let regs = x.regs;
+    *x = X87::new();
+    x.regs = regs;
+}
+
+/// FNINIT (and FINIT).
+fn finit<const WAIT: bool>(cpu: &mut Cpu, _: &Insn) -> Step {
+    if WAIT {
+        cpu.x87.check_pending()?;
+    }
+    init(&mut cpu.x87);
+    Ok(())
+}
+
+/// FWAIT: raises a pending #MF.
+fn fwait(cpu: &mut Cpu, _: &Insn) -> Step {
+    cpu.x87.check_pending()
+}
+
+/// FNOP.
+fn fnop(cpu: &mut Cpu, i: &Insn) -> Step {
+    begin(cpu, i, false)
+}
+
+/// FFREE ST(i) (and FFREEP, which also pops).
+fn ffree<const POP: bool>(cpu: &mut Cpu, i: &Insn) -> Step {
+    begin(cpu, i, false)?;
+    cpu.x87.free(i.dst);
+    if POP {
+        cpu.x87.pop();
+    }
+    Ok(())
+}
+
+/// FINCSTP / FDECSTP: TOP moves, tags stay.
+fn fstp_step<const DELTA: u8>(cpu: &mut Cpu, i: &Insn) -> Step {
+    begin(cpu, i, false)?;
+    cpu.x87.top = (cpu.x87.top + DELTA) & 7;
+    cpu.x87.fsw &= !C1;
+    Ok(())
+}
+
+/// The 28-byte protected-mode environment (32-bit operand size; what 64-bit mode uses).
+fn env_bytes(x: &X87) -> [u8; 28] {
+    let mut b = [0u8; 28];
+    b[0..2].copy_from_slice(&x.fcw.to_le_bytes());
+    b[2..4].copy_from_slice(&0xffffu16.to_le_bytes());
+    b[4..6].copy_from_slice(&x.status_word().to_le_bytes());
+    b[6..8].copy_from_slice(&0xffffu16.to_le_bytes());
+    b[8..10].copy_from_slice(&x.tag_word().to_le_bytes());
+    b[10..12].copy_from_slice(&0xffffu16.to_le_bytes());
+    b[12..16].copy_from_slice(&(x.fip as u32).to_le_bytes());
+    b[18..20].copy_from_slice(&(x.fop & 0x7ff).to_le_bytes());
+    b[20..24].copy_from_slice(&(x.fdp as u32).to_le_bytes());
+    b[26..28].copy_from_slice(&0xffffu16.to_le_bytes());
+    b
+}
+
+/// Loads a 28-byte environment.
+fn load_env(x: &mut X87, b: &[u8]) {
+    let w = |k: usize| u16::from_le_bytes([b[k], b[k + 1]]);
+    let d = |k: usize| u32::from_le_bytes([b[k], b[k + 1], b[k + 2], b[k + 3]]);
+    x.fcw = (w(0) & FCW_BITS) | 0x40;
+    x.set_status_word(w(4));
+    x.set_tag_word(w(8));
+    x.fip = d(12) as u64;
+    x.fop = w(18) & 0x7ff;
+    x.fdp = d(20) as u64;
+    x.update_summary();
+}
+
+/// FNSTENV m28 (and FSTENV): stores the environment, then masks every exception.
+fn fstenv<const WAIT: bool>(cpu: &mut Cpu, i: &Insn) -> Step {
+    if WAIT {
+        cpu.x87.check_pending()?;
+    }
+    let addr = i.ea(cpu);
+    let b = env_bytes(&cpu.x87);
+    write_mem(cpu, addr, &b)?;
+    cpu.x87.fcw |= ALL_FLAGS as u16;
+    cpu.x87.update_summary();
+    Ok(())
+}
+
+/// FLDENV m28.
+fn fldenv(cpu: &mut Cpu, i: &Insn) -> Step {
+    cpu.x87.check_pending()?;
+    let addr = i.ea(cpu);
+    let mut b = [0u8; 28];
+    read_mem(cpu, addr, &mut b)?;
+    load_env(&mut cpu.x87, &b);
+    Ok(())
+}
+
+/// FNSAVE m108 (and FSAVE): the environment and the registers in stack order, then
+/// FNINIT.
+fn fsave<const WAIT: bool>(cpu: &mut Cpu, i: &Insn) -> Step {
+    if WAIT {
+        cpu.x87.check_pending()?;
+    }
+    let addr = i.ea(cpu);
+    let mut b = [0u8; 108];
+    b[..28].copy_from_slice(&env_bytes(&cpu.x87));
+    for k in 0..8u8 {
+        let v = cpu.x87.regs[cpu.x87.phys(k)];
+        let off = 28 + 10 * k as usize;
+        b[off..off + 10].copy_from_slice(&v.to_le_bytes()[..10]);
+    }
+    write_mem(cpu, addr, &b)?;
+    init(&mut cpu.x87);
+    Ok(())
+}
+
+/// FRSTOR m108.
+fn frstor(cpu: &mut Cpu, i: &Insn) -> Step {
+    cpu.x87.check_pending()?;
+    let addr = i.ea(cpu);
+    let mut b = [0u8; 108];
+    read_mem(cpu, addr, &mut b)?;
+    let mut x = cpu.x87.clone();
+    load_env(&mut x, &b);
+    for k in 0..8u8 {
+        let off = 28 + 10 * k as usize;
+        let mut r = [0u8; 16];
+        r[..10].copy_from_slice(&b[off..off + 10]);
+        let p = x.phys(k);
+        x.regs[p] = u128::from_le_bytes(r) & MASK80;
+    }
+    cpu.x87 = x;
+    Ok(())
+}
+
+/// Registers the control instructions.
+pub(crate) fn register(t: &mut OpTable) {
+    use Code::*;
+    t.set(Fnstsw_AX, OpEntry::reg(fstsw_ax::<false>));
+    t.set(Fstsw_AX, OpEntry::reg(fstsw_ax::<true>));
+    t.set(Fnstsw_m2byte, OpEntry::mem(fstsw_mem::<false>));
+    t.set(Fstsw_m2byte, OpEntry::mem(fstsw_mem::<true>));
+    t.set(Fnstcw_m2byte, OpEntry::mem(fstcw::<false>));
+    t.set(Fstcw_m2byte, OpEntry::mem(fstcw::<true>));
+    t.set(Fldcw_m2byte, OpEntry::mem(fldcw));
+    t.set(Fnclex, OpEntry::reg(fclex::<false>));
+    t.set(Fclex, OpEntry::reg(fclex::<true>));
+    t.set(Fninit, OpEntry::reg(finit::<false>));
+    t.set(Finit, OpEntry::reg(finit::<true>));
+    t.set(Wait, OpEntry::reg(fwait));
+    t.set(Fnop, OpEntry::reg(fnop));
+    t.set(Ffree_sti, OpEntry::reg(ffree::<false>));
+    t.set(Ffreep_sti, OpEntry::reg(ffree::<true>));
+    t.set(Fincstp, OpEntry::reg(fstp_step::<1>));
+    t.set(Fdecstp, OpEntry::reg(fstp_step::<7>));
+    t.set(Fnstenv_m28byte, OpEntry::mem(fstenv::<false>));
+    t.set(Fstenv_m28byte, OpEntry::mem(fstenv::<true>));
+    t.set(Fldenv_m28byte, OpEntry::mem(fldenv));
+    t.set(Fnsave_m108byte, OpEntry::mem(fsave::<false>));
+    t.set(Fsave_m108byte, OpEntry::mem(fsave::<true>));
+    t.set(Frstor_m108byte, OpEntry::mem(frstor));
+}

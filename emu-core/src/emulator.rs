@@ -449,7 +449,18 @@ impl Emulator {
                         None,
                     );
                 }
-                InterruptEvent::Syscall => {}
+                // SYSCALL with EFER.SCE clear is #UD on a real processor.
+                InterruptEvent::Syscall => {
+                    let ud = Exception::InvalidOpcode;
+                    self.cpu.rip = insn_rip;
+                    return self.deliver_to_guest(
+                        ud.vector(),
+                        None,
+                        EventKind::Exception,
+                        fault_class(ud),
+                        Some(ud),
+                    );
+                }
             }
         }
         Some(match event {

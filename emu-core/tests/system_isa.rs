@@ -596,3 +596,102 @@ fn stop_rip(stop: &StopReason) -> u64 {
         _ => 0,
     }
 }
+
+#[test]
+fn syscall_enters_the_kernel_and_sysret_returns_to_user_mode() {
+    use delivery::*;
+    const LSTAR: u64 = 0x4000;
+    let mut emu = machine(|a| {
+        // STAR: SYSCALL CS = 0x08 (SS 0x10); SYSRET base 0x10 (SS 0x1b, CS 0x23).
+        a.mov(ecx, 0xc000_0081u32)?;
+        a.xor(eax, eax)?;
+        a.mov(edx, 0x0010_0008u32)?;
+        a.wrmsr()?;
+        a.mov(ecx, 0xc000_0082u32)?;
+        a.mov(eax, LSTAR as u32)?;
+        a.xor(edx, edx)?;
+        a.wrmsr()?;
+        a.mov(ecx, 0xc000_0084u32)?; // SFMASK: clear IF and TF
+        a.mov(eax, 0x300u32)?;
+        a.wrmsr()?;
+        a.mov(ecx, 0xc000_0080u32)?; // EFER.SCE
+        a.rdmsr()?;
+        a.or(eax, 1)?;
+        a.wrmsr()?;
+        // Into user mode at 0x2000 with IF set.
+        a.mov(rcx, 0x2000u64)?;
+        a.mov(r11d, 0x202u32)?;
+        a.sysretq()
+    });
+    let user = {
+        let mut a = CodeAssembler::new(64).unwrap();
+        a.mov(r8, rsp).unwrap();
+        a.syscall().unwrap();
+        a.mov(r9, 1u64).unwrap(); // back from the kernel
+        a.hlt().unwrap(); // privileged: #GP at CPL 3
+        a.assemble(0x2000).unwrap()
+    };
+    emu.write_memory(0x2000, &user).unwrap();
+    let kernel = {
+        let mut a = CodeAssembler::new(64).unwrap();
+        a.mov(r12, rcx).unwrap(); // return address
+        a.mov(r13, r11).unwrap(); // user RFLAGS
+        a.pushfq().unwrap();
+        a.pop(r14).unwrap(); // kernel RFLAGS
+        a.sysretq().unwrap();
+        a.assemble(LSTAR).unwrap()
+    };
+    emu.write_memory(LSTAR, &kernel).unwrap();
+    emu.set_interrupt_delivery(emu_core::InterruptDelivery::Embedder);
+    let stop = run(&mut emu);
+    assert!(
+        matches!(
+            stop,
+            StopReason::Exception {
+                exception: Exception::GeneralProtection(0),
+                ..
+            }
+        ),
+        "the user-mode HLT faults: {stop:?}"
+    );
+    assert_eq!(reg(&emu, Register::R9), 1);
+    assert_eq!(
+        reg(&emu, Register::R12),
+        0x2000 + 3 + 2,
+        "RCX holds the return address"
+    );
+    assert_ne!(
+        reg(&emu, Register::R13) & 0x200,
+        0,
+        "R11 holds the user RFLAGS with IF"
+    );
+    assert_eq!(
+        reg(&emu, Register::R14) & 0x300,
+        0,
+        "SFMASK cleared IF and TF in the kernel"
+    );
+    assert_eq!(emu.cpu().sys.cpl, 3);
+    assert_eq!(emu.cpu().seg_sel[1], 0x23);
+    assert_eq!(emu.cpu().seg_sel[2], 0x1b);
+}
+
+#[test]
+fn syscall_without_efer_sce_is_reported_bare_and_invalid_in_a_guest() {
+    let mut emu = machine(|a| {
+        a.syscall()?;
+        a.hlt()
+    });
+    assert!(matches!(run(&mut emu), StopReason::Syscall { .. }));
+    let mut emu = delivery::machine(|a| {
+        a.syscall()?;
+        a.hlt()
+    });
+    emu.set_interrupt_delivery(emu_core::InterruptDelivery::Guest);
+    delivery::set_gate(&mut emu, 6, delivery::INTERRUPT, 0, 0, true);
+    delivery::set_handler(&mut emu, 6, |a| {
+        a.mov(r15, 6u64)?;
+        a.hlt()
+    });
+    assert_eq!(run(&mut emu), StopReason::Halted);
+    assert_eq!(reg(&emu, Register::R15), 6, "#UD was delivered");
+}

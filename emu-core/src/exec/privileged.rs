@@ -1,5 +1,6 @@
 //! Privileged and system-state instructions: MOV to/from CR and DR, RDMSR/WRMSR,
-//! LGDT/LIDT/SGDT/SIDT, LTR/LLDT/STR/SLDT, CLI/STI, CLTS, SWAPGS, INVLPG, WBINVD/INVD.
+//! LGDT/LIDT/SGDT/SIDT, LTR/LLDT/STR/SLDT, CLI/STI, CLTS, SWAPGS, INVLPG, WBINVD/INVD,
+//! SYSCALL/SYSRET.
 //!
 //! Each checks privilege first (`#GP(0)` above CPL 0, or above IOPL for CLI/STI) and
 //! validates values through [`crate::sysregs`]. Instructions that change how later code
@@ -14,7 +15,7 @@ use crate::descriptor::{
 use crate::exception::Exception;
 use crate::flags;
 use crate::insn::{Insn, OpEntry, OpTable, Step, Trap};
-use crate::sysregs::{is_canonical, msr, MsrHost, TableRegister};
+use crate::sysregs::{efer, is_canonical, msr, MsrHost, TableRegister};
 
 const GP0: Trap = Trap::Exception(Exception::GeneralProtection(0));
 
@@ -302,7 +303,63 @@ fn store_selector_mem<const TR: bool>(cpu: &mut Cpu, i: &Insn) -> Step {
     super::store::<2>(cpu, i, sel)
 }
 
+/// SYSCALL in 64-bit mode. With EFER.SCE clear the bare CPU reports it to the embedder
+/// (`Trap::Syscall`, like Unicorn's syscall hook); a guest-delivery machine turns that
+/// into the architectural #UD.
+fn syscall(cpu: &mut Cpu, i: &Insn) -> Step {
+    if cpu.sys.efer & efer::SCE == 0 {
+        return Err(Trap::Syscall);
+    }
+    let rflags = cpu.rflags() & !(1 << 16);
+    cpu.regs[reg::RCX as usize] = i.next_rip();
+    cpu.regs[R11] = rflags;
+    let kernel_cs = ((cpu.sys.star >> 32) & 0xfffc) as u16;
+    cpu.seg_sel[seg::CS as usize] = kernel_cs;
+    cpu.seg_sel[seg::SS as usize] = kernel_cs.wrapping_add(8);
+    cpu.sys.cs_attributes = KERNEL_CODE_ATTRIBUTES;
+    cpu.set_rflags(rflags & !cpu.sys.sfmask & !(1 << 16));
+    if cpu.sys.cpl != 0 {
+        cpu.sys.cpl = 0;
+        cpu.mmu.flush_tlb();
+    }
+    cpu.rip = cpu.sys.lstar;
+    Ok(())
+}
+
+/// SYSRET with REX.W: back to 64-bit user code at CPL 3. (The 32-bit form returns to
+/// compatibility mode, which does not exist yet, so it is not registered and raises #UD.)
+fn sysretq(cpu: &mut Cpu, _: &Insn) -> Step {
+    if cpu.sys.efer & efer::SCE == 0 {
+        return Err(Exception::InvalidOpcode.into());
+    }
+    require_cpl0(cpu)?;
+    let target = cpu.regs[reg::RCX as usize];
+    if !is_canonical(target) {
+        return Err(GP0);
+    }
+    let base = ((cpu.sys.star >> 48) & 0xffff) as u16;
+    cpu.seg_sel[seg::CS as usize] = base.wrapping_add(16) | 3;
+    cpu.seg_sel[seg::SS as usize] = base.wrapping_add(8) | 3;
+    cpu.sys.cs_attributes = USER_CODE_ATTRIBUTES;
+    // RF and VM cleared, bit 1 set, as the SDM's 0x3C7FD7 mask says.
+    cpu.set_rflags((cpu.regs[R11] & 0x3c_7fd7) | 2);
+    cpu.sys.cpl = 3;
+    cpu.mmu.flush_tlb();
+    cpu.rip = target;
+    Ok(())
+}
+
+/// R11, where SYSCALL saves RFLAGS.
+const R11: usize = 11;
+
+/// Attributes SYSCALL loads into CS: present, DPL 0, 64-bit code.
+const KERNEL_CODE_ATTRIBUTES: u16 = 0x209b;
+/// Attributes SYSRET loads into CS: present, DPL 3, 64-bit code.
+const USER_CODE_ATTRIBUTES: u16 = 0x20fb;
+
 pub(crate) fn register(t: &mut OpTable) {
+    t.set(Code::Syscall, OpEntry::reg(syscall).branch());
+    t.set(Code::Sysretq, OpEntry::reg(sysretq).branch());
     for code in [Code::Ltr_rm16, Code::Ltr_r32m16, Code::Ltr_r64m16] {
         t.set(code, OpEntry::rm(ltr::<false>, ltr::<true>));
     }

@@ -56,6 +56,8 @@ pub const EXCLUDED: &[Code] = &[
     // A user-mode IRETQ is legal, but its selectors name the host kernel's GDT entries,
     // which the emulated machine does not have; tests/system_isa.rs covers IRETQ.
     Code::Iretq,
+    // A user-mode SYSCALL is a real system call on the host.
+    Code::Syscall,
 ];
 
 /// Random material for one generic case; the builder turns it into a [`Case`]
@@ -1909,6 +1911,7 @@ const PRIVILEGED: &[Code] = &[
     Code::Wbinvd,
     Code::Invd,
     Code::Hlt,
+    Code::Sysretq,
 ];
 
 /// One form per privileged instruction: random registers, then the instruction, which
@@ -1945,6 +1948,7 @@ fn privileged_forms() -> Vec<Form> {
                         Code::Invlpg_m => a.invlpg(ptr(rsi)),
                         Code::Wbinvd => a.wbinvd(),
                         Code::Invd => a.invd(),
+                        Code::Sysretq => a.sysretq(),
                         _ => a.hlt(),
                     })
                 };

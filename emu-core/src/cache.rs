@@ -115,6 +115,12 @@ impl CodeCache {
         self.jump_cache.fill((u64::MAX, 0));
     }
 
+    /// Forgets every RIP-to-block shortcut (after paging or privilege changes, when the
+    /// same RIP may now mean other code or may no longer be executable). The blocks stay.
+    pub fn flush_jump_cache(&mut self) {
+        self.jump_cache.fill((u64::MAX, 0));
+    }
+
     /// Drops every block.
     pub fn flush(&mut self) {
         self.blocks.clear();

@@ -88,6 +88,10 @@ pub struct Cpu {
     pub clock_origin: std::time::Instant,
     /// Control, debug, descriptor-table and model-specific registers.
     pub sys: SystemRegs,
+    /// Set when the mapping from linear to physical addresses or the privilege of
+    /// instruction fetches may have changed (paging registers, INVLPG, CPL): the run loop
+    /// then drops its RIP-indexed jump cache, whose hits skip the fetch translation.
+    pub fetch_mapping_changed: bool,
     /// This vCPU's path to guest memory.
     pub mmu: Mmu,
 }
@@ -117,6 +121,7 @@ impl Cpu {
                 efer: efer::LME | efer::LMA,
                 ..SystemRegs::default()
             },
+            fetch_mapping_changed: false,
             mmu,
         }
     }
@@ -138,7 +143,12 @@ impl Cpu {
             | flags::AC
             | flags::ID;
         self.flags.set_materialized(value);
+        let old_ac = self.rflags_other & flags::AC;
         self.rflags_other = (value & WRITABLE & !flags::ARITH) | (1 << 1);
+        if self.rflags_other & flags::AC != old_ac {
+            self.mmu
+                .set_privilege(self.sys.cpl, self.rflags_other & flags::AC != 0);
+        }
     }
 
     /// The time-stamp counter: virtual-clock nanoseconds at [`crate::cpuid::TSC_HZ`]
@@ -151,6 +161,43 @@ impl Cpu {
     pub fn raw_tsc(&self) -> u64 {
         let ns = self.clock_origin.elapsed().as_nanos() as u64;
         (ns as u128 * crate::cpuid::TSC_HZ as u128 / 1_000_000_000) as u64
+    }
+
+    /// Changes the current privilege level, telling the MMU (U/S, SMAP checks) and the run
+    /// loop (fetch permissions).
+    pub fn set_cpl(&mut self, cpl: u8) {
+        if self.sys.cpl != cpl {
+            self.sys.cpl = cpl;
+            self.mmu
+                .set_privilege(cpl, self.rflags_other & flags::AC != 0);
+            self.fetch_mapping_changed = true;
+        }
+    }
+
+    /// Installs CR0, CR3, CR4 and EFER into the MMU's paging state.
+    ///
+    /// # Errors
+    ///
+    /// `#GP(0)` if the MMU refuses them (invalid PAE PDPTEs); the caller keeps the old
+    /// register values then.
+    pub fn apply_paging(
+        &mut self,
+        cr0: u64,
+        cr3: u64,
+        cr4: u64,
+        efer: u64,
+    ) -> Result<(), crate::exception::Exception> {
+        let ctx = emu_mmu::paging::PagingContext {
+            cr0,
+            cr3,
+            cr4,
+            efer,
+        };
+        self.mmu
+            .set_paging(ctx)
+            .map_err(|_| crate::exception::Exception::GeneralProtection(0))?;
+        self.fetch_mapping_changed = true;
+        Ok(())
     }
 
     /// RFLAGS.IOPL.

@@ -19,10 +19,16 @@ pub const APIC_TIMER_HZ: u64 = 1_000_000_000;
 mod edx1 {
     #[allow(dead_code)] // advertised with the `x87` feature
     pub const FPU: u32 = 1 << 0;
+    pub const PSE: u32 = 1 << 3;
     pub const TSC: u32 = 1 << 4;
     pub const MSR: u32 = 1 << 5;
+    pub const PAE: u32 = 1 << 6;
     pub const CX8: u32 = 1 << 8;
+    pub const MTRR: u32 = 1 << 12;
+    pub const PGE: u32 = 1 << 13;
     pub const CMOV: u32 = 1 << 15;
+    pub const PAT: u32 = 1 << 16;
+    pub const PSE36: u32 = 1 << 17;
     pub const CLFSH: u32 = 1 << 19;
     #[allow(dead_code)] // advertised with the `x87` feature
     pub const FXSR: u32 = 1 << 24;
@@ -43,16 +49,27 @@ mod ecx1 {
 }
 
 /// Leaf 1 EDX as advertised.
-pub const LEAF1_EDX: u32 = edx1::TSC | edx1::MSR | edx1::CX8 | edx1::CMOV | edx1::CLFSH | SSE_EDX;
+pub const LEAF1_EDX: u32 = edx1::PSE
+    | edx1::TSC
+    | edx1::MSR
+    | edx1::PAE
+    | edx1::CX8
+    | edx1::MTRR
+    | edx1::PGE
+    | edx1::PAT
+    | edx1::PSE36
+    | edx1::CMOV
+    | edx1::CLFSH
+    | SSE_EDX;
 /// Leaf 1 ECX as advertised.
 pub const LEAF1_ECX: u32 = ecx1::CX16 | ecx1::MOVBE | ecx1::POPCNT | ecx1::HYPERVISOR | SSE_ECX;
-/// Leaf 7 subleaf 0 EBX as advertised: BMI1.
-pub const LEAF7_EBX: u32 = 1 << 3;
+/// Leaf 7 subleaf 0 EBX as advertised: BMI1, SMEP, SMAP.
+pub const LEAF7_EBX: u32 = (1 << 3) | (1 << 7) | (1 << 20);
 /// Leaf 0x80000001 ECX: LAHF/SAHF in 64-bit mode, LZCNT, PREFETCHW (a hint, executed as
 /// a no-op).
 pub const EXT1_ECX: u32 = (1 << 0) | (1 << 5) | (1 << 8);
-/// Leaf 0x80000001 EDX: RDTSCP, long mode.
-pub const EXT1_EDX: u32 = (1 << 27) | (1 << 29);
+/// Leaf 0x80000001 EDX: SYSCALL/SYSRET, NX, 1 GiB pages, RDTSCP, long mode.
+pub const EXT1_EDX: u32 = (1 << 11) | (1 << 20) | (1 << 26) | (1 << 27) | (1 << 29);
 
 /// SSE-family bits in leaf 1 EDX.
 const SSE_EDX: u32 = edx1::SSE | edx1::SSE2;
@@ -163,6 +180,8 @@ mod tests {
             F::MOVBE => Some((1, 2, 22)),
             F::POPCNT => Some((1, 2, 23)),
             F::BMI1 => Some((7, 1, 3)),
+            F::SMAP => Some((7, 1, 20)),
+            F::SYSCALL => Some((0x8000_0001, 3, 11)),
             F::LZCNT => Some((0x8000_0001, 2, 5)),
             F::PREFETCHW => Some((0x8000_0001, 2, 8)),
             F::RDTSCP => Some((0x8000_0001, 3, 27)),

@@ -320,6 +320,10 @@ impl Emulator {
         let until = options.until;
         let mut until_clock = TIMEOUT_CHECK_BLOCKS;
         loop {
+            if self.cpu.fetch_mapping_changed {
+                self.cpu.fetch_mapping_changed = false;
+                self.cache.flush_jump_cache();
+            }
             let rip = self.cpu.rip;
             if Some(rip) == until {
                 return StopReason::ReachedEnd;
@@ -494,6 +498,13 @@ impl Emulator {
             let second = match interrupt::deliver(&mut self.cpu, vector, error_code, kind) {
                 Ok(()) => return None,
                 Err(Trap::Exception(e)) => e,
+                Err(Trap::Memory(MemFault::PageFault { addr, error_code })) => {
+                    Exception::PageFault {
+                        addr,
+                        code: error_code,
+                    }
+                }
+                Err(Trap::Memory(MemFault::NonCanonical { .. })) => Exception::GeneralProtection(0),
                 Err(Trap::Memory(fault)) => {
                     return Some(StopReason::Unmapped {
                         fault,

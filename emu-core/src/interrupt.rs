@@ -152,10 +152,7 @@ pub fn deliver(
         cleared |= flags::IF;
     }
     cpu.rflags_other &= !cleared;
-    if new_cpl != cpl {
-        cpu.sys.cpl = new_cpl;
-        cpu.mmu.flush_tlb();
-    }
+    cpu.set_cpl(new_cpl);
     cpu.rip = target;
     Ok(())
 }
@@ -185,7 +182,10 @@ pub fn iretq(cpu: &mut Cpu) -> Result<(), Trap> {
     if new_cpl < cpl {
         return Err(gp(cs));
     }
-    let code = read_descriptor(cpu, cs)?;
+    cpu.mmu.set_implicit_supervisor(true);
+    let code = read_descriptor(cpu, cs);
+    cpu.mmu.set_implicit_supervisor(false);
+    let code = code?;
     let dpl_ok = if code.is_conforming() {
         code.dpl() <= new_cpl
     } else {
@@ -207,7 +207,10 @@ pub fn iretq(cpu: &mut Cpu) -> Result<(), Trap> {
         if ss.rpl() != new_cpl {
             return Err(gp(ss));
         }
-        let stack = read_descriptor(cpu, ss)?;
+        cpu.mmu.set_implicit_supervisor(true);
+        let stack = read_descriptor(cpu, ss);
+        cpu.mmu.set_implicit_supervisor(false);
+        let stack = stack?;
         if !stack.is_writable_data() || stack.dpl() != new_cpl {
             return Err(gp(ss));
         }
@@ -238,10 +241,7 @@ pub fn iretq(cpu: &mut Cpu) -> Result<(), Trap> {
     cpu.seg_sel[seg::CS as usize] = cs.0;
     cpu.seg_sel[seg::SS as usize] = ss.0;
     cpu.sys.cs_attributes = code.attributes();
-    if new_cpl != cpl {
-        cpu.sys.cpl = new_cpl;
-        cpu.mmu.flush_tlb();
-    }
+    cpu.set_cpl(new_cpl);
     Ok(())
 }
 

@@ -47,6 +47,10 @@ pub mod cr4 {
     pub const PAE: u64 = 1 << 5;
     /// Global pages.
     pub const PGE: u64 = 1 << 7;
+    /// Supervisor-mode execution prevention.
+    pub const SMEP: u64 = 1 << 20;
+    /// Supervisor-mode access prevention.
+    pub const SMAP: u64 = 1 << 21;
     /// RDPMC at any privilege.
     pub const PCE: u64 = 1 << 8;
     /// The OS saves SSE state with FXSAVE.
@@ -54,9 +58,9 @@ pub mod cr4 {
     /// The OS handles #XM.
     pub const OSXMMEXCPT: u64 = 1 << 10;
     /// Every bit software may set. Bits for features CPUID does not advertise (VME, DE,
-    /// MCE, LA57, FSGSBASE, PCIDE, OSXSAVE, SMEP, SMAP, ...) are reserved and #GP when set;
+    /// MCE, LA57, FSGSBASE, PCIDE, OSXSAVE, ...) are reserved and #GP when set;
     /// each joins this list with its feature.
-    pub const WRITABLE: u64 = TSD | PSE | PAE | PGE | PCE | OSFXSR | OSXMMEXCPT;
+    pub const WRITABLE: u64 = TSD | PSE | PAE | PGE | PCE | OSFXSR | OSXMMEXCPT | SMEP | SMAP;
 }
 
 /// EFER bits.
@@ -69,8 +73,8 @@ pub mod efer {
     pub const LMA: u64 = 1 << 10;
     /// No-execute enable.
     pub const NXE: u64 = 1 << 11;
-    /// Bits WRMSR may set (NXE joins when the paging walker honours it).
-    pub const WRITABLE: u64 = SCE | LME;
+    /// Bits WRMSR may set.
+    pub const WRITABLE: u64 = SCE | LME | NXE;
 }
 
 /// Model-specific register numbers.
@@ -313,18 +317,6 @@ impl SystemRegs {
     /// `#GP(0)` for bits this CPU does not support, or clearing PAE in long mode.
     pub fn check_cr4(&self, value: u64) -> Result<u64, Exception> {
         if value & !cr4::WRITABLE != 0 || (self.long_mode() && value & cr4::PAE == 0) {
-            return Err(GP0);
-        }
-        Ok(value)
-    }
-
-    /// Checks a value for CR3.
-    ///
-    /// # Errors
-    ///
-    /// `#GP(0)` for bits above the physical-address width in long mode.
-    pub fn check_cr3(&self, value: u64) -> Result<u64, Exception> {
-        if self.long_mode() && value >> PHYS_ADDR_BITS != 0 {
             return Err(GP0);
         }
         Ok(value)

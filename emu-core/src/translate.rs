@@ -44,10 +44,7 @@ pub fn translate_block(cpu: &mut Cpu, rip: u64) -> Result<Block, Trap> {
     let mut buf = [0u8; MAX_BLOCK_INSNS * MAX_INSN_LEN + MAX_INSN_LEN];
     let fetched = cpu.mmu.fetch_code(rip, &mut buf[..in_page + MAX_INSN_LEN]);
     if fetched == 0 {
-        return Err(Trap::Memory(MemFault::Unmapped {
-            addr: rip,
-            access: Access::Fetch,
-        }));
+        return Err(fetch_fault(cpu, rip));
     }
     let table = OpTable::global();
     let mut decoder = Decoder::with_ip(64, &buf[..fetched], rip, DecoderOptions::NONE);
@@ -61,11 +58,7 @@ pub fn translate_block(cpu: &mut Cpu, rip: u64) -> Result<Block, Trap> {
             if decoder.last_error() == DecoderError::NoMoreBytes && fetched < buf.len() {
                 // The instruction runs into memory that is not mapped.
                 if insns.is_empty() {
-                    let addr = rip.wrapping_add(fetched as u64);
-                    return Err(Trap::Memory(MemFault::Unmapped {
-                        addr,
-                        access: Access::Fetch,
-                    }));
+                    return Err(fetch_fault(cpu, rip.wrapping_add(fetched as u64)));
                 }
                 break;
             }
@@ -82,13 +75,12 @@ pub fn translate_block(cpu: &mut Cpu, rip: u64) -> Result<Block, Trap> {
             break;
         }
     }
-    let mut pages = vec![rip & PAGE_MASK];
-    let last_byte = end_rip.wrapping_sub(1) & PAGE_MASK;
-    if last_byte != rip & PAGE_MASK {
-        pages.push(last_byte);
-    }
-    for &page in &pages {
-        cpu.mmu.mark_code_page(page);
+    // Code marks and invalidation work on physical pages: the same code may be mapped at
+    // several linear addresses.
+    let mut pages = vec![cpu.mmu.mark_code_at(rip)?];
+    let last_byte = end_rip.wrapping_sub(1);
+    if last_byte & PAGE_MASK != rip & PAGE_MASK {
+        pages.push(cpu.mmu.mark_code_at(last_byte)?);
     }
     Ok(Block {
         rip,
@@ -97,6 +89,16 @@ pub fn translate_block(cpu: &mut Cpu, rip: u64) -> Result<Block, Trap> {
         ends_in_branch,
         pages,
     })
+}
+
+/// What stops a fetch at `addr`: a page fault, a non-canonical address, or memory that is
+/// not RAM.
+fn fetch_fault(cpu: &mut Cpu, addr: u64) -> Trap {
+    let fault = cpu.mmu.translate(addr, Access::Fetch).err();
+    Trap::Memory(fault.unwrap_or(MemFault::Unmapped {
+        addr,
+        access: Access::Fetch,
+    }))
 }
 
 fn raise_ud(_: &mut Cpu, _: &Insn) -> Step {

@@ -15,7 +15,7 @@ use crate::descriptor::{
 use crate::exception::Exception;
 use crate::flags;
 use crate::insn::{Insn, OpEntry, OpTable, Step, Trap};
-use crate::sysregs::{efer, is_canonical, msr, MsrHost, TableRegister};
+use crate::sysregs::{cr0, efer, is_canonical, msr, MsrHost, TableRegister};
 
 const GP0: Trap = Trap::Exception(Exception::GeneralProtection(0));
 
@@ -46,21 +46,37 @@ fn mov_from_cr(cpu: &mut Cpu, i: &Insn) -> Step {
 fn mov_to_cr(cpu: &mut Cpu, i: &Insn) -> Step {
     require_cpl0(cpu)?;
     let value = cpu.reg::<8>(i.src);
+    let sys = &cpu.sys;
+    let (cr0, cr3, cr4, efer) = (sys.cr0, sys.cr3, sys.cr4, sys.efer);
     match i.dst {
         0 => {
-            cpu.sys.cr0 = cpu.sys.check_cr0(value)?;
-            cpu.mmu.flush_tlb();
+            let new = sys.check_cr0(value)?;
+            // Paging may be turned off only from compatibility mode, not from 64-bit code.
+            if cr0 & cr0::PG != 0 && new & cr0::PG == 0 && sys.long_mode() {
+                return Err(GP0);
+            }
+            // Turning paging on with EFER.LME set activates long mode.
+            let efer = if new & cr0::PG != 0 && cr0 & cr0::PG == 0 && efer & efer::LME != 0 {
+                efer | efer::LMA
+            } else {
+                efer
+            };
+            cpu.apply_paging(new, cr3, cr4, efer)?;
+            cpu.sys.cr0 = new;
+            cpu.sys.efer = efer;
         }
         2 => cpu.sys.cr2 = value,
         3 => {
-            cpu.sys.cr3 = cpu.sys.check_cr3(value)?;
-            cpu.mmu.flush_tlb();
+            cpu.mmu.write_cr3(value).map_err(|_| GP0)?;
+            cpu.sys.cr3 = cpu.mmu.paging().cr3;
+            cpu.fetch_mapping_changed = true;
         }
         4 => {
-            cpu.sys.cr4 = cpu.sys.check_cr4(value)?;
-            cpu.mmu.flush_tlb();
+            let new = sys.check_cr4(value)?;
+            cpu.apply_paging(cr0, cr3, new, efer)?;
+            cpu.sys.cr4 = new;
         }
-        8 => cpu.sys.cr8 = cpu.sys.check_cr8(value)?,
+        8 => cpu.sys.cr8 = sys.check_cr8(value)?,
         _ => return Err(Exception::InvalidOpcode.into()),
     }
     Ok(())
@@ -134,10 +150,15 @@ fn wrmsr(cpu: &mut Cpu, _: &Insn) -> Step {
     require_cpl0(cpu)?;
     let index = cpu.reg::<4>(reg::RCX) as u32;
     let value = cpu.reg::<4>(reg::RAX) | cpu.reg::<4>(reg::RDX) << 32;
+    let old_efer = cpu.sys.efer;
     let (sys, mut host) = msr_host(cpu);
     sys.write_msr(&mut host, index, value)?;
     if index == msr::EFER {
-        cpu.mmu.flush_tlb();
+        let (cr0, cr3, cr4, efer) = (cpu.sys.cr0, cpu.sys.cr3, cpu.sys.cr4, cpu.sys.efer);
+        if let Err(e) = cpu.apply_paging(cr0, cr3, cr4, efer) {
+            cpu.sys.efer = old_efer;
+            return Err(e.into());
+        }
     }
     Ok(())
 }
@@ -195,10 +216,21 @@ fn swapgs(cpu: &mut Cpu, _: &Insn) -> Step {
     Ok(())
 }
 
-fn invlpg(cpu: &mut Cpu, _: &Insn) -> Step {
+fn invlpg(cpu: &mut Cpu, i: &Insn) -> Step {
     require_cpl0(cpu)?;
-    // Flushing everything is a correct (if blunt) INVLPG until the paging walker lands.
-    cpu.mmu.flush_tlb();
+    let addr = i.ea(cpu);
+    cpu.mmu.invlpg(addr);
+    cpu.fetch_mapping_changed = true;
+    Ok(())
+}
+
+/// STAC/CLAC: set or clear RFLAGS.AC (SMAP's override); `#UD` above CPL 0.
+fn set_ac<const ON: bool>(cpu: &mut Cpu, _: &Insn) -> Step {
+    if cpu.sys.cpl != 0 {
+        return Err(Exception::InvalidOpcode.into());
+    }
+    let f = cpu.rflags();
+    cpu.set_rflags(if ON { f | flags::AC } else { f & !flags::AC });
     Ok(())
 }
 
@@ -318,10 +350,7 @@ fn syscall(cpu: &mut Cpu, i: &Insn) -> Step {
     cpu.seg_sel[seg::SS as usize] = kernel_cs.wrapping_add(8);
     cpu.sys.cs_attributes = KERNEL_CODE_ATTRIBUTES;
     cpu.set_rflags(rflags & !cpu.sys.sfmask & !(1 << 16));
-    if cpu.sys.cpl != 0 {
-        cpu.sys.cpl = 0;
-        cpu.mmu.flush_tlb();
-    }
+    cpu.set_cpl(0);
     cpu.rip = cpu.sys.lstar;
     Ok(())
 }
@@ -343,8 +372,7 @@ fn sysretq(cpu: &mut Cpu, _: &Insn) -> Step {
     cpu.sys.cs_attributes = USER_CODE_ATTRIBUTES;
     // RF and VM cleared, bit 1 set, as the SDM's 0x3C7FD7 mask says.
     cpu.set_rflags((cpu.regs[R11] & 0x3c_7fd7) | 2);
-    cpu.sys.cpl = 3;
-    cpu.mmu.flush_tlb();
+    cpu.set_cpl(3);
     cpu.rip = target;
     Ok(())
 }
@@ -409,6 +437,8 @@ pub(crate) fn register(t: &mut OpTable) {
     t.set(Code::Clts, OpEntry::reg(clts));
     t.set(Code::Swapgs, OpEntry::reg(swapgs));
     t.set(Code::Invlpg_m, OpEntry::mem(invlpg).ends_block());
+    t.set(Code::Stac, OpEntry::reg(set_ac::<true>));
+    t.set(Code::Clac, OpEntry::reg(set_ac::<false>));
     t.set(Code::Wbinvd, OpEntry::reg(cache_control));
     t.set(Code::Invd, OpEntry::reg(cache_control));
 }

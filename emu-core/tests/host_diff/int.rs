@@ -1884,7 +1884,7 @@ const FLAG_MAP: [(u64, u32); 6] = [
 ];
 
 /// Instructions that need CPL 0 (CLI/STI: CPL <= IOPL). The host runs them in a user
-/// process, where each raises #GP(0); the emulated side runs at CPL 3 too, so these cases
+/// process, where each raises #GP(0) (STAC/CLAC: #UD); the emulated side runs at CPL 3 too, so these cases
 /// check the privilege checks. Their CPL 0 behaviour is covered by `tests/system_isa.rs`.
 /// SGDT/SIDT are not here: they are legal at CPL 3 unless the host kernel enables UMIP, so
 /// the host's answer depends on its configuration.
@@ -1912,6 +1912,8 @@ const PRIVILEGED: &[Code] = &[
     Code::Invd,
     Code::Hlt,
     Code::Sysretq,
+    Code::Stac,
+    Code::Clac,
 ];
 
 /// One form per privileged instruction: random registers, then the instruction, which
@@ -1949,6 +1951,8 @@ fn privileged_forms() -> Vec<Form> {
                         Code::Wbinvd => a.wbinvd(),
                         Code::Invd => a.invd(),
                         Code::Sysretq => a.sysretq(),
+                        Code::Stac => a.stac(),
+                        Code::Clac => a.clac(),
                         _ => a.hlt(),
                     })
                 };

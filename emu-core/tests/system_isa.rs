@@ -695,3 +695,203 @@ fn syscall_without_efer_sce_is_reported_bare_and_invalid_in_a_guest() {
     assert_eq!(run(&mut emu), StopReason::Halted);
     assert_eq!(reg(&emu, Register::R15), 6, "#UD was delivered");
 }
+
+/// Four-level page tables built by the host: the first 2 MiB identity-mapped with one
+/// large user page, and 4 KiB pages at `HIGH` for the tests to fill in.
+mod tables {
+    use super::*;
+
+    pub const PML4: u64 = 0x2_0000;
+    const PDPT_LOW: u64 = 0x2_1000;
+    const PD_LOW: u64 = 0x2_2000;
+    const PDPT_HIGH: u64 = 0x2_4000;
+    const PD_HIGH: u64 = 0x2_5000;
+    /// The page table for `HIGH..HIGH + 2 MiB`.
+    pub const PT_HIGH: u64 = 0x2_6000;
+    /// Base of the 4 KiB-mapped region (PML4 slot 256).
+    pub const HIGH: u64 = 0xffff_8000_0000_0000;
+    pub const P: u64 = 1;
+    pub const RW: u64 = 2;
+    pub const US: u64 = 4;
+    pub const ACCESSED: u64 = 1 << 5;
+    pub const DIRTY: u64 = 1 << 6;
+    pub const PS: u64 = 1 << 7;
+    pub const NX: u64 = 1 << 63;
+
+    fn put(emu: &mut Emulator, addr: u64, value: u64) {
+        emu.write_memory(addr, &value.to_le_bytes()).unwrap();
+    }
+
+    pub fn build(emu: &mut Emulator) {
+        put(emu, PML4, PDPT_LOW | P | RW | US);
+        put(emu, PML4 + 256 * 8, PDPT_HIGH | P | RW | US);
+        put(emu, PDPT_LOW, PD_LOW | P | RW | US);
+        put(emu, PD_LOW, P | RW | US | PS);
+        put(emu, PDPT_HIGH, PD_HIGH | P | RW | US);
+        put(emu, PD_HIGH, PT_HIGH | P | RW | US);
+    }
+
+    /// Maps the 4 KiB page `HIGH + index * 4 KiB` to `entry` (physical address | flags).
+    pub fn map(emu: &mut Emulator, index: u64, entry: u64) {
+        put(emu, PT_HIGH + index * 8, entry);
+    }
+
+    /// Guest code that turns 4-level paging on with the tables at `PML4`.
+    pub fn enable(a: &mut CodeAssembler) -> Result<(), IcedError> {
+        a.mov(rax, cr4)?;
+        a.or(eax, 0x20)?; // PAE
+        a.mov(cr4, rax)?;
+        a.mov(eax, PML4 as u32)?;
+        a.mov(cr3, rax)?;
+        a.mov(rax, cr0)?;
+        a.bts(rax, 31)?; // PG
+        a.mov(cr0, rax)
+    }
+}
+
+#[test]
+fn paging_translates_sets_accessed_and_dirty_and_faults_with_cr2() {
+    use delivery::*;
+    use tables::*;
+    let mut emu = machine(|a| {
+        tables::enable(a)?;
+        a.mov(rbx, HIGH)?;
+        a.mov(qword_ptr(rbx), 0x1234)?;
+        a.mov(rcx, qword_ptr(rbx))?;
+        a.mov(qword_ptr(rbx + 0x1000), 1)?; // not present: #PF
+        a.hlt()
+    });
+    tables::build(&mut emu);
+    tables::map(&mut emu, 0, 0x3_0000 | P | RW);
+    set_gate(&mut emu, 14, INTERRUPT, 0, 0, true);
+    set_handler(&mut emu, 14, |a| {
+        a.mov(r12, cr2)?;
+        a.pop(r13)?;
+        a.hlt()
+    });
+    assert_eq!(run(&mut emu), StopReason::Halted);
+    assert_eq!(reg(&emu, Register::RCX), 0x1234);
+    assert_eq!(
+        read_u64(&mut emu, 0x3_0000),
+        0x1234,
+        "the store reached the mapped frame"
+    );
+    assert_eq!(
+        reg(&emu, Register::R12),
+        HIGH + 0x1000,
+        "CR2 holds the faulting address"
+    );
+    assert_eq!(
+        reg(&emu, Register::R13),
+        0b10,
+        "error code: write to a non-present page"
+    );
+    let pte = read_u64(&mut emu, PT_HIGH);
+    assert_eq!(pte & (ACCESSED | DIRTY), ACCESSED | DIRTY);
+}
+
+#[test]
+fn no_execute_pages_fault_on_fetch_with_the_instruction_fetch_bit() {
+    use delivery::*;
+    use tables::*;
+    let mut emu = machine(|a| {
+        a.mov(ecx, 0xc000_0080u32)?; // EFER.NXE
+        a.rdmsr()?;
+        a.bts(eax, 11)?;
+        a.wrmsr()?;
+        tables::enable(a)?;
+        a.mov(rax, HIGH + 0x2000)?;
+        a.jmp(rax)
+    });
+    tables::build(&mut emu);
+    tables::map(&mut emu, 2, 0x3_1000 | P | RW | NX);
+    emu.write_memory(0x3_1000, &[0xf4]).unwrap(); // hlt, never reached
+    set_gate(&mut emu, 14, INTERRUPT, 0, 0, true);
+    set_handler(&mut emu, 14, |a| {
+        a.mov(r12, cr2)?;
+        a.pop(r13)?;
+        a.mov(r14, qword_ptr(rsp))?; // the RIP that faulted
+        a.hlt()
+    });
+    assert_eq!(run(&mut emu), StopReason::Halted);
+    assert_eq!(reg(&emu, Register::R12), HIGH + 0x2000);
+    assert_eq!(
+        reg(&emu, Register::R13),
+        0b1_0001,
+        "present page, instruction fetch"
+    );
+    assert_eq!(reg(&emu, Register::R14), HIGH + 0x2000);
+}
+
+#[test]
+fn user_mode_cannot_touch_supervisor_pages() {
+    use delivery::*;
+    use tables::*;
+    let mut emu = machine(|a| {
+        tables::enable(a)?;
+        a.push(USER_DS as i32)?;
+        a.mov(rax, USER_STACK)?;
+        a.push(rax)?;
+        a.push(0x202i32)?;
+        a.push(USER_CS as i32)?;
+        a.mov(rax, 0x2000u64)?;
+        a.push(rax)?;
+        a.iretq()
+    });
+    let user = {
+        let mut a = CodeAssembler::new(64).unwrap();
+        a.mov(rbx, HIGH).unwrap();
+        a.mov(rcx, qword_ptr(rbx)).unwrap(); // supervisor page: #PF
+        a.assemble(0x2000).unwrap()
+    };
+    emu.write_memory(0x2000, &user).unwrap();
+    tables::build(&mut emu);
+    tables::map(&mut emu, 0, 0x3_0000 | P | RW);
+    set_gate(&mut emu, 14, INTERRUPT, 0, 0, true);
+    set_handler(&mut emu, 14, |a| {
+        a.mov(r12, cr2)?;
+        a.pop(r13)?;
+        a.hlt()
+    });
+    assert_eq!(run(&mut emu), StopReason::Halted);
+    assert_eq!(reg(&emu, Register::R12), HIGH);
+    assert_eq!(
+        reg(&emu, Register::R13),
+        0b101,
+        "present page, read, user mode"
+    );
+}
+
+#[test]
+fn code_rewritten_through_another_mapping_is_retranslated() {
+    use delivery::*;
+    use tables::*;
+    // The frame at 0x32000 is mapped twice: executable at HIGH + 0x3000, writable at
+    // HIGH + 0x4000. The loop calls into the first and patches it through the second.
+    let mut emu = machine(|a| {
+        let mut top = a.create_label();
+        tables::enable(a)?;
+        a.mov(rsi, HIGH + 0x3000)?;
+        a.mov(rdi, HIGH + 0x4000)?;
+        a.xor(r8d, r8d)?;
+        a.mov(ecx, 1u32)?;
+        a.set_label(&mut top)?;
+        a.mov(byte_ptr(rdi + 3), cl)?; // the imm8 of `add r8, imm8`
+        a.call(rsi)?;
+        a.inc(ecx)?;
+        a.cmp(ecx, 11)?;
+        a.jne(top)?;
+        a.hlt()
+    });
+    tables::build(&mut emu);
+    tables::map(&mut emu, 3, 0x3_2000 | P);
+    tables::map(&mut emu, 4, 0x3_2000 | P | RW);
+    emu.write_memory(0x3_2000, &[0x49, 0x83, 0xc0, 0x7f, 0xc3])
+        .unwrap(); // add r8, imm8; ret
+    assert_eq!(run(&mut emu), StopReason::Halted);
+    assert_eq!(
+        reg(&emu, Register::R8),
+        55,
+        "each call ran the freshly patched immediate"
+    );
+}

@@ -81,7 +81,7 @@ pub fn deliver(
         return Err(Exception::SegmentNotPresent(idt_error(vector, kind)).into());
     }
     let target = (lo & 0xffff) | ((lo >> 32) & 0xffff_0000) | (hi & 0xffff_ffff) << 32;
-    let ist = ((lo >> 32) & 7) as u64;
+    let ist = (lo >> 32) & 7;
     let cs = Selector((lo >> 16) as u16);
 
     // The target code segment.

@@ -3,25 +3,11 @@
 //! time-stamp counter is time; HLT and INT n are privileged or kernel-defined in user mode
 //! on the host, while the bare emulator stops on them.
 
-use emu_core::{Emulator, InterruptEvent, Register, RunOptions, StopReason};
+use emu_core::{InterruptEvent, Register, RunOptions, StopReason};
 use iced_x86::code_asm::*;
 
-const CODE: u64 = 0x1000;
-
-fn machine(build: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> Emulator {
-    let mut a = CodeAssembler::new(64).unwrap();
-    build(&mut a).unwrap();
-    let code = a.assemble(CODE).unwrap();
-    let mut emu = Emulator::new();
-    emu.map_memory(0, 0x10_0000).unwrap();
-    emu.write_memory(CODE, &code).unwrap();
-    emu.set_reg(Register::RSP, 0x8_0000).unwrap();
-    emu
-}
-
-fn reg(emu: &Emulator, r: Register) -> u64 {
-    emu.reg(r).unwrap()
-}
+mod common;
+use common::{machine, reg, CODE};
 
 #[test]
 fn cpuid_leaf_0_names_the_vendor_and_the_highest_leaf() {

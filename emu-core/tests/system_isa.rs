@@ -5,19 +5,9 @@
 use emu_core::{Emulator, Exception, Register, RunOptions, StopReason};
 use iced_x86::code_asm::*;
 
-const CODE: u64 = 0x1000;
+mod common;
+use common::{machine, reg, CODE};
 const DATA: u64 = 0x8000;
-
-fn machine(build: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> Emulator {
-    let mut a = CodeAssembler::new(64).unwrap();
-    build(&mut a).unwrap();
-    let code = a.assemble(CODE).unwrap();
-    let mut emu = Emulator::new();
-    emu.map_memory(0, 0x10_0000).unwrap();
-    emu.write_memory(CODE, &code).unwrap();
-    emu.set_reg(Register::RSP, 0x8_0000).unwrap();
-    emu
-}
 
 /// A guest program body, assembled after the test's setup.
 type Program = fn(&mut CodeAssembler) -> Result<(), IcedError>;
@@ -30,10 +20,6 @@ fn run(emu: &mut Emulator) -> StopReason {
             ..Default::default()
         },
     )
-}
-
-fn reg(emu: &Emulator, r: Register) -> u64 {
-    emu.reg(r).unwrap()
 }
 
 #[test]
@@ -375,6 +361,18 @@ mod delivery {
         emu
     }
 
+    /// Guest code that IRETQs to user mode (CPL 3, IF set) at `rip` on `USER_STACK`.
+    pub fn enter_user_mode(a: &mut CodeAssembler, rip: u64) -> Result<(), IcedError> {
+        a.push(USER_DS as i32)?;
+        a.mov(rax, USER_STACK)?;
+        a.push(rax)?;
+        a.push(0x202i32)?;
+        a.push(USER_CS as i32)?;
+        a.mov(rax, rip)?;
+        a.push(rax)?;
+        a.iretq()
+    }
+
     pub fn read_u64(emu: &mut Emulator, addr: u64) -> u64 {
         let mut b = [0u8; 8];
         emu.read_memory(addr, &mut b).unwrap();
@@ -460,16 +458,7 @@ fn faults_push_their_error_code_and_the_faulting_rip() {
 fn user_code_enters_the_kernel_on_the_tss_stack_and_returns_with_iretq() {
     use delivery::*;
     // Kernel: build an IRETQ frame to CPL 3 and go.
-    let mut emu = machine(|a| {
-        a.push(USER_DS as i32)?;
-        a.mov(rax, USER_STACK)?;
-        a.push(rax)?;
-        a.push(0x202i32)?; // IF set
-        a.push(USER_CS as i32)?;
-        a.mov(rax, 0x2000u64)?;
-        a.push(rax)?;
-        a.iretq()
-    });
+    let mut emu = machine(|a| enter_user_mode(a, 0x2000));
     // User code at 0x2000: INT 0x80 (DPL 3 gate) works; INT 0x81 (DPL 0 gate) is #GP.
     let user = {
         let mut a = CodeAssembler::new(64).unwrap();
@@ -829,14 +818,7 @@ fn user_mode_cannot_touch_supervisor_pages() {
     use tables::*;
     let mut emu = machine(|a| {
         tables::enable(a)?;
-        a.push(USER_DS as i32)?;
-        a.mov(rax, USER_STACK)?;
-        a.push(rax)?;
-        a.push(0x202i32)?;
-        a.push(USER_CS as i32)?;
-        a.mov(rax, 0x2000u64)?;
-        a.push(rax)?;
-        a.iretq()
+        enter_user_mode(a, 0x2000)
     });
     let user = {
         let mut a = CodeAssembler::new(64).unwrap();

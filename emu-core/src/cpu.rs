@@ -92,6 +92,8 @@ pub struct Cpu {
     /// instruction fetches may have changed (paging registers, INVLPG, CPL): the run loop
     /// then drops its RIP-indexed jump cache, whose hits skip the fetch translation.
     pub fetch_mapping_changed: bool,
+    /// The port I/O bus IN/OUT/INS/OUTS reach (unassigned ports read as all ones).
+    pub io: std::sync::Arc<emu_mmu::Bus>,
     /// This vCPU's path to guest memory.
     pub mmu: Mmu,
 }
@@ -122,6 +124,7 @@ impl Cpu {
                 ..SystemRegs::default()
             },
             fetch_mapping_changed: false,
+            io: std::sync::Arc::new(emu_mmu::Bus::new()),
             mmu,
         }
     }

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use emu_mmu::{MemAccessEvent, MemFault, Mmu, RamError};
+use emu_mmu::{Bus, BusError, MemAccessEvent, MemFault, Mmu, RamError, SharedDevice};
 use iced_x86::Register;
 
 use crate::cache::CodeCache;
@@ -42,6 +42,9 @@ pub enum EmuError {
     /// A host read or write touched memory that is not mapped.
     #[error(transparent)]
     Memory(#[from] MemFault),
+    /// A device could not be mapped.
+    #[error(transparent)]
+    Bus(#[from] BusError),
     /// The register cannot be read or written through this API.
     #[error("register {0:?} is not supported by this API")]
     UnsupportedRegister(Register),
@@ -165,6 +168,8 @@ pub struct Emulator {
     code_hooks: Vec<CodeHook>,
     interrupt_hooks: Vec<InterruptHook>,
     delivery: InterruptDelivery,
+    /// The MMIO devices (the MMU holds a shared copy).
+    mmio: Bus,
 }
 
 impl Default for Emulator {
@@ -186,6 +191,7 @@ impl Emulator {
             code_hooks: Vec::new(),
             interrupt_hooks: Vec::new(),
             delivery: InterruptDelivery::Embedder,
+            mmio: Bus::new(),
         }
     }
 
@@ -274,6 +280,39 @@ impl Emulator {
             r if r.is_gpr8() => cpu.set_reg::<1>(num(r), value),
             r => return Err(EmuError::UnsupportedRegister(r)),
         }
+        Ok(())
+    }
+
+    /// Maps `device` at I/O ports `base..base + len` (IN, OUT, INS, OUTS).
+    ///
+    /// # Errors
+    ///
+    /// [`EmuError::Bus`] for an empty range or one overlapping another device.
+    pub fn add_io_device(
+        &mut self,
+        base: u16,
+        len: u16,
+        device: SharedDevice,
+    ) -> Result<(), EmuError> {
+        let mut bus = (*self.cpu.io).clone();
+        bus.insert(base as u64, len as u64, device)?;
+        self.cpu.io = Arc::new(bus);
+        Ok(())
+    }
+
+    /// Maps `device` at physical addresses `base..base + len` that are not RAM (MMIO).
+    ///
+    /// # Errors
+    ///
+    /// [`EmuError::Bus`] for an empty range or one overlapping another device.
+    pub fn add_mmio_device(
+        &mut self,
+        base: u64,
+        len: u64,
+        device: SharedDevice,
+    ) -> Result<(), EmuError> {
+        self.mmio.insert(base, len, device)?;
+        self.cpu.mmu.set_mmio_bus(Arc::new(self.mmio.clone()));
         Ok(())
     }
 

@@ -877,3 +877,129 @@ fn code_rewritten_through_another_mapping_is_retranslated() {
         "each call ran the freshly patched immediate"
     );
 }
+
+/// A device for port and MMIO tests: a byte log of writes, reads answer a counter.
+#[derive(Default)]
+struct Recorder {
+    written: Vec<(u64, Vec<u8>)>,
+    reads: u8,
+}
+
+impl emu_mmu::BusDevice for Recorder {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        self.reads = self.reads.wrapping_add(1);
+        for (k, b) in data.iter_mut().enumerate() {
+            *b = (offset as u8)
+                .wrapping_add(self.reads)
+                .wrapping_add(k as u8);
+        }
+    }
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        self.written.push((offset, data.to_vec()));
+    }
+}
+
+#[test]
+fn port_io_reaches_devices_and_unassigned_ports_read_all_ones() {
+    use std::sync::{Arc, Mutex};
+    let dev = Arc::new(Mutex::new(Recorder::default()));
+    let mut emu = machine(|a| {
+        a.mov(al, 0x41u32)?;
+        a.out(0xf4, al)?; // port 0xf4 (the debug-exit port's usual place)
+        a.mov(dx, 0xf5u32)?;
+        a.mov(eax, 0x1122_3344u32)?;
+        a.out(dx, eax)?;
+        a.in_(al, 0xf4)?;
+        a.mov(bl, al)?;
+        a.mov(dx, 0x80u32)?; // nothing there
+        a.mov(eax, 0u32)?;
+        a.in_(eax, dx)?;
+        // REP OUTSB of three bytes from memory, then REP INSB of two.
+        a.mov(rsi, DATA)?;
+        a.mov(dword_ptr(rsi), 0x0063_6261)?;
+        a.mov(dx, 0xf4u32)?;
+        a.mov(ecx, 3u32)?;
+        a.rep().outsb()?;
+        a.mov(rdi, DATA + 0x10)?;
+        a.mov(ecx, 2u32)?;
+        a.rep().insb()?;
+        a.hlt()
+    });
+    emu.add_io_device(0xf4, 8, dev.clone()).unwrap();
+    assert_eq!(run(&mut emu), StopReason::Halted);
+    assert_eq!(reg(&emu, Register::RAX), 0xffff_ffff, "unassigned port");
+    assert_eq!(
+        reg(&emu, Register::RBX) & 0xff,
+        1,
+        "first read: offset 0 + 1 read"
+    );
+    let d = dev.lock().unwrap();
+    assert_eq!(d.written[0], (0, vec![0x41]));
+    assert_eq!(d.written[1], (1, vec![0x44, 0x33, 0x22, 0x11]));
+    let bytes: Vec<u8> = d.written[2..].iter().map(|(_, v)| v[0]).collect();
+    assert_eq!(bytes, b"abc");
+    let mut got = [0u8; 2];
+    emu.read_memory(DATA + 0x10, &mut got).unwrap();
+    assert_eq!(got, [2, 3], "REP INSB stored two reads");
+    assert_eq!(reg(&emu, Register::RCX), 0);
+}
+
+#[test]
+fn mmio_devices_answer_guest_loads_and_stores() {
+    use std::sync::{Arc, Mutex};
+    let dev = Arc::new(Mutex::new(Recorder::default()));
+    let mut emu = machine(|a| {
+        a.mov(rbx, 0xfee0_0000u64)?;
+        a.mov(dword_ptr(rbx + 0x30), 0xabcd)?;
+        a.mov(eax, dword_ptr(rbx + 0x20))?;
+        a.hlt()
+    });
+    emu.add_mmio_device(0xfee0_0000, 0x1000, dev.clone())
+        .unwrap();
+    assert_eq!(run(&mut emu), StopReason::Halted);
+    assert_eq!(
+        dev.lock().unwrap().written,
+        vec![(0x30, vec![0xcd, 0xab, 0, 0])]
+    );
+    assert_eq!(reg(&emu, Register::RAX), 0x2423_2221);
+}
+
+#[test]
+fn user_mode_port_access_follows_the_tss_io_bitmap() {
+    use delivery::*;
+    use std::sync::{Arc, Mutex};
+    let dev = Arc::new(Mutex::new(Recorder::default()));
+    let mut emu = machine(|a| enter_user_mode(a, 0x2000));
+    let user = {
+        let mut a = CodeAssembler::new(64).unwrap();
+        a.mov(al, 7u32).unwrap();
+        a.out(0x60, al).unwrap(); // allowed by the bitmap
+        a.out(0x61, al).unwrap(); // denied: #GP(0)
+        a.assemble(0x2000).unwrap()
+    };
+    emu.write_memory(0x2000, &user).unwrap();
+    emu.add_io_device(0x60, 2, dev.clone()).unwrap();
+    // A TSS with an I/O bitmap at offset 0x68: ports 0x00..0x7f, only 0x60 allowed.
+    let mut bitmap = [0xffu8; 16];
+    bitmap[0x60 / 8] &= !1;
+    emu.write_memory(TSS + 0x66, &0x68u16.to_le_bytes())
+        .unwrap();
+    emu.write_memory(TSS + 0x68, &bitmap).unwrap();
+    // Raise the TSS limit in its descriptor so the bitmap is inside it.
+    emu.write_memory(GDT + TSS_SEL as u64, &(0x68u16 + 16).to_le_bytes())
+        .unwrap();
+    set_gate(&mut emu, 13, INTERRUPT, 0, 0, true);
+    set_handler(&mut emu, 13, |a| {
+        a.pop(r13)?;
+        a.mov(r14, qword_ptr(rsp))?;
+        a.hlt()
+    });
+    assert_eq!(run(&mut emu), StopReason::Halted);
+    assert_eq!(dev.lock().unwrap().written, vec![(0, vec![7])]);
+    assert_eq!(reg(&emu, Register::R13), 0);
+    assert_eq!(
+        reg(&emu, Register::R14),
+        0x2000 + 2 + 2,
+        "the second OUT faulted"
+    );
+}

@@ -24,6 +24,7 @@
 //! All dereferences of host pointers are in [`host_access`], whose invariants are written
 //! there.
 
+pub mod bus;
 pub mod host_access;
 pub mod paging;
 pub mod ram;
@@ -31,6 +32,7 @@ pub mod tlb;
 
 use std::collections::HashSet;
 
+pub use bus::{Bus, BusDevice, BusError, SharedDevice};
 pub use paging::{
     PageFault, PagingContext, PagingError, PagingMode, Privilege, Translation, MAXPHYADDR,
 };
@@ -158,6 +160,8 @@ pub struct Mmu {
     /// Code pages written since the code cache last drained this list.
     written_code_pages: Vec<u64>,
     hooks: Vec<MemHook>,
+    /// Devices at physical addresses that are not RAM.
+    mmio: Option<std::sync::Arc<Bus>>,
 }
 
 impl Default for Mmu {
@@ -192,6 +196,7 @@ impl Mmu {
             code_pages: HashSet::new(),
             written_code_pages: Vec::new(),
             hooks: Vec::new(),
+            mmio: None,
         }
     }
 
@@ -416,6 +421,12 @@ impl Mmu {
     pub fn add_hook(&mut self, hook: MemHook) {
         self.hooks.push(hook);
         self.flush_tlb();
+    }
+
+    /// Attaches the bus that serves physical addresses that are not RAM (MMIO). Accesses
+    /// there never enter the TLB, so each one reaches the device.
+    pub fn set_mmio_bus(&mut self, bus: std::sync::Arc<Bus>) {
+        self.mmio = Some(bus);
     }
 
     /// Removes every memory hook, re-enabling the TLB.
@@ -745,9 +756,14 @@ impl Mmu {
             }
             value
         } else {
-            let page = self.access_page(vaddr, Access::Read)?;
-            // SAFETY: all N bytes are inside this live RAM page (no crossing, checked above).
-            unsafe { host_access::load::<N>(page.host_page.add(offset)) }
+            match self.access_page(vaddr, Access::Read) {
+                // SAFETY: all N bytes are inside this live RAM page (no crossing, checked above).
+                Ok(page) => unsafe { host_access::load::<N>(page.host_page.add(offset)) },
+                Err(MemFault::Unmapped { .. }) if self.mmio.is_some() => {
+                    self.mmio_read::<N>(vaddr)?
+                }
+                Err(e) => return Err(e),
+            }
         };
         self.run_hooks(Access::Read, vaddr, N, value);
         Ok(value)
@@ -778,11 +794,54 @@ impl Mmu {
             }
             return Ok(());
         }
-        let page = self.access_page(vaddr, Access::Write)?;
+        let page = match self.access_page(vaddr, Access::Write) {
+            Ok(page) => page,
+            Err(MemFault::Unmapped { .. }) if self.mmio.is_some() => {
+                return self.mmio_write::<N>(vaddr, value);
+            }
+            Err(e) => return Err(e),
+        };
         self.note_code_write(page.paddr);
         // SAFETY: all N bytes are inside this live RAM page (no crossing, checked above).
         unsafe { host_access::store::<N>(page.host_page.add(offset), value) };
         Ok(())
+    }
+
+    /// An `N`-byte read of a physical address that is not RAM: the MMIO bus, or
+    /// [`MemFault::Unmapped`] if no device is there.
+    fn mmio_read<const N: usize>(&mut self, vaddr: u64) -> Result<u64, MemFault> {
+        let paddr = self.walk(vaddr, Access::Read)?.paddr;
+        let mut data = [0u8; 8];
+        let served = self
+            .mmio
+            .as_ref()
+            .is_some_and(|bus| bus.read(paddr, &mut data[..N]));
+        if served {
+            Ok(u64::from_le_bytes(data))
+        } else {
+            Err(MemFault::Unmapped {
+                addr: vaddr,
+                access: Access::Read,
+            })
+        }
+    }
+
+    /// An `N`-byte write to a physical address that is not RAM (see [`Mmu::mmio_read`]).
+    fn mmio_write<const N: usize>(&mut self, vaddr: u64, value: u64) -> Result<(), MemFault> {
+        let paddr = self.walk(vaddr, Access::Write)?.paddr;
+        let data = value.to_le_bytes();
+        let served = self
+            .mmio
+            .as_ref()
+            .is_some_and(|bus| bus.write(paddr, &data[..N]));
+        if served {
+            Ok(())
+        } else {
+            Err(MemFault::Unmapped {
+                addr: vaddr,
+                access: Access::Write,
+            })
+        }
     }
 
     fn run_hooks(&mut self, access: Access, addr: u64, size: usize, value: u64) {
@@ -1231,5 +1290,48 @@ mod tests {
             ));
             assert_eq!(*s.mmu.paging(), before);
         }
+    }
+
+    #[test]
+    fn mmio_reaches_devices_and_never_enters_the_tlb() {
+        use std::sync::{Arc, Mutex};
+        #[derive(Default)]
+        struct Regs {
+            value: u32,
+            writes: usize,
+        }
+        impl BusDevice for Regs {
+            fn read(&mut self, offset: u64, data: &mut [u8]) {
+                let v = self.value.wrapping_add(offset as u32).to_le_bytes();
+                data.copy_from_slice(&v[..data.len()]);
+            }
+            fn write(&mut self, _offset: u64, data: &[u8]) {
+                let mut b = [0u8; 4];
+                b[..data.len()].copy_from_slice(data);
+                self.value = u32::from_le_bytes(b);
+                self.writes += 1;
+            }
+        }
+        let regs = Arc::new(Mutex::new(Regs::default()));
+        let mut bus = Bus::new();
+        bus.insert(0xfee0_0000, 0x1000, regs.clone()).unwrap();
+        let mut ram = GuestRam::new();
+        ram.add_region(0, 0x1000).unwrap();
+        let mut m = Mmu::new(ram);
+        assert!(m.read::<4>(0xfee0_0000).is_err(), "no bus yet: unassigned");
+        m.set_mmio_bus(Arc::new(bus));
+        m.write::<4>(0xfee0_0000, 0x1234).unwrap();
+        m.write::<4>(0xfee0_0000, 0x5678).unwrap();
+        assert_eq!(
+            regs.lock().unwrap().writes,
+            2,
+            "both writes reached the device"
+        );
+        assert_eq!(m.read::<4>(0xfee0_0010).unwrap(), 0x5688);
+        assert_eq!(m.read::<2>(0xfee0_0000).unwrap(), 0x5678);
+        assert!(matches!(
+            m.read::<4>(0xfef0_0000),
+            Err(MemFault::Unmapped { .. })
+        ));
     }
 }

@@ -10,6 +10,7 @@ pub mod arith;
 pub mod bit;
 pub mod control;
 pub mod data;
+pub mod io;
 pub mod logic;
 pub mod muldiv;
 pub mod privileged;
@@ -36,6 +37,7 @@ pub(crate) fn register_all(t: &mut OpTable) {
     string::register(t);
     system::register(t);
     privileged::register(t);
+    io::register(t);
     sse::register(t);
     // The x87 FPU is registered (and advertised) once it is complete; until then only
     // with the `x87` feature.

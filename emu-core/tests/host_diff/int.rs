@@ -1884,7 +1884,8 @@ const FLAG_MAP: [(u64, u32); 6] = [
 ];
 
 /// Instructions that need CPL 0 (CLI/STI: CPL <= IOPL). The host runs them in a user
-/// process, where each raises #GP(0) (STAC/CLAC: #UD); the emulated side runs at CPL 3 too, so these cases
+/// process, where each raises #GP(0) (STAC/CLAC: #UD; IN/OUT/INS/OUTS: no I/O bitmap
+/// grants the port, as Linux gives user processes none); the emulated side runs at CPL 3 too, so these cases
 /// check the privilege checks. Their CPL 0 behaviour is covered by `tests/system_isa.rs`.
 /// SGDT/SIDT are not here: they are legal at CPL 3 unless the host kernel enables UMIP, so
 /// the host's answer depends on its configuration.
@@ -1914,6 +1915,24 @@ const PRIVILEGED: &[Code] = &[
     Code::Sysretq,
     Code::Stac,
     Code::Clac,
+    Code::In_AL_imm8,
+    Code::In_AX_imm8,
+    Code::In_EAX_imm8,
+    Code::In_AL_DX,
+    Code::In_AX_DX,
+    Code::In_EAX_DX,
+    Code::Out_imm8_AL,
+    Code::Out_imm8_AX,
+    Code::Out_imm8_EAX,
+    Code::Out_DX_AL,
+    Code::Out_DX_AX,
+    Code::Out_DX_EAX,
+    Code::Insb_m8_DX,
+    Code::Insw_m16_DX,
+    Code::Insd_m32_DX,
+    Code::Outsb_DX_m8,
+    Code::Outsw_DX_m16,
+    Code::Outsd_DX_m32,
 ];
 
 /// One form per privileged instruction: random registers, then the instruction, which
@@ -1952,6 +1971,24 @@ fn privileged_forms() -> Vec<Form> {
                         Code::Invd => a.invd(),
                         Code::Sysretq => a.sysretq(),
                         Code::Stac => a.stac(),
+                        Code::In_AL_imm8 => a.in_(al, 0x60),
+                        Code::In_AX_imm8 => a.in_(ax, 0x60),
+                        Code::In_EAX_imm8 => a.in_(eax, 0x60),
+                        Code::In_AL_DX => a.in_(al, dx),
+                        Code::In_AX_DX => a.in_(ax, dx),
+                        Code::In_EAX_DX => a.in_(eax, dx),
+                        Code::Out_imm8_AL => a.out(0x60, al),
+                        Code::Out_imm8_AX => a.out(0x60, ax),
+                        Code::Out_imm8_EAX => a.out(0x60, eax),
+                        Code::Out_DX_AL => a.out(dx, al),
+                        Code::Out_DX_AX => a.out(dx, ax),
+                        Code::Out_DX_EAX => a.out(dx, eax),
+                        Code::Insb_m8_DX => a.insb(),
+                        Code::Insw_m16_DX => a.insw(),
+                        Code::Insd_m32_DX => a.insd(),
+                        Code::Outsb_DX_m8 => a.outsb(),
+                        Code::Outsw_DX_m16 => a.outsw(),
+                        Code::Outsd_DX_m32 => a.outsd(),
                         Code::Clac => a.clac(),
                         _ => a.hlt(),
                     })

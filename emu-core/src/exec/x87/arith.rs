@@ -6,7 +6,7 @@ use super::begin;
 use super::softfp80::{self as sf, Class, Ctx, Relation, INDEFINITE, SIGN};
 use super::state::{C0, C1, C2, C3};
 use crate::cpu::Cpu;
-use crate::exec::sse::softfp::{F32, F64, IE, ZE};
+use crate::exec::sse::softfp::{DE, F32, F64, IE, ZE};
 use crate::flags;
 use crate::insn::{Insn, OpEntry, OpTable, Step};
 
@@ -87,12 +87,38 @@ pub(crate) fn mem_operand<const K: u8>(
     })
 }
 
+/// The memory operand of kind `K` of an arithmetic or compare instruction: an SNaN stays
+/// signalling for the operation's NaN rules, and whether the source is a denormal comes
+/// separately (see [`sf::from_format_operand`] and [`denormal_operand`]).
+fn arith_operand<const K: u8>(cpu: &mut Cpu, i: &Insn) -> Result<(u128, bool), crate::insn::Trap> {
+    let addr = i.ea(cpu);
+    Ok(match K {
+        M32FP => sf::from_format_operand::<F32>(cpu.mmu.read::<4>(addr)?),
+        M64FP => sf::from_format_operand::<F64>(cpu.mmu.read::<8>(addr)?),
+        M16INT => (sf::from_int(cpu.mmu.read::<2>(addr)? as i16 as i64), false),
+        _ => (sf::from_int(cpu.mmu.read::<4>(addr)? as i32 as i64), false),
+    })
+}
+
+/// DE for a denormal memory operand, unless the operation stopped at a NaN or an
+/// unsupported encoding first (the hardware checks NaNs before denormals) or divided by
+/// zero (which also comes first).
+fn denormal_operand(a: u128, b: u128, b_denormal: bool, ctx: &mut Ctx) {
+    if b_denormal && !sf::is_nan_or_unsupported(a) && !sf::is_nan(b) && ctx.flags & ZE == 0 {
+        ctx.flags |= DE;
+    }
+}
+
 /// FADD..FDIVR m32fp/m64fp and FIADD..FIDIVR m16int/m32int: ST(0) = ST(0) OP mem.
 fn arith_mem<const OP: u8, const K: u8>(cpu: &mut Cpu, i: &Insn) -> Step {
     begin(cpu, i, true)?;
     let mut ctx = cpu.x87.ctx(true);
-    let b = mem_operand::<K>(cpu, i, &mut ctx)?;
-    let r = cpu.x87.st(0).map(|a| (apply(OP, a, b, &mut ctx), ctx));
+    let (b, b_denormal) = arith_operand::<K>(cpu, i)?;
+    let r = cpu.x87.st(0).map(|a| {
+        let r = apply(OP, a, b, &mut ctx);
+        denormal_operand(a, b, b_denormal, &mut ctx);
+        (r, ctx)
+    });
     finish(cpu, 0, r, false);
     Ok(())
 }
@@ -156,8 +182,11 @@ fn fcom_reg<const SIGNAL: bool, const POPS: u8>(cpu: &mut Cpu, i: &Insn) -> Step
 fn fcom_mem<const K: u8, const POP: bool>(cpu: &mut Cpu, i: &Insn) -> Step {
     begin(cpu, i, true)?;
     let mut ctx = cpu.x87.ctx(false);
-    let b = mem_operand::<K>(cpu, i, &mut ctx)?;
+    let (b, b_denormal) = arith_operand::<K>(cpu, i)?;
     let a = cpu.x87.st(0);
+    if let Some(a) = a {
+        denormal_operand(a, b, b_denormal, &mut ctx);
+    }
     compare_cc(cpu, a, Some(b), true, POP as u8, ctx);
     Ok(())
 }
@@ -171,24 +200,18 @@ fn ftst(cpu: &mut Cpu, i: &Insn) -> Step {
     Ok(())
 }
 
-/// FCOMI/FCOMIP/FUCOMI/FUCOMIP: the relation in ZF, PF, CF (OF, SF, AF cleared).
+/// FCOMI/FCOMIP/FUCOMI/FUCOMIP: the relation in ZF, PF, CF (OF, SF, AF cleared). The
+/// flags are written even when the instruction raises an unmasked exception (as the
+/// condition codes of FCOM are); only the pop is skipped then.
 fn fcomi<const SIGNAL: bool, const POP: bool>(cpu: &mut Cpu, i: &Insn) -> Step {
     begin(cpu, i, false)?;
     let (a, b) = (cpu.x87.st(0), cpu.x87.st(i.src));
     let mut ctx = cpu.x87.ctx(false);
-    let rel = match a.zip(b) {
-        None => {
-            if !cpu.x87.stack_fault(false) {
-                return Ok(());
-            }
-            Relation::Unordered
-        }
+    let (rel, delivered) = match a.zip(b) {
+        None => (Relation::Unordered, cpu.x87.stack_fault(false)),
         Some((a, b)) => {
             let rel = sf::compare(a, b, SIGNAL, &mut ctx);
-            if !cpu.x87.commit(&ctx, false) {
-                return Ok(());
-            }
-            rel
+            (rel, cpu.x87.commit(&ctx, false))
         }
     };
     cpu.x87.fsw &= !C1;
@@ -200,7 +223,7 @@ fn fcomi<const SIGNAL: bool, const POP: bool>(cpu: &mut Cpu, i: &Insn) -> Step {
     };
     let rflags = (cpu.rflags() & !flags::ARITH) | f;
     cpu.set_rflags(rflags);
-    if POP {
+    if POP && delivered {
         cpu.x87.pop();
     }
     Ok(())

@@ -220,9 +220,16 @@ pub fn round_pack(negative: bool, mut exp: i32, mut sig: u128, ctx: &mut Ctx) ->
     let encode =
         |biased: i32, kept: u128| pack(negative, biased as u32, (kept as u64) << (64 - p as u32));
     if biased >= EXP_MAX as i32 {
-        if !ctx.masked(OE) && biased - WRAP < EXP_MAX as i32 {
-            ctx.flags |= OE | if inexact { PE } else { 0 };
-            return encode(biased - WRAP, kept);
+        if !ctx.masked(OE) {
+            if biased - WRAP < EXP_MAX as i32 {
+                ctx.flags |= OE | if inexact { PE } else { 0 };
+                return encode(biased - WRAP, kept);
+            }
+            // Too large even for the wrapped exponent (only FSCALE gets here): infinity,
+            // whatever the rounding direction, reported as rounded up.
+            ctx.flags |= OE | PE;
+            ctx.rounded_up = true;
+            return signed_inf(negative);
         }
         ctx.flags |= OE | PE;
         let to_inf = match ctx.round {
@@ -239,9 +246,15 @@ pub fn round_pack(negative: bool, mut exp: i32, mut sig: u128, ctx: &mut Ctx) ->
         };
     }
     if biased <= 0 {
-        if !ctx.masked(UE) && biased + WRAP > 0 {
-            ctx.flags |= UE | if inexact { PE } else { 0 };
-            return encode(biased + WRAP, kept);
+        if !ctx.masked(UE) {
+            if biased + WRAP > 0 {
+                ctx.flags |= UE | if inexact { PE } else { 0 };
+                return encode(biased + WRAP, kept);
+            }
+            // Too small even for the wrapped exponent (only FSCALE gets here): zero.
+            ctx.flags |= UE | PE;
+            ctx.rounded_up = false;
+            return signed_zero(negative);
         }
         // Denormalize: at precision p the lsb can sit no lower than 2^(1 - BIAS - (p-1)),
         // so reduced precision control also coarsens the denormal grid.
@@ -435,9 +448,7 @@ pub fn div(a: u128, b: u128, ctx: &mut Ctx) -> u128 {
         return signed_inf(negative);
     }
     if cb == Class::Zero {
-        if ca == Class::Denormal {
-            ctx.flags |= DE;
-        }
+        // A denormal dividend is not reported: division by zero comes first.
         ctx.flags |= ZE;
         return signed_inf(negative);
     }
@@ -586,6 +597,27 @@ pub fn from_format<F: Format>(x: u64, ctx: &mut Ctx) -> u128 {
     pack(negative, e80 as u32, m << z)
 }
 
+/// Extends a binary32/binary64 memory operand of an arithmetic or compare instruction to
+/// 80 bits without raising anything: an SNaN stays signalling (so the operation's NaN
+/// rules see it as one) and a denormal source is reported in the second value instead of
+/// DE (the operation reports it only if it gets past its NaN checks).
+pub fn from_format_operand<F: Format>(x: u64) -> (u128, bool) {
+    if softfp::is_snan::<F>(x) {
+        let frac = (x & F::FRAC_MASK) << (63 - F::MANT);
+        let sign = signed_zero(softfp::is_negative::<F>(x));
+        return (sign | EXP_MASK | (INT_BIT | frac) as u128, false);
+    }
+    let denormal = softfp::is_denormal::<F>(x);
+    let mut scratch = Ctx::new(0x37f, false);
+    (from_format::<F>(x, &mut scratch), denormal)
+}
+
+/// Whether `x` is a NaN or an unsupported encoding (an operand that ends an operation
+/// before its denormal check).
+pub fn is_nan_or_unsupported(x: u128) -> bool {
+    matches!(classify(x), Class::QNaN | Class::SNaN | Class::Unsupported)
+}
+
 /// Rounds an 80-bit value to binary32/binary64 (FST m32/m64). With an unmasked
 /// exception that prevents the store the returned value is meaningless and the caller
 /// must not store it (IE, DE, OE and UE unmasked; see [`Ctx::flags`]).
@@ -646,8 +678,8 @@ pub fn to_int(x: u128, bits: u32, ctx: &mut Ctx) -> Option<i64> {
     ctx.rounded_up = false;
     match classify(x) {
         Class::Zero => return Some(0),
-        Class::Normal => {}
-        Class::Denormal => ctx.flags |= DE,
+        // Integer stores do not report denormal sources (only the precision loss).
+        Class::Normal | Class::Denormal => {}
         _ => {
             ctx.flags |= IE;
             return None;

@@ -215,7 +215,8 @@ impl X87 {
     }
 
     /// Pushes `v` computed under `ctx`, handling stack overflow and the exception
-    /// response (a load that raised an unmasked IE or DE pushes nothing).
+    /// response (a load that raised an unmasked IE pushes nothing; a denormal source
+    /// is loaded even with DE unmasked, as the hardware does).
     pub fn push_result(&mut self, v: u128, ctx: &Ctx) {
         if self.st(7).is_some() {
             if self.stack_fault(true) {
@@ -223,7 +224,7 @@ impl X87 {
             }
             return;
         }
-        if self.commit(ctx, true) {
+        if self.commit(ctx, true) || ctx.flags & IE == 0 {
             self.push(v);
         }
     }

@@ -92,6 +92,8 @@ pub struct Cpu {
     /// instruction fetches may have changed (paging registers, INVLPG, CPL): the run loop
     /// then drops its RIP-indexed jump cache, whose hits skip the fetch translation.
     pub fetch_mapping_changed: bool,
+    /// Interrupts are held off until the next instruction completes (after STI set IF).
+    pub interrupt_shadow: bool,
     /// The port I/O bus IN/OUT/INS/OUTS reach (unassigned ports read as all ones).
     pub io: std::sync::Arc<emu_mmu::Bus>,
     /// This vCPU's path to guest memory.
@@ -124,6 +126,7 @@ impl Cpu {
                 ..SystemRegs::default()
             },
             fetch_mapping_changed: false,
+            interrupt_shadow: false,
             io: std::sync::Arc::new(emu_mmu::Bus::new()),
             mmu,
         }

@@ -18,7 +18,6 @@
 //! # Ok::<(), emu_core::EmuError>(())
 //! ```
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,6 +26,7 @@ use iced_x86::Register;
 
 use crate::cache::CodeCache;
 use crate::cpu::Cpu;
+use crate::events::{self, Events, InterruptLine};
 use crate::exception::Exception;
 use crate::insn::Trap;
 use crate::interrupt::{self, escalate, fault_class, Escalation, EventKind, FaultClass};
@@ -151,12 +151,13 @@ pub type InterruptHook = Box<dyn FnMut(&mut Cpu, InterruptEvent) -> bool + Send>
 
 /// Asks a running [`Emulator`] to stop, from any thread.
 #[derive(Clone, Debug)]
-pub struct StopHandle(Arc<AtomicBool>);
+pub struct StopHandle(Arc<Events>);
 
 impl StopHandle {
-    /// Requests a stop; the run returns [`StopReason::StopRequested`] within a block.
+    /// Requests a stop; the run returns [`StopReason::StopRequested`] within a block (or
+    /// at once from HLT).
     pub fn stop(&self) {
-        self.0.store(true, Ordering::Release);
+        self.0.request_stop();
     }
 }
 
@@ -164,7 +165,9 @@ impl StopHandle {
 pub struct Emulator {
     cpu: Cpu,
     cache: CodeCache,
-    stop: Arc<AtomicBool>,
+    events: Arc<Events>,
+    /// The current run's time limit (HLT sleeps no longer than this).
+    deadline: Option<Instant>,
     code_hooks: Vec<CodeHook>,
     interrupt_hooks: Vec<InterruptHook>,
     delivery: InterruptDelivery,
@@ -187,7 +190,8 @@ impl Emulator {
         Emulator {
             cpu: Cpu::new(Mmu::default()),
             cache: CodeCache::default(),
-            stop: Arc::new(AtomicBool::new(false)),
+            events: Arc::new(Events::default()),
+            deadline: None,
             code_hooks: Vec::new(),
             interrupt_hooks: Vec::new(),
             delivery: InterruptDelivery::Embedder,
@@ -318,7 +322,13 @@ impl Emulator {
 
     /// A handle that stops a run from another thread.
     pub fn stop_handle(&self) -> StopHandle {
-        StopHandle(self.stop.clone())
+        StopHandle(self.events.clone())
+    }
+
+    /// The handle through which a platform raises external interrupts and NMIs. They are
+    /// delivered through the guest's IDT under [`InterruptDelivery::Guest`].
+    pub fn interrupt_line(&self) -> InterruptLine {
+        InterruptLine(self.events.clone())
     }
 
     /// Adds a hook run before every instruction. Runs with code hooks are slower: each
@@ -353,8 +363,9 @@ impl Emulator {
     /// Runs from `begin` until a stop condition or a guest event.
     pub fn run(&mut self, begin: u64, options: &RunOptions) -> StopReason {
         self.cpu.rip = begin;
-        self.stop.store(false, Ordering::Release);
+        self.events.clear(events::STOP);
         let deadline = options.timeout.map(|t| Instant::now() + t);
+        self.deadline = deadline;
         let mut budget = options.max_instructions.unwrap_or(u64::MAX);
         let until = options.until;
         let mut until_clock = TIMEOUT_CHECK_BLOCKS;
@@ -370,8 +381,18 @@ impl Emulator {
             if budget == 0 {
                 return StopReason::InstructionLimit;
             }
-            if self.stop.load(Ordering::Relaxed) {
-                return StopReason::StopRequested;
+            let pending = self.events.pending();
+            if pending != 0 {
+                if pending & events::STOP != 0 {
+                    self.events.clear(events::STOP);
+                    return StopReason::StopRequested;
+                }
+                if let Some(stop) = self.take_external_event(pending) {
+                    return stop;
+                }
+                if self.cpu.rip != rip {
+                    continue;
+                }
             }
             until_clock -= 1;
             if until_clock == 0 {
@@ -395,6 +416,10 @@ impl Emulator {
             if budget < limit as u64 {
                 limit = budget as usize;
             }
+            if self.cpu.interrupt_shadow {
+                // One instruction runs in the shadow; interrupts are looked at after it.
+                limit = limit.min(1);
+            }
             if let Some(u) = until {
                 if u > block.rip && u < block.end_rip {
                     if let Some(i) = block.insns.iter().position(|i| i.rip == u) {
@@ -412,6 +437,9 @@ impl Emulator {
             };
             self.cpu.icount += executed as u64;
             budget -= executed as u64;
+            if executed > 0 && limit == 1 {
+                self.cpu.interrupt_shadow = false;
+            }
             if self.cpu.mmu.code_written() {
                 self.drop_written_code();
             }
@@ -442,6 +470,7 @@ impl Emulator {
     fn deliver(&mut self, trap: Trap, insn_rip: u64) -> Option<StopReason> {
         let event = match trap {
             Trap::EndBlock => return None,
+            Trap::Halt if self.delivery == InterruptDelivery::Guest => return self.halt(),
             Trap::Halt => return Some(StopReason::Halted),
             // A data access to a non-canonical address is #GP(0) before it is anything
             // else (hardware raises #SS(0) for stack references; this is a bare CPU without
@@ -517,6 +546,55 @@ impl Emulator {
             },
             InterruptEvent::Syscall => StopReason::Syscall { rip: self.cpu.rip },
         })
+    }
+
+    /// Delivers a pending NMI or external interrupt if the CPU accepts one now.
+    fn take_external_event(&mut self, pending: u32) -> Option<StopReason> {
+        if self.delivery != InterruptDelivery::Guest || self.cpu.interrupt_shadow {
+            return None;
+        }
+        if pending & events::NMI != 0 && !self.cpu.sys.nmi_blocked {
+            self.events.clear(events::NMI);
+            self.cpu.sys.nmi_blocked = true;
+            return self.deliver_to_guest(2, None, EventKind::External, FaultClass::Benign, None);
+        }
+        if pending & events::INTR != 0 && self.cpu.rflags_other & crate::flags::IF != 0 {
+            if let Some(vector) = self.events.take_interrupt() {
+                return self.deliver_to_guest(
+                    vector,
+                    None,
+                    EventKind::External,
+                    FaultClass::Benign,
+                    None,
+                );
+            }
+        }
+        None
+    }
+
+    /// HLT under guest delivery. With interrupts enabled the CPU sleeps until an
+    /// interrupt, an NMI or a stop request arrives (or the run's time limit passes). With
+    /// interrupts disabled only an NMI could ever wake it, so the run ends with
+    /// [`StopReason::Halted`] and the embedder decides (a platform that sends an NMI simply
+    /// runs again).
+    fn halt(&mut self) -> Option<StopReason> {
+        if self.cpu.rflags_other & crate::flags::IF == 0 {
+            let nmi_waiting = !self.cpu.sys.nmi_blocked && self.events.pending() & events::NMI != 0;
+            return if nmi_waiting {
+                None
+            } else {
+                Some(StopReason::Halted)
+            };
+        }
+        let mut wanted = events::STOP | events::INTR;
+        if !self.cpu.sys.nmi_blocked {
+            wanted |= events::NMI;
+        }
+        let woke = self.events.wait(wanted, self.deadline);
+        if woke & wanted == 0 {
+            return Some(StopReason::Timeout);
+        }
+        None
     }
 
     /// Delivers an event through the guest's IDT, applying the double-fault rules to

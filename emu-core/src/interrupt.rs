@@ -236,6 +236,7 @@ pub fn iretq(cpu: &mut Cpu) -> Result<(), Trap> {
     let merged = (current & !writable) | (rflags & writable);
 
     cpu.set_rflags(merged);
+    cpu.sys.nmi_blocked = false;
     cpu.rip = rip;
     cpu.regs[reg::RSP as usize] = new_rsp;
     cpu.seg_sel[seg::CS as usize] = cs.0;

@@ -27,6 +27,7 @@ pub mod cpu;
 pub mod cpuid;
 pub mod descriptor;
 pub mod emulator;
+pub mod events;
 pub mod exception;
 pub mod exec;
 pub mod flags;
@@ -40,5 +41,6 @@ pub use emulator::{
     CodeHook, EmuError, Emulator, HookAction, InterruptDelivery, InterruptEvent, InterruptHook,
     RunOptions, StopHandle, StopReason,
 };
+pub use events::InterruptLine;
 pub use exception::Exception;
 pub use iced_x86::Register;

@@ -190,6 +190,8 @@ pub struct SystemRegs {
     pub dr7: u64,
     /// Current privilege level (0..3).
     pub cpl: u8,
+    /// NMIs are blocked (from NMI delivery until the next IRET).
+    pub nmi_blocked: bool,
     /// GDTR.
     pub gdtr: TableRegister,
     /// IDTR.
@@ -238,6 +240,7 @@ impl Default for SystemRegs {
             dr6: DR6_FIXED_ONES,
             dr7: DR7_FIXED_ONES,
             cpl: 0,
+            nmi_blocked: false,
             gdtr: TableRegister {
                 base: 0,
                 limit: 0xffff,

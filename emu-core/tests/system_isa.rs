@@ -391,6 +391,7 @@ fn int_n_goes_through_an_interrupt_gate_and_iretq_returns() {
         a.int(0x40)?;
         a.set_label(&mut after)?;
         a.mov(r15, 1u64)?; // after IRETQ
+        a.cli()?;
         a.hlt()
     });
     set_gate(&mut emu, 0x40, INTERRUPT, 0, 0, true);
@@ -1002,4 +1003,187 @@ fn user_mode_port_access_follows_the_tss_io_bitmap() {
         0x2000 + 2 + 2,
         "the second OUT faulted"
     );
+}
+
+#[test]
+fn sti_hlt_takes_a_pending_interrupt_after_the_halt_not_before() {
+    use delivery::*;
+    let mut emu = machine(|a| {
+        let mut after_hlt = a.create_label();
+        a.lea(r14, ptr(after_hlt))?;
+        a.sti()?;
+        a.hlt()?; // runs in STI's shadow, then wakes at once: the interrupt is pending
+        a.set_label(&mut after_hlt)?;
+        a.mov(r15, 1u64)?;
+        a.cli()?;
+        a.int3()
+    });
+    set_gate(&mut emu, 0x30, INTERRUPT, 0, 0, true);
+    set_handler(&mut emu, 0x30, |a| {
+        a.mov(r12, qword_ptr(rsp))?; // where the interrupt returns to
+        a.inc(r13)?;
+        a.iretq()
+    });
+    set_gate(&mut emu, 3, INTERRUPT, 0, 0, true);
+    set_handler(&mut emu, 3, |a| a.hlt());
+    emu.interrupt_line().raise(0x30);
+    let stop = emu.run(
+        CODE,
+        &RunOptions {
+            timeout: Some(std::time::Duration::from_secs(5)),
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        stop,
+        StopReason::Halted,
+        "ends halted in the INT3 handler with IF clear"
+    );
+    assert_eq!(reg(&emu, Register::R13), 1, "the interrupt was taken once");
+    assert_eq!(
+        reg(&emu, Register::R12),
+        reg(&emu, Register::R14),
+        "after the HLT, not before it"
+    );
+    assert_eq!(reg(&emu, Register::R15), 1);
+}
+
+#[test]
+fn an_interrupt_raised_by_another_thread_wakes_a_halted_cpu() {
+    use delivery::*;
+    let mut emu = machine(|a| {
+        let mut top = a.create_label();
+        a.sti()?;
+        a.set_label(&mut top)?;
+        a.hlt()?;
+        a.cmp(r13, 3)?;
+        a.jne(top)?;
+        a.cli()?;
+        a.int3()
+    });
+    set_gate(&mut emu, 0x40, INTERRUPT, 0, 0, true);
+    set_handler(&mut emu, 0x40, |a| {
+        a.inc(r13)?;
+        a.iretq()
+    });
+    set_gate(&mut emu, 3, INTERRUPT, 0, 0, true);
+    set_handler(&mut emu, 3, |a| {
+        a.mov(r15, 1u64)?;
+        a.hlt()
+    });
+    let line = emu.interrupt_line();
+    let platform = std::thread::spawn(move || {
+        for _ in 0..3 {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            line.raise(0x40);
+        }
+    });
+    let result = emu.run(
+        CODE,
+        &RunOptions {
+            timeout: Some(std::time::Duration::from_secs(10)),
+            ..Default::default()
+        },
+    );
+    platform.join().unwrap();
+    assert_eq!(
+        result,
+        StopReason::Halted,
+        "the final HLT, with IF clear, ends the run"
+    );
+    assert_eq!(reg(&emu, Register::R13), 3);
+    assert_eq!(reg(&emu, Register::R15), 1);
+}
+
+#[test]
+fn nmi_ignores_if_and_is_held_until_iret() {
+    use delivery::*;
+    let mut emu = machine(|a| {
+        let mut top = a.create_label();
+        a.cli()?;
+        a.set_label(&mut top)?;
+        a.hlt()?; // with IF clear only an NMI wakes it
+        a.cmp(r13, 2)?;
+        a.jne(top)?;
+        a.mov(r15, 1u64)?;
+        a.hlt()
+    });
+    set_gate(&mut emu, 2, INTERRUPT, 0, 0, true);
+    set_handler(&mut emu, 2, |a| {
+        let mut next = a.create_label();
+        let mut done = a.create_label();
+        a.inc(r13)?;
+        a.mov(r12, r13)?;
+        a.jmp(next)?; // a block boundary, where a second NMI would be taken if not held
+        a.set_label(&mut next)?;
+        a.cmp(r12, r13)?;
+        a.je(done)?;
+        a.mov(r11, 1u64)?; // nested: the second NMI was not held
+        a.set_label(&mut done)?;
+        a.iretq()
+    });
+    let line = emu.interrupt_line();
+    emu.add_code_hook(Box::new({
+        let line = line.clone();
+        let (mut first, mut second) = (false, false);
+        move |cpu, _, _| {
+            // The first NMI once the descriptor tables are loaded, the second from inside
+            // the first handler.
+            if cpu.sys.tr.selector != 0 && !first {
+                first = true;
+                line.raise_nmi();
+            }
+            if cpu.regs[13] == 1 && !second {
+                second = true;
+                line.raise_nmi();
+            }
+            emu_core::HookAction::Continue
+        }
+    }));
+    let stop = emu.run(
+        CODE,
+        &RunOptions {
+            timeout: Some(std::time::Duration::from_millis(300)),
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        stop,
+        StopReason::Halted,
+        "the final HLT with IF clear ends the run"
+    );
+    assert_eq!(
+        reg(&emu, Register::R13),
+        2,
+        "both NMIs arrived, one after the other"
+    );
+    assert_eq!(reg(&emu, Register::R15), 1);
+    assert_eq!(
+        reg(&emu, Register::R11),
+        0,
+        "no NMI nested inside the NMI handler"
+    );
+}
+
+#[test]
+fn hlt_with_interrupts_enabled_sleeps_until_a_stop_request() {
+    use delivery::*;
+    let mut emu = machine(|a| {
+        a.sti()?;
+        a.hlt()
+    });
+    let stop = emu.stop_handle();
+    let stopper = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        stop.stop();
+    });
+    let result = emu.run(
+        CODE,
+        &RunOptions {
+            timeout: Some(std::time::Duration::from_secs(10)),
+            ..Default::default()
+        },
+    );
+    stopper.join().unwrap();
+    assert_eq!(result, StopReason::StopRequested);
 }

@@ -197,6 +197,11 @@ fn set_interrupt_flag<const ON: bool>(cpu: &mut Cpu, _: &Insn) -> Step {
         return Err(GP0);
     }
     if ON {
+        // STI holds interrupts off for one more instruction (so `sti; hlt` cannot lose
+        // a wake-up), but only when it actually turns IF on.
+        if cpu.rflags_other & flags::IF == 0 {
+            cpu.interrupt_shadow = true;
+        }
         cpu.rflags_other |= flags::IF;
     } else {
         cpu.rflags_other &= !flags::IF;

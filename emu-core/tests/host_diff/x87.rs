@@ -20,6 +20,7 @@ use crate::harness::{self, gen, Case, Feature, Form, OPERAND_ZONE};
 
 /// Status-word condition bits the manual leaves undefined after arithmetic.
 const C0: u16 = 1 << 8;
+const C1: u16 = 1 << 9;
 const C2: u16 = 1 << 10;
 const C3: u16 = 1 << 14;
 
@@ -124,6 +125,119 @@ fn mem_bytes(size: usize) -> BoxedStrategy<Vec<u8>> {
     }
 }
 
+/// Whether an 80-bit encoding is a special operand for the transcendentals: zero,
+/// denormal or pseudo-denormal, infinity, NaN or an unsupported encoding. Their results
+/// are exact on every implementation.
+fn is_special(v: u128) -> bool {
+    let e = (v >> 64) as u16 & 0x7fff;
+    e == 0 || e == 0x7fff || (v as u64) >> 63 == 0
+}
+
+/// The transcendentals, whose results on ordinary operands are approximations.
+fn is_transcendental(m: Mnemonic) -> bool {
+    matches!(
+        m,
+        Mnemonic::Fsin
+            | Mnemonic::Fcos
+            | Mnemonic::Fsincos
+            | Mnemonic::Fptan
+            | Mnemonic::Fpatan
+            | Mnemonic::F2xm1
+            | Mnemonic::Fyl2x
+            | Mnemonic::Fyl2xp1
+    )
+}
+
+/// Adapts the generated operands to the instruction: keeps F2XM1 and FYL2XP1 operands in
+/// the domain where the manual defines them, draws FBLD operands from valid packed BCD
+/// and FBSTP operands from around the BCD range. Returns whether the case's results are
+/// exact (false: a transcendental of ordinary operands, compared within an ulp).
+fn shape_operands(code: Code, stack: &mut [u128], operand: &mut [u8], extra: u64) -> bool {
+    let m = code.mnemonic();
+    // Maps an ordinary value above 2^(max_exp - bias + 1) or an infinity to a magnitude
+    // below 2^-top (between 2^-(top + 70) and 2^-top), keeping its sign and significand
+    // (unsupported encodings and NaNs are defined inputs: kept).
+    let into_domain = |v: &mut u128, top: u32, max_exp: u32| {
+        let e = (*v >> 64) as u32 & 0x7fff;
+        let ordinary = e != 0 && (*v as u64) >> 63 == 1;
+        if (ordinary && e > max_exp) || (e == 0x7fff && *v as u64 == 1 << 63) {
+            let new_e = 0x3fff - top - ((e as u64 + extra) % 70) as u32;
+            *v = (*v & !(0x7fffu128 << 64)) | (new_e as u128) << 64;
+        }
+    };
+    match m {
+        // |x| <= 1.
+        Mnemonic::F2xm1 => {
+            if let Some(v) = stack.first_mut() {
+                if (*v >> 64) as u32 & 0x7fff == 0x3fff && *v as u64 != 1 << 63 {
+                    *v -= 1 << 64;
+                }
+                into_domain(v, 1, 0x3fff);
+            }
+        }
+        // |x| < 1 - sqrt(2)/2 (0.29...): below 1/4.
+        Mnemonic::Fyl2xp1 => {
+            if let Some(v) = stack.first_mut() {
+                into_domain(v, 3, 0x3ffc);
+            }
+        }
+        Mnemonic::Fbld => {
+            // 18 decimal digits (fewer, sometimes), any sign byte.
+            let digits = 1 + (extra % 18) as usize;
+            let mut x = extra;
+            for (k, byte) in operand.iter_mut().enumerate().take(9) {
+                let mut b = 0;
+                for half in 0..2 {
+                    x = x
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    let d = if 2 * k + half < digits {
+                        (x >> 60) % 10
+                    } else {
+                        0
+                    };
+                    b |= (d as u8) << (4 * half);
+                }
+                *byte = b;
+            }
+        }
+        Mnemonic::Fbstp => {
+            // Half the time a value in or just beyond the 18-digit range.
+            if let Some(v) = stack.first_mut() {
+                if extra & 1 == 0 {
+                    let e = 0x3fff + ((extra >> 1) % 61) as u128;
+                    let near_limit = extra >> 8 & 3 == 0;
+                    let sig = if near_limit {
+                        0xde0b_6b3a_763f_fff0 + (extra >> 10 & 0x1f)
+                    } else {
+                        (extra >> 16) | 1 << 63
+                    };
+                    let e = if near_limit { 0x3fff + 59 } else { e };
+                    *v = (*v & (1 << 79)) | e << 64 | sig as u128;
+                }
+            }
+        }
+        _ => {}
+    }
+    if !is_transcendental(m) {
+        return true;
+    }
+    // One operand: a special one gets an exact result. Two operands: a result from the
+    // table of specials (a zero, infinity, NaN or unsupported operand) is exact; a
+    // denormal operand is otherwise computed with like any other (y * log2(x) with a
+    // denormal y is an approximation, on the denormal grid).
+    match m {
+        Mnemonic::Fpatan | Mnemonic::Fyl2x | Mnemonic::Fyl2xp1 => {
+            let denormal = |v: u128| (v >> 64) as u16 & 0x7fff == 0 && v as u64 != 0;
+            stack.len() < 2 || stack[..2].iter().any(|&v| is_special(v) && !denormal(v))
+        }
+        _ => match stack.first() {
+            None => true,
+            Some(&v) => is_special(v),
+        },
+    }
+}
+
 /// Where the memory operand is.
 const ADDR: u64 = OPERAND_ZONE + 0x200;
 
@@ -199,10 +313,11 @@ fn form(code: Code) -> Form {
         gen::rflags(),
         prop_oneof![8 => Just(0u64), 1 => 1u64..16],
         gen::mxcsr_masked(),
+        any::<u64>(),
     )
         .prop_map(
             move |(
-                stack,
+                mut stack,
                 filler,
                 fcw,
                 pending,
@@ -213,7 +328,10 @@ fn form(code: Code) -> Form {
                 rflags,
                 misalign,
                 mxcsr,
+                extra,
             )| {
+                let mut operand = operand;
+                let exact = shape_operands(code, &mut stack, &mut operand, extra);
                 let align = if size == 512 { misalign } else { 0 };
                 let ins = build(code, sti, align);
                 let mut instrs = vec![ins];
@@ -288,6 +406,21 @@ fn form(code: Code) -> Form {
                         | Mnemonic::Wait
                 ) {
                     case.undefined_fsw = C0 | C2 | C3;
+                }
+                match code.mnemonic() {
+                    // The condition codes hold the quotient bits and the completion flag.
+                    Mnemonic::Fprem | Mnemonic::Fprem1 => case.undefined_fsw = 0,
+                    // C2 tells an out-of-range operand.
+                    Mnemonic::Fsin | Mnemonic::Fcos | Mnemonic::Fsincos | Mnemonic::Fptan => {
+                        case.undefined_fsw = C0 | C3
+                    }
+                    _ => {}
+                }
+                if !exact {
+                    // An approximation of an ordinary operand: the last bit (and with it
+                    // C1, "rounded up") may differ between implementations.
+                    case.x87_ulps = 1;
+                    case.undefined_fsw |= C1;
                 }
                 case
             },

@@ -5,6 +5,7 @@ use iced_x86::Code;
 use super::begin;
 use super::softfp80::{self as sf, Class, Ctx, Relation, INDEFINITE, SIGN};
 use super::state::{C0, C1, C2, C3};
+use super::transcendental as tr;
 use crate::cpu::Cpu;
 use crate::exec::sse::softfp::{DE, F32, F64, IE, ZE};
 use crate::flags;
@@ -346,6 +347,126 @@ fn fxtract(cpu: &mut Cpu, i: &Insn) -> Step {
     Ok(())
 }
 
+/// FPREM / FPREM1 (`NEAREST`): ST(0) = the (partial) remainder of ST(0) / ST(1); the
+/// quotient's low bits in C0, C3, C1 and C2 set while the reduction is incomplete.
+fn fprem<const NEAREST: bool>(cpu: &mut Cpu, i: &Insn) -> Step {
+    begin(cpu, i, false)?;
+    let x = &mut cpu.x87;
+    let Some((a, b)) = x.st(0).zip(x.st(1)) else {
+        x.fsw &= !(C0 | C2 | C3);
+        if x.stack_fault(false) {
+            x.set_st(0, INDEFINITE);
+        }
+        return Ok(());
+    };
+    let mut ctx = x.ctx(false);
+    let r = sf::rem(a, b, NEAREST, &mut ctx);
+    if x.commit(&ctx, false) {
+        x.set_st(0, r.value);
+        let q = r.quotient;
+        let bit = |n: u8, flag: u16| if q >> n & 1 != 0 { flag } else { 0 };
+        x.fsw = (x.fsw & !(C0 | C1 | C2 | C3))
+            | bit(2, C0)
+            | bit(1, C3)
+            | bit(0, C1)
+            | if r.partial { C2 } else { 0 };
+    }
+    Ok(())
+}
+
+const SIN: u8 = 0;
+const COS: u8 = 1;
+const SINCOS: u8 = 2;
+const TAN: u8 = 3;
+
+/// FSIN / FCOS: ST(0) = f(ST(0)); an operand of magnitude 2^63 or more stays, with C2 set.
+fn ftrig<const OP: u8>(cpu: &mut Cpu, i: &Insn) -> Step {
+    begin(cpu, i, false)?;
+    let x = &mut cpu.x87;
+    x.fsw &= !C2;
+    let Some(a) = x.st(0) else {
+        if x.stack_fault(false) {
+            x.set_st(0, INDEFINITE);
+        }
+        return Ok(());
+    };
+    let mut ctx = x.ctx(false);
+    let r = if OP == SIN {
+        tr::sin(a, &mut ctx)
+    } else {
+        tr::cos(a, &mut ctx)
+    };
+    match r {
+        None => x.fsw = (x.fsw & !C1) | C2,
+        Some(v) => {
+            if x.commit(&ctx, true) {
+                x.set_st(0, v);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// FSINCOS (ST(0) = sin, then cos pushed) and FPTAN (ST(0) = tan, then 1 pushed); a NaN
+/// result is pushed in place of the second value. An operand of magnitude 2^63 or more
+/// stays, with C2 set; a full stack is an overflow before anything else.
+fn ftrig_push<const OP: u8>(cpu: &mut Cpu, i: &Insn) -> Step {
+    begin(cpu, i, false)?;
+    let x = &mut cpu.x87;
+    x.fsw &= !C2;
+    let a = x.st(0);
+    if x.st(7).is_some() || a.is_none() {
+        if x.stack_fault(a.is_some()) {
+            x.set_st(0, INDEFINITE);
+            x.push(INDEFINITE);
+        }
+        return Ok(());
+    }
+    let a = a.unwrap_or(INDEFINITE);
+    let mut ctx = x.ctx(false);
+    let r = if OP == SINCOS {
+        tr::sin_cos(a, &mut ctx)
+    } else {
+        tr::tan(a, &mut ctx).map(|t| (t, if sf::is_nan(t) { t } else { sf::ONE }))
+    };
+    match r {
+        None => x.fsw = (x.fsw & !C1) | C2,
+        Some((first, second)) => {
+            if x.commit(&ctx, true) {
+                x.set_st(0, first);
+                x.push(second);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// F2XM1: ST(0) = 2^ST(0) - 1.
+fn f2xm1(cpu: &mut Cpu, i: &Insn) -> Step {
+    unary(cpu, i, false, tr::f2xm1)
+}
+
+const ATAN: u8 = 0;
+const YL2X: u8 = 1;
+const YL2XP1: u8 = 2;
+
+/// FPATAN (ST(1) = atan2(ST(1), ST(0))), FYL2X (ST(1) = ST(1) * log2(ST(0))) and
+/// FYL2XP1 (ST(1) = ST(1) * log2(ST(0) + 1)), then pop.
+fn binary_pop<const OP: u8>(cpu: &mut Cpu, i: &Insn) -> Step {
+    begin(cpu, i, false)?;
+    let r = cpu.x87.st(0).zip(cpu.x87.st(1)).map(|(a, b)| {
+        let mut ctx = cpu.x87.ctx(false);
+        let v = match OP {
+            ATAN => tr::atan2(b, a, &mut ctx),
+            YL2X => tr::fyl2x(a, b, &mut ctx),
+            _ => tr::fyl2xp1(a, b, &mut ctx),
+        };
+        (v, ctx)
+    });
+    finish(cpu, 1, r, true);
+    Ok(())
+}
+
 /// Registers the arithmetic, compare and one-operand instructions.
 pub(crate) fn register(t: &mut OpTable) {
     use Code::*;
@@ -447,4 +568,14 @@ pub(crate) fn register(t: &mut OpTable) {
     t.set(Frndint, OpEntry::reg(frndint));
     t.set(Fscale, OpEntry::reg(fscale));
     t.set(Fxtract, OpEntry::reg(fxtract));
+    t.set(Fprem, OpEntry::reg(fprem::<false>));
+    t.set(Fprem1, OpEntry::reg(fprem::<true>));
+    t.set(Fsin, OpEntry::reg(ftrig::<SIN>));
+    t.set(Fcos, OpEntry::reg(ftrig::<COS>));
+    t.set(Fsincos, OpEntry::reg(ftrig_push::<SINCOS>));
+    t.set(Fptan, OpEntry::reg(ftrig_push::<TAN>));
+    t.set(F2xm1, OpEntry::reg(f2xm1));
+    t.set(Fpatan, OpEntry::reg(binary_pop::<ATAN>));
+    t.set(Fyl2x, OpEntry::reg(binary_pop::<YL2X>));
+    t.set(Fyl2xp1, OpEntry::reg(binary_pop::<YL2XP1>));
 }

@@ -10,30 +10,21 @@ use crate::cpu::{reg, Cpu};
 use crate::exec::sse::softfp::ALL_FLAGS;
 use crate::insn::{Insn, OpEntry, OpTable, Step};
 
-/// FNSTSW AX (and FSTSW AX, which waits first).
-fn fstsw_ax<const WAIT: bool>(cpu: &mut Cpu, _: &Insn) -> Step {
-    if WAIT {
-        cpu.x87.check_pending()?;
-    }
+/// FNSTSW AX.
+fn fstsw_ax(cpu: &mut Cpu, _: &Insn) -> Step {
     let sw = cpu.x87.status_word();
     cpu.set_reg::<2>(reg::RAX, sw as u64);
     Ok(())
 }
 
-/// FNSTSW m16 (and FSTSW m16).
-fn fstsw_mem<const WAIT: bool>(cpu: &mut Cpu, i: &Insn) -> Step {
-    if WAIT {
-        cpu.x87.check_pending()?;
-    }
+/// FNSTSW m16.
+fn fstsw_mem(cpu: &mut Cpu, i: &Insn) -> Step {
     let sw = cpu.x87.status_word();
     crate::exec::store::<2>(cpu, i, sw as u64)
 }
 
-/// FNSTCW m16 (and FSTCW m16).
-fn fstcw<const WAIT: bool>(cpu: &mut Cpu, i: &Insn) -> Step {
-    if WAIT {
-        cpu.x87.check_pending()?;
-    }
+/// FNSTCW m16.
+fn fstcw(cpu: &mut Cpu, i: &Insn) -> Step {
     let cw = cpu.x87.fcw;
     crate::exec::store::<2>(cpu, i, cw as u64)
 }
@@ -47,11 +38,8 @@ fn fldcw(cpu: &mut Cpu, i: &Insn) -> Step {
     Ok(())
 }
 
-/// FNCLEX (and FCLEX): clears the flags, SF, ES and B.
-fn fclex<const WAIT: bool>(cpu: &mut Cpu, _: &Insn) -> Step {
-    if WAIT {
-        cpu.x87.check_pending()?;
-    }
+/// FNCLEX: clears the flags, SF, ES and B.
+fn fclex(cpu: &mut Cpu, _: &Insn) -> Step {
     cpu.x87.fsw &= !(ALL_FLAGS as u16 | SF | super::state::ES | super::state::B);
     Ok(())
 }
@@ -63,11 +51,8 @@ fn init(x: &mut X87) {
     x.regs = regs;
 }
 
-/// FNINIT (and FINIT).
-fn finit<const WAIT: bool>(cpu: &mut Cpu, _: &Insn) -> Step {
-    if WAIT {
-        cpu.x87.check_pending()?;
-    }
+/// FNINIT.
+fn finit(cpu: &mut Cpu, _: &Insn) -> Step {
     init(&mut cpu.x87);
     Ok(())
 }
@@ -129,11 +114,8 @@ fn load_env(x: &mut X87, b: &[u8]) {
     x.update_summary();
 }
 
-/// FNSTENV m28 (and FSTENV): stores the environment, then masks every exception.
-fn fstenv<const WAIT: bool>(cpu: &mut Cpu, i: &Insn) -> Step {
-    if WAIT {
-        cpu.x87.check_pending()?;
-    }
+/// FNSTENV m28: stores the environment, then masks every exception.
+fn fstenv(cpu: &mut Cpu, i: &Insn) -> Step {
     let addr = i.ea(cpu);
     let b = env_bytes(&cpu.x87);
     write_mem(cpu, addr, &b)?;
@@ -152,12 +134,8 @@ fn fldenv(cpu: &mut Cpu, i: &Insn) -> Step {
     Ok(())
 }
 
-/// FNSAVE m108 (and FSAVE): the environment and the registers in stack order, then
-/// FNINIT.
-fn fsave<const WAIT: bool>(cpu: &mut Cpu, i: &Insn) -> Step {
-    if WAIT {
-        cpu.x87.check_pending()?;
-    }
+/// FNSAVE m108: the environment and the registers in stack order, then FNINIT.
+fn fsave(cpu: &mut Cpu, i: &Insn) -> Step {
     let addr = i.ea(cpu);
     let mut b = [0u8; 108];
     b[..28].copy_from_slice(&env_bytes(&cpu.x87));
@@ -191,29 +169,26 @@ fn frstor(cpu: &mut Cpu, i: &Insn) -> Step {
 }
 
 /// Registers the control instructions.
+///
+/// The waiting forms (FSTSW, FSTCW, FCLEX, FINIT, FSTENV, FSAVE) are WAIT followed by
+/// the non-waiting instruction, and the decoder returns them as those two instructions,
+/// so only the non-waiting forms have handlers.
 pub(crate) fn register(t: &mut OpTable) {
     use Code::*;
-    t.set(Fnstsw_AX, OpEntry::reg(fstsw_ax::<false>));
-    t.set(Fstsw_AX, OpEntry::reg(fstsw_ax::<true>));
-    t.set(Fnstsw_m2byte, OpEntry::mem(fstsw_mem::<false>));
-    t.set(Fstsw_m2byte, OpEntry::mem(fstsw_mem::<true>));
-    t.set(Fnstcw_m2byte, OpEntry::mem(fstcw::<false>));
-    t.set(Fstcw_m2byte, OpEntry::mem(fstcw::<true>));
+    t.set(Fnstsw_AX, OpEntry::reg(fstsw_ax));
+    t.set(Fnstsw_m2byte, OpEntry::mem(fstsw_mem));
+    t.set(Fnstcw_m2byte, OpEntry::mem(fstcw));
     t.set(Fldcw_m2byte, OpEntry::mem(fldcw));
-    t.set(Fnclex, OpEntry::reg(fclex::<false>));
-    t.set(Fclex, OpEntry::reg(fclex::<true>));
-    t.set(Fninit, OpEntry::reg(finit::<false>));
-    t.set(Finit, OpEntry::reg(finit::<true>));
+    t.set(Fnclex, OpEntry::reg(fclex));
+    t.set(Fninit, OpEntry::reg(finit));
     t.set(Wait, OpEntry::reg(fwait));
     t.set(Fnop, OpEntry::reg(fnop));
     t.set(Ffree_sti, OpEntry::reg(ffree::<false>));
     t.set(Ffreep_sti, OpEntry::reg(ffree::<true>));
     t.set(Fincstp, OpEntry::reg(fstp_step::<1>));
     t.set(Fdecstp, OpEntry::reg(fstp_step::<7>));
-    t.set(Fnstenv_m28byte, OpEntry::mem(fstenv::<false>));
-    t.set(Fstenv_m28byte, OpEntry::mem(fstenv::<true>));
+    t.set(Fnstenv_m28byte, OpEntry::mem(fstenv));
     t.set(Fldenv_m28byte, OpEntry::mem(fldenv));
-    t.set(Fnsave_m108byte, OpEntry::mem(fsave::<false>));
-    t.set(Fsave_m108byte, OpEntry::mem(fsave::<true>));
+    t.set(Fnsave_m108byte, OpEntry::mem(fsave));
     t.set(Frstor_m108byte, OpEntry::mem(frstor));
 }

@@ -13,6 +13,7 @@ use crate::insn::{Insn, OpEntry, OpTable, Step};
 
 const M64INT: u8 = 4;
 const M80: u8 = 5;
+const M80BCD: u8 = 6;
 
 /// FLD m32fp/m64fp/m80fp and FILD m16int/m32int/m64int: push the memory operand.
 fn fld_mem<const K: u8>(cpu: &mut Cpu, i: &Insn) -> Step {
@@ -23,6 +24,7 @@ fn fld_mem<const K: u8>(cpu: &mut Cpu, i: &Insn) -> Step {
         M64INT => sf::from_int(cpu.mmu.read::<8>(addr)? as i64),
         // 80-bit loads copy the encoding: no SNaN or denormal checks.
         M80 => load80(cpu, addr)?,
+        M80BCD => sf::from_bcd(load80(cpu, addr)?),
         M32FP => mem_operand::<M32FP>(cpu, i, &mut ctx)?,
         M64FP => mem_operand::<M64FP>(cpu, i, &mut ctx)?,
         M16INT => mem_operand::<M16INT>(cpu, i, &mut ctx)?,
@@ -92,7 +94,7 @@ fn int_indefinite(bytes: usize) -> u64 {
     1u64 << (bytes * 8 - 1)
 }
 
-/// FST/FSTP m32fp/m64fp, FSTP m80fp, FIST/FISTP m16/m32/m64int, FISTTP: the value to
+/// FST/FSTP m32fp/m64fp, FSTP m80fp, FIST/FISTP m16/m32/m64int, FISTTP, FBSTP: the value to
 /// store (`None`: nothing is stored) computed on a copy of the state, the store, then the
 /// state committed.
 fn fst_mem<const K: u8, const POP: bool, const TRUNC: bool>(cpu: &mut Cpu, i: &Insn) -> Step {
@@ -110,6 +112,7 @@ fn fst_mem<const K: u8, const POP: bool, const TRUNC: bool>(cpu: &mut Cpu, i: &I
             M32FP => F32::DEFAULT_NAN as u128,
             M64FP => F64::DEFAULT_NAN as u128,
             M80 => INDEFINITE,
+            M80BCD => sf::BCD_INDEFINITE,
             _ => int_indefinite(size) as u128,
         }),
         Some(v) => {
@@ -121,6 +124,7 @@ fn fst_mem<const K: u8, const POP: bool, const TRUNC: bool>(cpu: &mut Cpu, i: &I
                 M32FP => sf::to_format::<F32>(v, &mut ctx) as u128,
                 M64FP => sf::to_format::<F64>(v, &mut ctx) as u128,
                 M80 => v,
+                M80BCD => sf::to_bcd(v, &mut ctx).unwrap_or(sf::BCD_INDEFINITE),
                 _ => match sf::to_int(v, size as u32 * 8, &mut ctx) {
                     Some(n) => n as u64 as u128 & ((1u128 << (size * 8)) - 1),
                     None => int_indefinite(size) as u128,
@@ -238,6 +242,8 @@ pub(crate) fn register(t: &mut OpTable) {
     t.set(Fstp_m32fp, OpEntry::mem(fst_mem::<M32FP, true, false>));
     t.set(Fstp_m64fp, OpEntry::mem(fst_mem::<M64FP, true, false>));
     t.set(Fstp_m80fp, OpEntry::mem(fst_mem::<M80, true, false>));
+    t.set(Fbld_m80bcd, OpEntry::mem(fld_mem::<M80BCD>));
+    t.set(Fbstp_m80bcd, OpEntry::mem(fst_mem::<M80BCD, true, false>));
     t.set(Fist_m16int, OpEntry::mem(fst_mem::<M16INT, false, false>));
     t.set(Fist_m32int, OpEntry::mem(fst_mem::<M32INT, false, false>));
     t.set(Fistp_m16int, OpEntry::mem(fst_mem::<M16INT, true, false>));

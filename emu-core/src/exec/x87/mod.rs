@@ -32,6 +32,8 @@ mod arith;
 mod control;
 pub mod fxsave;
 mod load_store;
+pub mod transcendental;
+pub mod wide;
 
 pub use state::X87;
 

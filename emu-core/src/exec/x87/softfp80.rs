@@ -106,7 +106,7 @@ pub fn is_negative(x: u128) -> bool {
     x & SIGN != 0
 }
 
-fn signed_zero(negative: bool) -> u128 {
+pub(crate) fn signed_zero(negative: bool) -> u128 {
     if negative {
         SIGN
     } else {
@@ -114,7 +114,7 @@ fn signed_zero(negative: bool) -> u128 {
     }
 }
 
-fn signed_inf(negative: bool) -> u128 {
+pub(crate) fn signed_inf(negative: bool) -> u128 {
     signed_zero(negative) | EXP_MASK | INT_BIT as u128
 }
 
@@ -163,7 +163,7 @@ impl Ctx {
     }
 
     /// Raises IE and returns the indefinite.
-    fn invalid(&mut self) -> u128 {
+    pub(crate) fn invalid(&mut self) -> u128 {
         self.flags |= IE;
         INDEFINITE
     }
@@ -275,7 +275,7 @@ pub fn round_pack(negative: bool, mut exp: i32, mut sig: u128, ctx: &mut Ctx) ->
 
 /// Checks one operand for the invalid encodings and NaNs: `Some(result)` ends the
 /// operation (IE for an SNaN or unsupported encoding).
-fn nan1(a: u128, ctx: &mut Ctx) -> Option<u128> {
+pub(crate) fn nan1(a: u128, ctx: &mut Ctx) -> Option<u128> {
     match classify(a) {
         Class::Unsupported => Some(ctx.invalid()),
         Class::SNaN => {
@@ -290,7 +290,7 @@ fn nan1(a: u128, ctx: &mut Ctx) -> Option<u128> {
 /// Two-operand NaN rules of the x87: unsupported encodings are invalid; of two NaNs the
 /// one with the larger significand wins (a QNaN beats an SNaN); SNaNs raise IE and are
 /// quieted.
-fn nan2(a: u128, b: u128, ctx: &mut Ctx) -> Option<u128> {
+pub(crate) fn nan2(a: u128, b: u128, ctx: &mut Ctx) -> Option<u128> {
     let (ca, cb) = (classify(a), classify(b));
     if ca == Class::Unsupported || cb == Class::Unsupported {
         return Some(ctx.invalid());
@@ -327,7 +327,7 @@ fn nan2(a: u128, b: u128, ctx: &mut Ctx) -> Option<u128> {
     })
 }
 
-fn check_denormal2(a: u128, b: u128, ctx: &mut Ctx) {
+pub(crate) fn check_denormal2(a: u128, b: u128, ctx: &mut Ctx) {
     if classify(a) == Class::Denormal || classify(b) == Class::Denormal {
         ctx.flags |= DE;
     }
@@ -787,6 +787,156 @@ pub fn scale(a: u128, b: u128, ctx: &mut Ctx) -> u128 {
     ctx.flags |= c.flags;
     ctx.rounded_up = c.rounded_up;
     r
+}
+
+/// The outcome of FPREM/FPREM1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Remainder {
+    /// The (partial) remainder.
+    pub value: u128,
+    /// The low three bits of the quotient (C0 = bit 2, C3 = bit 1, C1 = bit 0); zero for
+    /// a partial remainder.
+    pub quotient: u8,
+    /// Whether the reduction is incomplete (C2).
+    pub partial: bool,
+}
+
+/// FPREM (`nearest` false: the quotient truncated) and FPREM1 (`nearest`: the quotient
+/// rounded to nearest-even, the IEEE remainder): `a - q * b`, exact.
+///
+/// When the exponents differ by 64 or more the reduction is partial, as on the hardware:
+/// with `d` the exponent difference, the quotient is truncated at bit
+/// `(d & !31) - 32`, so one step removes between 32 and 63 bits of exponent difference
+/// and software loops until C2 clears.
+pub fn rem(a: u128, b: u128, nearest: bool, ctx: &mut Ctx) -> Remainder {
+    ctx.rounded_up = false;
+    let done = |value| Remainder {
+        value,
+        quotient: 0,
+        partial: false,
+    };
+    if let Some(r) = nan2(a, b, ctx) {
+        return done(r);
+    }
+    let (ca, cb) = (classify(a), classify(b));
+    if ca == Class::Inf || cb == Class::Zero {
+        return done(ctx.invalid());
+    }
+    check_denormal2(a, b, ctx);
+    let negative = is_negative(a);
+    if ca == Class::Zero || cb == Class::Inf {
+        let (_, ea, ma) = unpack(a);
+        let mut c = Ctx { prec: 64, ..*ctx };
+        let r = round_pack(negative, ea, ma as u128, &mut c);
+        ctx.flags |= c.flags;
+        return done(if ca == Class::Zero { a } else { r });
+    }
+    let (_, ea, ma) = unpack(a);
+    let (_, eb, mb) = unpack(b);
+    let (za, zb) = (ma.leading_zeros() as i32, mb.leading_zeros() as i32);
+    let (ma, ea) = (ma << za, ea - za);
+    let (mb, eb) = (mb << zb, eb - zb);
+    let d = ea - eb;
+    // `num / den` in units of 2^unit; `truncate_at`: partial reduction.
+    let (num, den, unit, partial) = if d >= 64 {
+        let s = (d & !31) - 32;
+        ((ma as u128) << (d - s), mb as u128, eb + s, true)
+    } else if d >= 0 {
+        ((ma as u128) << d, mb as u128, eb, false)
+    } else if d >= -64 {
+        (ma as u128, (mb as u128) << -d, ea, false)
+    } else {
+        (ma as u128, 0, ea, false)
+    };
+    let (mut q, mut r) = num
+        .checked_div(den)
+        .zip(num.checked_rem(den))
+        .unwrap_or((0, num));
+    let mut flip = false;
+    if nearest && !partial && den != 0 {
+        // Round the quotient to nearest-even: compare 2r with the divisor.
+        let twice = r << 1;
+        if twice > den || (twice == den && q & 1 == 1) {
+            q += 1;
+            r = den - r;
+            flip = true;
+        }
+    }
+    let value = if r == 0 {
+        signed_zero(negative)
+    } else {
+        let mut c = Ctx { prec: 64, ..*ctx };
+        let v = round_pack(negative != flip, unit, r, &mut c);
+        ctx.flags |= c.flags;
+        v
+    };
+    Remainder {
+        value,
+        quotient: if partial { 0 } else { (q & 7) as u8 },
+        partial,
+    }
+}
+
+/// FBLD: an 18-digit packed BCD integer (bytes 0..9 two digits each, least significant
+/// first; bit 79 the sign, bits 72..78 ignored). Exact. Digits above 9 are weighted as
+/// their values (what the hardware computes; the manual leaves it undefined).
+pub fn from_bcd(v: u128) -> u128 {
+    let mut n: u64 = 0;
+    for k in (0..18).rev() {
+        let digit = ((v >> (4 * k)) & 0xf) as u64;
+        n = n * 10 + digit;
+    }
+    let negative = v & SIGN != 0;
+    if n == 0 {
+        return signed_zero(negative);
+    }
+    let z = n.leading_zeros();
+    pack(negative, (63 - z as i32 + BIAS) as u32, n << z)
+}
+
+/// The packed BCD indefinite FBSTP stores for an invalid operation.
+pub const BCD_INDEFINITE: u128 = 0xffff_c000_0000_0000_0000;
+
+/// FBSTP: rounds to an integer in the context's direction and encodes it as 18-digit
+/// packed BCD. `None` (with IE) for NaNs, infinities, unsupported encodings and values
+/// of 19 or more digits. Denormals are not reported (as for FIST).
+pub fn to_bcd(x: u128, ctx: &mut Ctx) -> Option<u128> {
+    ctx.rounded_up = false;
+    let negative = is_negative(x);
+    let sign = if negative { SIGN } else { 0 };
+    let magnitude: u64 = match classify(x) {
+        Class::Zero => 0,
+        Class::Normal | Class::Denormal => {
+            let (_, e, m) = unpack(x);
+            if e >= 0 {
+                // At least 2^63: far beyond 18 digits.
+                ctx.flags |= IE;
+                return None;
+            }
+            let (k, inexact) = softfp::shift_round(m as u128, -e, negative, ctx.round);
+            if k >= 1_000_000_000_000_000_000 {
+                ctx.flags |= IE;
+                return None;
+            }
+            if inexact {
+                ctx.flags |= PE;
+            }
+            let truncated = if -e >= 128 { 0 } else { m as u128 >> -e };
+            ctx.rounded_up = k != truncated;
+            k as u64
+        }
+        _ => {
+            ctx.flags |= IE;
+            return None;
+        }
+    };
+    let mut out = sign;
+    let mut n = magnitude;
+    for k in 0..18 {
+        out |= ((n % 10) as u128) << (4 * k);
+        n /= 10;
+    }
+    Some(out)
 }
 
 #[cfg(test)]

@@ -17,7 +17,6 @@ pub const APIC_TIMER_HZ: u64 = 1_000_000_000;
 
 /// Leaf 1 EDX bits.
 mod edx1 {
-    #[allow(dead_code)] // advertised with the `x87` feature
     pub const FPU: u32 = 1 << 0;
     pub const PSE: u32 = 1 << 3;
     pub const TSC: u32 = 1 << 4;
@@ -30,7 +29,6 @@ mod edx1 {
     pub const PAT: u32 = 1 << 16;
     pub const PSE36: u32 = 1 << 17;
     pub const CLFSH: u32 = 1 << 19;
-    #[allow(dead_code)] // advertised with the `x87` feature
     pub const FXSR: u32 = 1 << 24;
     pub const SSE: u32 = 1 << 25;
     pub const SSE2: u32 = 1 << 26;
@@ -49,7 +47,9 @@ mod ecx1 {
 }
 
 /// Leaf 1 EDX as advertised.
-pub const LEAF1_EDX: u32 = edx1::PSE
+pub const LEAF1_EDX: u32 = edx1::FPU
+    | edx1::FXSR
+    | edx1::PSE
     | edx1::TSC
     | edx1::MSR
     | edx1::PAE

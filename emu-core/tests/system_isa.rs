@@ -1187,3 +1187,103 @@ fn hlt_with_interrupts_enabled_sleeps_until_a_stop_request() {
     stopper.join().unwrap();
     assert_eq!(result, StopReason::StopRequested);
 }
+
+/// The lazy-FPU pattern: with CR0.TS set the first x87 instruction raises #NM, the handler
+/// clears TS with CLTS and returns to it; then 1/3 computed in 64-bit and 53-bit precision
+/// (FSTP m80) differs, proving the 80-bit format. Also: EM alone raises #NM, WAIT needs
+/// both TS and MP, and FXSAVE is unavailable under TS.
+#[test]
+fn x87_device_not_available_clts_and_extended_precision() {
+    use delivery::*;
+    const THIRDS: u64 = 0x7a00;
+    let mut emu = delivery::machine(|a| {
+        a.xor(r15d, r15d)?;
+        a.mov(rax, cr0)?;
+        a.or(rax, 1 << 3)?; // TS
+        a.mov(cr0, rax)?;
+        a.mov(r8, THIRDS)?;
+        a.mov(dword_ptr(r8 + 0x40), 3)?;
+        a.mov(word_ptr(r8 + 0x44), 0x037f)?; // PC = 64 bits, round to nearest
+        a.mov(word_ptr(r8 + 0x46), 0x027f)?; // PC = 53 bits
+        a.fninit()?; // #NM, then retried after CLTS
+        a.fldcw(word_ptr(r8 + 0x44))?;
+        a.fld1()?;
+        a.fidiv(dword_ptr(r8 + 0x40))?;
+        a.fstp(tword_ptr(r8))?;
+        a.fldcw(word_ptr(r8 + 0x46))?;
+        a.fld1()?;
+        a.fidiv(dword_ptr(r8 + 0x40))?;
+        a.fstp(tword_ptr(r8 + 0x10))?;
+        a.fnstsw(ax)?;
+        a.mov(r14, rax)?;
+        a.hlt()
+    });
+    set_gate(&mut emu, 7, INTERRUPT, 0, 0, true);
+    set_handler(&mut emu, 7, |a| {
+        a.inc(r15)?; // #NM has no error code: return to the faulting instruction
+        a.clts()?;
+        a.iretq()
+    });
+    assert_eq!(run(&mut emu), StopReason::Halted);
+    assert_eq!(reg(&emu, Register::R15), 1, "one #NM, then CLTS cleared TS");
+    assert_eq!(emu.cpu().sys.cr0 & (1 << 3), 0);
+    let mut m = [0u8; 0x20];
+    emu.read_memory(THIRDS, &mut m).unwrap();
+    let ext = |k: usize| {
+        let mut b = [0u8; 16];
+        b[..10].copy_from_slice(&m[k..k + 10]);
+        u128::from_le_bytes(b)
+    };
+    assert_eq!(
+        ext(0),
+        0x3ffd_aaaa_aaaa_aaaa_aaab,
+        "1/3 with a 64-bit significand"
+    );
+    assert_eq!(
+        ext(0x10),
+        0x3ffd_aaaa_aaaa_aaaa_a800,
+        "1/3 rounded to 53 bits"
+    );
+    assert_eq!(reg(&emu, Register::R14) & 0x3f, 0x20, "only PE raised");
+
+    // Bare reporting: EM alone makes x87 instructions unavailable; WAIT only faults with
+    // TS and MP; FXSAVE faults with TS.
+    for (cr0_bits, program, faults) in [
+        (1u64 << 2, 0u8, true),     // EM: FLD1
+        (1 << 2, 1, false),         // EM: WAIT runs
+        (1 << 3, 1, false),         // TS without MP: WAIT runs
+        (1 << 3 | 1 << 1, 1, true), // TS and MP: WAIT faults
+        (1 << 3, 2, true),          // TS: FXSAVE
+    ] {
+        let mut emu = common::machine(|a| {
+            a.mov(rax, cr0)?;
+            a.or(rax, cr0_bits as i32)?;
+            a.mov(cr0, rax)?;
+            match program {
+                0 => a.fld1()?,
+                1 => a.wait()?,
+                _ => a.fxsave(ptr(0x4000u64))?,
+            }
+            a.hlt()
+        });
+        let stop = run(&mut emu);
+        if faults {
+            assert!(
+                matches!(
+                    stop,
+                    StopReason::Exception {
+                        exception: Exception::DeviceNotAvailable,
+                        ..
+                    }
+                ),
+                "CR0 bits {cr0_bits:#x}, program {program}: {stop:?}"
+            );
+        } else {
+            assert_eq!(
+                stop,
+                StopReason::Halted,
+                "CR0 bits {cr0_bits:#x}, program {program}"
+            );
+        }
+    }
+}

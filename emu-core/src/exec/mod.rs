@@ -39,9 +39,6 @@ pub(crate) fn register_all(t: &mut OpTable) {
     privileged::register(t);
     io::register(t);
     sse::register(t);
-    // The x87 FPU is registered (and advertised) once it is complete; until then only
-    // with the `x87` feature.
-    #[cfg(feature = "x87")]
     x87::register(t);
 }
 

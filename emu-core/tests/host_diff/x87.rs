@@ -439,8 +439,6 @@ fn x87_instructions_match_the_host() {
     }
 }
 
-/// Needs the x87 instructions registered (the `x87` feature until they are complete).
-#[cfg(feature = "x87")]
 #[test]
 fn one_third_in_every_precision() {
     for pc in [0u16, 2, 3] {

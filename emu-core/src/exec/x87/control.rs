@@ -5,13 +5,17 @@ use iced_x86::Code;
 
 use super::softfp80::MASK80;
 use super::state::{C1, FCW_BITS, SF, X87};
-use super::{begin, read_mem, write_mem};
+use super::{begin, check_available, read_mem, write_mem};
 use crate::cpu::{reg, Cpu};
+use crate::exception::Exception;
 use crate::exec::sse::softfp::ALL_FLAGS;
+use crate::insn::Trap;
 use crate::insn::{Insn, OpEntry, OpTable, Step};
+use crate::sysregs::cr0;
 
 /// FNSTSW AX.
 fn fstsw_ax(cpu: &mut Cpu, _: &Insn) -> Step {
+    check_available(cpu)?;
     let sw = cpu.x87.status_word();
     cpu.set_reg::<2>(reg::RAX, sw as u64);
     Ok(())
@@ -19,18 +23,21 @@ fn fstsw_ax(cpu: &mut Cpu, _: &Insn) -> Step {
 
 /// FNSTSW m16.
 fn fstsw_mem(cpu: &mut Cpu, i: &Insn) -> Step {
+    check_available(cpu)?;
     let sw = cpu.x87.status_word();
     crate::exec::store::<2>(cpu, i, sw as u64)
 }
 
 /// FNSTCW m16.
 fn fstcw(cpu: &mut Cpu, i: &Insn) -> Step {
+    check_available(cpu)?;
     let cw = cpu.x87.fcw;
     crate::exec::store::<2>(cpu, i, cw as u64)
 }
 
 /// FLDCW m16: unmasking a raised flag makes it pending (ES).
 fn fldcw(cpu: &mut Cpu, i: &Insn) -> Step {
+    check_available(cpu)?;
     cpu.x87.check_pending()?;
     let cw = crate::exec::load::<2>(cpu, i)? as u16;
     cpu.x87.fcw = (cw & FCW_BITS) | 0x40;
@@ -40,6 +47,7 @@ fn fldcw(cpu: &mut Cpu, i: &Insn) -> Step {
 
 /// FNCLEX: clears the flags, SF, ES and B.
 fn fclex(cpu: &mut Cpu, _: &Insn) -> Step {
+    check_available(cpu)?;
     cpu.x87.fsw &= !(ALL_FLAGS as u16 | SF | super::state::ES | super::state::B);
     Ok(())
 }
@@ -53,12 +61,17 @@ fn init(x: &mut X87) {
 
 /// FNINIT.
 fn finit(cpu: &mut Cpu, _: &Insn) -> Step {
+    check_available(cpu)?;
     init(&mut cpu.x87);
     Ok(())
 }
 
-/// FWAIT: raises a pending #MF.
+/// FWAIT: #NM when CR0.TS and CR0.MP are both set (EM does not matter), then a pending
+/// #MF.
 fn fwait(cpu: &mut Cpu, _: &Insn) -> Step {
+    if cpu.sys.cr0 & (cr0::TS | cr0::MP) == cr0::TS | cr0::MP {
+        return Err(Trap::Exception(Exception::DeviceNotAvailable));
+    }
     cpu.x87.check_pending()
 }
 
@@ -116,6 +129,7 @@ fn load_env(x: &mut X87, b: &[u8]) {
 
 /// FNSTENV m28: stores the environment, then masks every exception.
 fn fstenv(cpu: &mut Cpu, i: &Insn) -> Step {
+    check_available(cpu)?;
     let addr = i.ea(cpu);
     let b = env_bytes(&cpu.x87);
     write_mem(cpu, addr, &b)?;
@@ -126,6 +140,7 @@ fn fstenv(cpu: &mut Cpu, i: &Insn) -> Step {
 
 /// FLDENV m28.
 fn fldenv(cpu: &mut Cpu, i: &Insn) -> Step {
+    check_available(cpu)?;
     cpu.x87.check_pending()?;
     let addr = i.ea(cpu);
     let mut b = [0u8; 28];
@@ -136,6 +151,7 @@ fn fldenv(cpu: &mut Cpu, i: &Insn) -> Step {
 
 /// FNSAVE m108: the environment and the registers in stack order, then FNINIT.
 fn fsave(cpu: &mut Cpu, i: &Insn) -> Step {
+    check_available(cpu)?;
     let addr = i.ea(cpu);
     let mut b = [0u8; 108];
     b[..28].copy_from_slice(&env_bytes(&cpu.x87));
@@ -151,6 +167,7 @@ fn fsave(cpu: &mut Cpu, i: &Insn) -> Step {
 
 /// FRSTOR m108.
 fn frstor(cpu: &mut Cpu, i: &Insn) -> Step {
+    check_available(cpu)?;
     cpu.x87.check_pending()?;
     let addr = i.ea(cpu);
     let mut b = [0u8; 108];

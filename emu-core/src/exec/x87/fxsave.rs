@@ -88,8 +88,10 @@ pub fn restore(cpu: &mut Cpu, b: &[u8], rex_w: bool) -> Result<(), Exception> {
     Ok(())
 }
 
-/// FXSAVE / FXSAVE64 m512: 16-byte alignment or #GP(0). Does not wait.
+/// FXSAVE / FXSAVE64 m512: #NM while CR0.TS or CR0.EM is set, 16-byte alignment or
+/// #GP(0). Does not wait.
 fn fxsave<const REX_W: bool>(cpu: &mut Cpu, i: &Insn) -> Step {
+    super::check_available(cpu)?;
     let addr = i.ea(cpu);
     if addr & 15 != 0 {
         return Err(gp0());
@@ -100,6 +102,7 @@ fn fxsave<const REX_W: bool>(cpu: &mut Cpu, i: &Insn) -> Step {
 
 /// FXRSTOR / FXRSTOR64 m512.
 fn fxrstor<const REX_W: bool>(cpu: &mut Cpu, i: &Insn) -> Step {
+    super::check_available(cpu)?;
     let addr = i.ea(cpu);
     if addr & 15 != 0 {
         return Err(gp0());

@@ -11,19 +11,20 @@
 //!   FWAIT, FNOP, FFREE, FINCSTP/FDECSTP.
 //! * `fxsave.rs`: FXSAVE/FXRSTOR and the 512-byte image.
 //!
+//! * `transcendental.rs` and `wide.rs`: FSIN..FYL2XP1 in 128-bit arithmetic.
+//!
 //! Exceptions follow the hardware: an instruction that detects an unmasked exception
 //! records it, sets ES and B, and completes (writing no result for IE, DE and ZE; the
 //! wrapped result for OE and UE); the #MF is raised by the next waiting x87 instruction
 //! or FWAIT, before it does anything. Control instructions (FNINIT, FNCLEX, FNSTSW,
 //! FNSTCW, FNSTENV, FNSAVE) and FXSAVE/FXRSTOR do not wait.
 //!
-//! CR0.EM and CR0.TS (#NM) will be checked in [`X87::check_pending`] and in FXSAVE/FXRSTOR
-//! once control registers exist.
+//! #NM comes before everything else: every x87 instruction raises it while CR0.EM or
+//! CR0.TS is set, FXSAVE/FXRSTOR too, and WAIT/FWAIT while both CR0.TS and CR0.MP are.
+//! CR0.NE=0 (reporting through FERR# and an external interrupt controller, the PC/AT
+//! convention) is treated like NE=1: the #MF is always raised directly.
 //!
-//! Not implemented yet: the transcendentals (FSIN, FCOS, FSINCOS, FPTAN, FPATAN, F2XM1,
-//! FYL2X, FYL2XP1), FPREM/FPREM1, FBLD/FBSTP, the 16-bit-operand FSTENV/FSAVE formats and
-//! MMX. Until they are, the x87 instructions are registered only with the `x87` cargo
-//! feature, and CPUID does not advertise FPU or FXSR without it.
+//! Not implemented: the 16-bit-operand FSTENV/FSAVE formats (66h prefix) and MMX.
 
 pub mod softfp80;
 pub mod state;
@@ -38,10 +39,11 @@ pub mod wide;
 pub use state::X87;
 
 use crate::cpu::Cpu;
+use crate::exception::Exception;
 use crate::insn::{Insn, OpTable, Trap};
+use crate::sysregs::cr0;
 
 /// Registers the x87 instructions and FXSAVE/FXRSTOR.
-#[cfg_attr(not(feature = "x87"), allow(dead_code))]
 pub(crate) fn register(t: &mut OpTable) {
     arith::register(t);
     load_store::register(t);
@@ -49,11 +51,22 @@ pub(crate) fn register(t: &mut OpTable) {
     fxsave::register(t);
 }
 
-/// Start of every waiting x87 instruction: #MF if an exception is pending, then record
-/// the instruction's address (and its memory operand's, when `mem`) as the last x87
-/// instruction.
+/// #NM if the FPU is unavailable (CR0.EM or CR0.TS set): the first check of every x87
+/// instruction and of FXSAVE/FXRSTOR.
+#[inline]
+pub(crate) fn check_available(cpu: &Cpu) -> Result<(), Trap> {
+    if cpu.sys.cr0 & (cr0::EM | cr0::TS) != 0 {
+        return Err(Trap::Exception(Exception::DeviceNotAvailable));
+    }
+    Ok(())
+}
+
+/// Start of every waiting x87 instruction: #NM if the FPU is unavailable, #MF if an
+/// exception is pending, then record the instruction's address (and its memory
+/// operand's, when `mem`) as the last x87 instruction.
 #[inline]
 pub(crate) fn begin(cpu: &mut Cpu, i: &Insn, mem: bool) -> Result<(), Trap> {
+    check_available(cpu)?;
     cpu.x87.check_pending()?;
     cpu.x87.fip = i.rip;
     if mem {

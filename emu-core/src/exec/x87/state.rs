@@ -164,9 +164,7 @@ impl X87 {
     }
 
     /// #MF if an unmasked exception is pending: what every waiting x87 instruction (and
-    /// FWAIT) checks first.
-    ///
-    /// CR0.TS/EM (#NM) will be checked here too once control registers exist.
+    /// FWAIT) checks first, after #NM (see [`super::check_available`]).
     #[inline]
     pub fn check_pending(&self) -> Result<(), Trap> {
         if self.fsw & ES != 0 {

@@ -279,8 +279,12 @@ fn mem_size(code: Code) -> usize {
         512
     } else if s.contains("m108") {
         108
+    } else if s.contains("m94") {
+        94
     } else if s.contains("m28") {
         28
+    } else if s.contains("m14") {
+        14
     } else if s.contains("m80") {
         10
     } else if s.contains("m64") {
@@ -366,6 +370,10 @@ fn form(code: Code) -> Form {
                     match size {
                         28 | 108 => {
                             case.undefined_mem.push((ADDR + 12, 16));
+                        }
+                        // The 16-bit formats: FIP, FCS, FDP, FDS.
+                        14 | 94 => {
+                            case.undefined_mem.push((ADDR + 6, 8));
                         }
                         512 => {
                             case.undefined_mem.push((ADDR + align + 6, 18));

@@ -1,5 +1,6 @@
 //! x87 control instructions: status and control words, FNCLEX, FNINIT, the environment
-//! and full-state save/restore (64-bit-mode formats), FWAIT, FNOP, FFREE, FINCSTP/FDECSTP.
+//! and full-state save/restore (the protected-mode formats, 32- and 16-bit operand size),
+//! FWAIT, FNOP, FFREE, FINCSTP/FDECSTP.
 
 use iced_x86::Code;
 
@@ -98,15 +99,35 @@ fn fstp_step<const DELTA: u8>(cpu: &mut Cpu, i: &Insn) -> Step {
     Ok(())
 }
 
-/// The 28-byte protected-mode environment (32-bit operand size; what 64-bit mode uses).
-fn env_bytes(x: &X87) -> [u8; 28] {
+/// Bytes of the protected-mode environment: 28 with a 32- or 64-bit operand size, 14
+/// with a 16-bit one (66h prefix).
+const fn env_len(short: bool) -> usize {
+    if short {
+        14
+    } else {
+        28
+    }
+}
+
+/// The protected-mode environment (`short`: the 16-bit-operand format: FCW, FSW, FTW,
+/// FIP offset, FIP selector, FDP offset, FDP selector, one word each; otherwise the same
+/// as doublewords with the upper halves of the control words reserved (all ones), and
+/// FOP beside the FIP selector).
+fn env_bytes(x: &X87, short: bool) -> [u8; 28] {
     let mut b = [0u8; 28];
-    b[0..2].copy_from_slice(&x.fcw.to_le_bytes());
-    b[2..4].copy_from_slice(&0xffffu16.to_le_bytes());
-    b[4..6].copy_from_slice(&x.status_word().to_le_bytes());
-    b[6..8].copy_from_slice(&0xffffu16.to_le_bytes());
-    b[8..10].copy_from_slice(&x.tag_word().to_le_bytes());
-    b[10..12].copy_from_slice(&0xffffu16.to_le_bytes());
+    let words: [u16; 3] = [x.fcw, x.status_word(), x.tag_word()];
+    if short {
+        for (k, w) in words.iter().enumerate() {
+            b[2 * k..2 * k + 2].copy_from_slice(&w.to_le_bytes());
+        }
+        b[6..8].copy_from_slice(&(x.fip as u16).to_le_bytes());
+        b[10..12].copy_from_slice(&(x.fdp as u16).to_le_bytes());
+        return b;
+    }
+    for (k, w) in words.iter().enumerate() {
+        b[4 * k..4 * k + 2].copy_from_slice(&w.to_le_bytes());
+        b[4 * k + 2..4 * k + 4].copy_from_slice(&0xffffu16.to_le_bytes());
+    }
     b[12..16].copy_from_slice(&(x.fip as u32).to_le_bytes());
     b[18..20].copy_from_slice(&(x.fop & 0x7ff).to_le_bytes());
     b[20..24].copy_from_slice(&(x.fdp as u32).to_le_bytes());
@@ -114,68 +135,76 @@ fn env_bytes(x: &X87) -> [u8; 28] {
     b
 }
 
-/// Loads a 28-byte environment.
-fn load_env(x: &mut X87, b: &[u8]) {
+/// Loads an environment in either format.
+fn load_env(x: &mut X87, b: &[u8], short: bool) {
     let w = |k: usize| u16::from_le_bytes([b[k], b[k + 1]]);
     let d = |k: usize| u32::from_le_bytes([b[k], b[k + 1], b[k + 2], b[k + 3]]);
+    let stride = if short { 2 } else { 4 };
     x.fcw = (w(0) & FCW_BITS) | 0x40;
-    x.set_status_word(w(4));
-    x.set_tag_word(w(8));
-    x.fip = d(12) as u64;
-    x.fop = w(18) & 0x7ff;
-    x.fdp = d(20) as u64;
+    x.set_status_word(w(stride));
+    x.set_tag_word(w(2 * stride));
+    if short {
+        x.fip = w(6) as u64;
+        x.fdp = w(10) as u64;
+    } else {
+        x.fip = d(12) as u64;
+        x.fop = w(18) & 0x7ff;
+        x.fdp = d(20) as u64;
+    }
     x.update_summary();
 }
 
-/// FNSTENV m28: stores the environment, then masks every exception.
-fn fstenv(cpu: &mut Cpu, i: &Insn) -> Step {
+/// FNSTENV m28 (m14 with `SHORT`): stores the environment, then masks every exception.
+fn fstenv<const SHORT: bool>(cpu: &mut Cpu, i: &Insn) -> Step {
     check_available(cpu)?;
     let addr = i.ea(cpu);
-    let b = env_bytes(&cpu.x87);
-    write_mem(cpu, addr, &b)?;
+    let b = env_bytes(&cpu.x87, SHORT);
+    write_mem(cpu, addr, &b[..env_len(SHORT)])?;
     cpu.x87.fcw |= ALL_FLAGS as u16;
     cpu.x87.update_summary();
     Ok(())
 }
 
-/// FLDENV m28.
-fn fldenv(cpu: &mut Cpu, i: &Insn) -> Step {
+/// FLDENV m28 (m14).
+fn fldenv<const SHORT: bool>(cpu: &mut Cpu, i: &Insn) -> Step {
     check_available(cpu)?;
     cpu.x87.check_pending()?;
     let addr = i.ea(cpu);
     let mut b = [0u8; 28];
-    read_mem(cpu, addr, &mut b)?;
-    load_env(&mut cpu.x87, &b);
+    read_mem(cpu, addr, &mut b[..env_len(SHORT)])?;
+    load_env(&mut cpu.x87, &b, SHORT);
     Ok(())
 }
 
-/// FNSAVE m108: the environment and the registers in stack order, then FNINIT.
-fn fsave(cpu: &mut Cpu, i: &Insn) -> Step {
+/// FNSAVE m108 (m94): the environment and the registers in stack order, then FNINIT.
+fn fsave<const SHORT: bool>(cpu: &mut Cpu, i: &Insn) -> Step {
     check_available(cpu)?;
     let addr = i.ea(cpu);
+    let env = env_len(SHORT);
     let mut b = [0u8; 108];
-    b[..28].copy_from_slice(&env_bytes(&cpu.x87));
+    b[..env].copy_from_slice(&env_bytes(&cpu.x87, SHORT)[..env]);
     for k in 0..8u8 {
         let v = cpu.x87.regs[cpu.x87.phys(k)];
-        let off = 28 + 10 * k as usize;
+        let off = env + 10 * k as usize;
         b[off..off + 10].copy_from_slice(&v.to_le_bytes()[..10]);
     }
-    write_mem(cpu, addr, &b)?;
+    write_mem(cpu, addr, &b[..env + 80])?;
     init(&mut cpu.x87);
     Ok(())
 }
 
-/// FRSTOR m108.
-fn frstor(cpu: &mut Cpu, i: &Insn) -> Step {
+/// FRSTOR m108 (m94).
+fn frstor<const SHORT: bool>(cpu: &mut Cpu, i: &Insn) -> Step {
     check_available(cpu)?;
     cpu.x87.check_pending()?;
     let addr = i.ea(cpu);
+    let env = env_len(SHORT);
     let mut b = [0u8; 108];
-    read_mem(cpu, addr, &mut b)?;
+    read_mem(cpu, addr, &mut b[..env + 80])?;
     let mut x = cpu.x87.clone();
-    load_env(&mut x, &b);
+    load_env(&mut x, &b, SHORT);
     for k in 0..8u8 {
-        let off = 28 + 10 * k as usize;
+        let off = env + 10 * k as usize;
         let mut r = [0u8; 16];
         r[..10].copy_from_slice(&b[off..off + 10]);
         let p = x.phys(k);
@@ -204,8 +233,12 @@ pub(crate) fn register(t: &mut OpTable) {
     t.set(Ffreep_sti, OpEntry::reg(ffree::<true>));
     t.set(Fincstp, OpEntry::reg(fstp_step::<1>));
     t.set(Fdecstp, OpEntry::reg(fstp_step::<7>));
-    t.set(Fnstenv_m28byte, OpEntry::mem(fstenv));
-    t.set(Fldenv_m28byte, OpEntry::mem(fldenv));
-    t.set(Fnsave_m108byte, OpEntry::mem(fsave));
-    t.set(Frstor_m108byte, OpEntry::mem(frstor));
+    t.set(Fnstenv_m28byte, OpEntry::mem(fstenv::<false>));
+    t.set(Fnstenv_m14byte, OpEntry::mem(fstenv::<true>));
+    t.set(Fldenv_m28byte, OpEntry::mem(fldenv::<false>));
+    t.set(Fldenv_m14byte, OpEntry::mem(fldenv::<true>));
+    t.set(Fnsave_m108byte, OpEntry::mem(fsave::<false>));
+    t.set(Fnsave_m94byte, OpEntry::mem(fsave::<true>));
+    t.set(Frstor_m108byte, OpEntry::mem(frstor::<false>));
+    t.set(Frstor_m94byte, OpEntry::mem(frstor::<true>));
 }

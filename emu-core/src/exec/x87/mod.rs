@@ -24,7 +24,7 @@
 //! CR0.NE=0 (reporting through FERR# and an external interrupt controller, the PC/AT
 //! convention) is treated like NE=1: the #MF is always raised directly.
 //!
-//! Not implemented: the 16-bit-operand FSTENV/FSAVE formats (66h prefix) and MMX.
+//! Not implemented: MMX.
 
 pub mod softfp80;
 pub mod state;

@@ -333,13 +333,21 @@ pub fn tan(x: u128, ctx: &mut Ctx) -> Option<u128> {
 fn tan_tiny(x: u128, ctx: &mut Ctx) -> u128 {
     let (negative, e, m) = sf::fields(x);
     let e = if e == 0 { 1 } else { e as i32 };
+    inexact_as_is(negative, e - sf::BIAS - 63, m as u128, ctx)
+}
+
+/// `(-1)^negative * sig * 2^exp`, a value the hardware computes exactly but reports as
+/// inexact: rounded as it needs (C1 accordingly), PE raised, and UE too when the result
+/// is tiny (with underflow masked; unmasked, the wrapped result reports UE anyway).
+fn inexact_as_is(negative: bool, exp: i32, sig: u128, ctx: &mut Ctx) -> u128 {
     let mut c = Ctx { prec: 64, ..*ctx };
-    let r = sf::round_pack(negative, e - sf::BIAS - 63, m as u128, &mut c);
+    let r = sf::round_pack(negative, exp, sig, &mut c);
     ctx.flags |= c.flags | PE;
-    if ctx.masked(UE) && sf::fields(r).1 == 0 {
+    ctx.rounded_up = c.rounded_up;
+    let (_, e, m) = sf::fields(r);
+    if ctx.masked(UE) && e == 0 && m != 0 {
         ctx.flags |= UE;
     }
-    ctx.rounded_up = false;
     r
 }
 
@@ -444,9 +452,8 @@ pub fn f2xm1(x: u128, ctx: &mut Ctx) -> u128 {
     r.round(TRUNCATED, ctx)
 }
 
-/// Rounds a logarithm's product as the hardware does when it happens to be exact
-/// (log2 of a power of two): as if the true value were slightly further from zero
-/// (inexact, C1 clear under round-to-nearest).
+/// Rounds a logarithm's product: as if the true value were slightly further from zero
+/// (what the hardware does with results that come out representable).
 fn away(w: W, ctx: &mut Ctx) -> u128 {
     w.round(
         if w.neg {
@@ -511,7 +518,13 @@ pub fn fyl2x(x: u128, y: u128, ctx: &mut Ctx) -> u128 {
         Class::Inf => return sf::signed_inf(product_sign(below_one, y)),
         _ => {}
     }
-    away(log2_w(wx).times(W::from_f80(y)), ctx)
+    let product = log2_w(wx).times(W::from_f80(y));
+    if wx.sig == 1 << 127 {
+        // x is a power of two: log2(x) and the product are exact. The hardware still
+        // reports PE, and rounds only as the exact value needs.
+        return inexact_as_is(product.neg, product.exp - 127, product.sig, ctx);
+    }
+    away(product, ctx)
 }
 
 /// FYL2XP1: y * log2(x + 1) (x = ST(0), y = ST(1); defined for |x| < 1 - √2/2, other

@@ -400,16 +400,27 @@ fn add_sub<F: Format>(a: u64, b: u64, subtract: bool, env: &mut Env) -> u64 {
     if mb == 0 {
         return round_pack::<F>(sa, ea, ma as u128, env);
     }
-    // Align both to a common exponent 64 bits below the larger one; the smaller operand
-    // can lose bits only when it is entirely below the rounding position, where a sticky
-    // bit stands in for it.
-    let (hi, lo) = if ea >= eb {
-        ((sa, ea, ma), (sb, eb, mb))
-    } else {
-        ((sb, eb, mb), (sa, ea, ma))
-    };
-    let base = hi.1 - 64;
-    let big = (hi.2 as u128) << 64;
+    // Align both to a common exponent 64 bits below the larger one.
+    let (negative, base, sum) = aligned_sum((sa, ea, ma), (sb, eb, mb), 64);
+    if sum == 0 {
+        return signed_zero::<F>(env.round == Round::Down);
+    }
+    round_pack::<F>(negative, base, sum, env)
+}
+
+/// The exact signed sum of two unpacked finite non-zero values `(sign, exponent,
+/// significand)`, aligned to the exponent `headroom` bits below the larger operand's:
+/// returns `(sign, exponent of bit 0, magnitude)`. The smaller operand can lose bits only
+/// when it lies entirely below the rounding position, where a sticky bit stands in for it.
+/// Shared by the SSE and x87 soft-floats (`headroom` 64 and 62).
+pub(crate) fn aligned_sum(
+    a: (bool, i32, u64),
+    b: (bool, i32, u64),
+    headroom: u32,
+) -> (bool, i32, u128) {
+    let (hi, lo) = if a.1 >= b.1 { (a, b) } else { (b, a) };
+    let base = hi.1 - headroom as i32;
+    let big = (hi.2 as u128) << headroom;
     let shift = lo.1 - base;
     let small = if shift >= 0 {
         (lo.2 as u128) << shift
@@ -427,10 +438,7 @@ fn add_sub<F: Format>(a: u64, b: u64, subtract: bool, env: &mut Env) -> u64 {
     } else {
         (lo.0, small - big)
     };
-    if sum == 0 {
-        return signed_zero::<F>(env.round == Round::Down);
-    }
-    round_pack::<F>(negative, base, sum, env)
+    (negative, base, sum)
 }
 
 /// `a * b`.

@@ -14,7 +14,7 @@
 
 use std::cmp::Ordering;
 
-use crate::exec::sse::softfp::{self, Format, Round, DE, IE, OE, PE, UE, ZE};
+use crate::exec::sse::softfp::{self, aligned_sum, Format, Round, DE, IE, OE, PE, UE, ZE};
 
 /// The sign bit of an 80-bit encoding.
 pub const SIGN: u128 = 1 << 79;
@@ -376,32 +376,8 @@ fn add_sub(a: u128, b: u128, subtract: bool, ctx: &mut Ctx) -> u128 {
     if mb == 0 {
         return round_pack(sa, ea, ma as u128, ctx);
     }
-    let (hi, lo) = if ea >= eb {
-        ((sa, ea, ma), (sb, eb, mb))
-    } else {
-        ((sb, eb, mb), (sa, ea, ma))
-    };
-    // The larger operand's lsb goes to bit 62: sums stay below 2^127, and a smaller operand
-    // shifted out entirely is represented by a sticky bit far below the rounding position.
-    let base = hi.1 - 62;
-    let big = (hi.2 as u128) << 62;
-    let shift = lo.1 - base;
-    let small = if shift >= 0 {
-        (lo.2 as u128) << shift
-    } else if -shift >= 127 {
-        1
-    } else {
-        let s = (-shift) as u32;
-        let v = (lo.2 as u128) >> s;
-        v | ((v << s != lo.2 as u128) as u128)
-    };
-    let (negative, sum) = if hi.0 == lo.0 {
-        (hi.0, big + small)
-    } else if big >= small {
-        (hi.0, big - small)
-    } else {
-        (lo.0, small - big)
-    };
+    // The larger operand's lsb goes to bit 62, so sums stay below 2^127.
+    let (negative, base, sum) = aligned_sum((sa, ea, ma), (sb, eb, mb), 62);
     if sum == 0 {
         return signed_zero(ctx.round == Round::Down);
     }

@@ -24,3 +24,37 @@ pub fn machine(build: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) 
 pub fn reg(emu: &Emulator, r: Register) -> u64 {
     emu.reg(r).unwrap()
 }
+
+/// The debug port test programs report through (port 0xE9, as Bochs' and QEMU's debugcon).
+pub const DEBUG_PORT: u16 = 0xe9;
+
+/// A debug-port device: records every value written to it, as a little-endian number of
+/// the access width (so `out dx, eax` records one 32-bit value).
+#[derive(Default)]
+pub struct DebugPort {
+    /// Values in the order the guest wrote them.
+    pub values: Vec<u64>,
+}
+
+impl emu_mmu::BusDevice for DebugPort {
+    fn read(&mut self, _: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+    fn write(&mut self, _: u64, data: &[u8]) {
+        let mut bytes = [0u8; 8];
+        bytes[..data.len()].copy_from_slice(data);
+        self.values.push(u64::from_le_bytes(bytes));
+    }
+}
+
+/// Attaches a [`DebugPort`] at [`DEBUG_PORT`] and returns it for inspection.
+pub fn attach_debug_port(emu: &mut Emulator) -> std::sync::Arc<std::sync::Mutex<DebugPort>> {
+    let port = std::sync::Arc::new(std::sync::Mutex::new(DebugPort::default()));
+    emu.add_io_device(DEBUG_PORT, 1, port.clone()).unwrap();
+    port
+}
+
+/// What the guest wrote to the debug port so far.
+pub fn reported(port: &std::sync::Mutex<DebugPort>) -> Vec<u64> {
+    port.lock().unwrap().values.clone()
+}

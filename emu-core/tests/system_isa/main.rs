@@ -1,10 +1,11 @@
 //! Bare-metal guest programs for the system ISA, each starting from a known state,
-//! exercising one feature and reporting through registers (a debug port arrives with the
-//! platform bus). Run with `cargo test --release --workspace --test system_isa`.
+//! exercising one feature and reporting through registers or the debug port (0xE9,
+//! `common::attach_debug_port`). Each feature area has its own module. Run with `cargo test --release --workspace --test system_isa`.
 
 use emu_core::{Emulator, Exception, Register, RunOptions, StopReason};
 use iced_x86::code_asm::*;
 
+#[path = "../common/mod.rs"]
 mod common;
 use common::{machine, reg, CODE};
 const DATA: u64 = 0x8000;

@@ -5,6 +5,10 @@
 //! paths from these bits, so an advertised but missing feature is a guest crash. When a
 //! feature lands, its bit is turned on here and nowhere else.
 //!
+//! Every leaf is a constant ([`cpuid`]) except the bits that mirror CPU state
+//! (CPUID.1:ECX.OSXSAVE follows CR4.OSXSAVE), which [`cpuid_for`] fills in; the CPUID
+//! instruction executes that.
+//!
 //! The vendor string is "GenuineIntel" because Linux and glibc interpret the frequency
 //! leaves (0x15/0x16) and cache leaves only for Intel parts; the brand string and the
 //! hypervisor leaves (0x40000000..) say what the CPU really is.
@@ -23,6 +27,7 @@ mod edx1 {
     pub const MSR: u32 = 1 << 5;
     pub const PAE: u32 = 1 << 6;
     pub const CX8: u32 = 1 << 8;
+    pub const SEP: u32 = 1 << 11;
     pub const MTRR: u32 = 1 << 12;
     pub const PGE: u32 = 1 << 13;
     pub const CMOV: u32 = 1 << 15;
@@ -43,6 +48,9 @@ mod ecx1 {
     pub const SSE42: u32 = 1 << 20;
     pub const MOVBE: u32 = 1 << 22;
     pub const POPCNT: u32 = 1 << 23;
+    pub const XSAVE: u32 = 1 << 26;
+    /// Not a capability: a copy of CR4.OSXSAVE, set by [`super::cpuid_for`].
+    pub const OSXSAVE: u32 = 1 << 27;
     pub const HYPERVISOR: u32 = 1 << 31;
 }
 
@@ -54,6 +62,7 @@ pub const LEAF1_EDX: u32 = edx1::FPU
     | edx1::MSR
     | edx1::PAE
     | edx1::CX8
+    | edx1::SEP
     | edx1::MTRR
     | edx1::PGE
     | edx1::PAT
@@ -62,9 +71,15 @@ pub const LEAF1_EDX: u32 = edx1::FPU
     | edx1::CLFSH
     | SSE_EDX;
 /// Leaf 1 ECX as advertised.
-pub const LEAF1_ECX: u32 = ecx1::CX16 | ecx1::MOVBE | ecx1::POPCNT | ecx1::HYPERVISOR | SSE_ECX;
-/// Leaf 7 subleaf 0 EBX as advertised: BMI1, SMEP, SMAP.
-pub const LEAF7_EBX: u32 = (1 << 3) | (1 << 7) | (1 << 20);
+/// (OSXSAVE is added by [`cpuid_for`] while CR4.OSXSAVE is set.)
+pub const LEAF1_ECX: u32 =
+    ecx1::CX16 | ecx1::MOVBE | ecx1::POPCNT | ecx1::XSAVE | ecx1::HYPERVISOR | SSE_ECX;
+/// Leaf 7 subleaf 0 EBX as advertised: FSGSBASE, BMI1, SMEP, SMAP.
+pub const LEAF7_EBX: u32 = (1 << 0) | (1 << 3) | (1 << 7) | (1 << 20);
+/// Leaf 0xD subleaf 1 EAX: XSAVEOPT (bit 0, executed as XSAVE, which the architecture
+/// allows: its optimizations are optional) and XGETBV with ECX = 1 (bit 2). XSAVEC and
+/// XSAVES (bits 1 and 3) are not implemented.
+pub const LEAF_D1_EAX: u32 = (1 << 0) | (1 << 2);
 /// Leaf 0x80000001 ECX: LAHF/SAHF in 64-bit mode, LZCNT, PREFETCHW (a hint, executed as
 /// a no-op).
 pub const EXT1_ECX: u32 = (1 << 0) | (1 << 5) | (1 << 8);
@@ -89,7 +104,23 @@ fn words(bytes: &[u8]) -> [u32; 4] {
     out
 }
 
-/// The CPUID result `[eax, ebx, ecx, edx]` for `leaf` / `subleaf`.
+/// Size in bytes of a standard-format XSAVE area: the 512-byte legacy region and the
+/// 64-byte header. x87 and SSE, the only supported components, both live in the legacy
+/// region, so every valid XCR0 needs exactly this much (leaf 0xD's EBX and ECX agree).
+pub const XSAVE_AREA_SIZE: u32 = crate::exec::xsave::AREA_LEN as u32;
+
+/// The CPUID result `[eax, ebx, ecx, edx]` for `leaf` / `subleaf` as the vCPU with system
+/// registers `sys` reports it: [`cpuid`] plus the bits that mirror CPU state.
+pub fn cpuid_for(sys: &crate::sysregs::SystemRegs, leaf: u32, subleaf: u32) -> [u32; 4] {
+    let mut r = cpuid(leaf, subleaf);
+    if leaf == 1 && sys.cr4 & crate::sysregs::cr4::OSXSAVE != 0 {
+        r[2] |= ecx1::OSXSAVE;
+    }
+    r
+}
+
+/// The CPUID result `[eax, ebx, ecx, edx]` for `leaf` / `subleaf`, for a vCPU in its reset
+/// state (CR4.OSXSAVE clear).
 pub fn cpuid(leaf: u32, subleaf: u32) -> [u32; 4] {
     match leaf {
         0 => {
@@ -101,6 +132,19 @@ pub fn cpuid(leaf: u32, subleaf: u32) -> [u32; 4] {
         // size 8 qwords; one logical processor.
         1 => [0x0005_0650, 0x0001_0800, LEAF1_ECX, LEAF1_EDX],
         7 if subleaf == 0 => [0, LEAF7_EBX, 0, 0],
+        // XSAVE: supported XCR0 bits in EDX:EAX, the area size for the components XCR0
+        // enables in EBX and for all supported ones in ECX (the same here).
+        0xd if subleaf == 0 => {
+            let all = crate::sysregs::xcr0::SUPPORTED;
+            [
+                all as u32,
+                XSAVE_AREA_SIZE,
+                XSAVE_AREA_SIZE,
+                (all >> 32) as u32,
+            ]
+        }
+        // EBX (the XSAVES area size) and ECX/EDX (IA32_XSS bits) are 0: no XSAVES.
+        0xd if subleaf == 1 => [LEAF_D1_EAX, 0, 0, 0],
         0x15 => {
             // TSC = crystal * EBX / EAX, with a 1 GHz "crystal" so the ratio is 1.
             [1, 1, TSC_HZ as u32, 0]
@@ -149,9 +193,9 @@ mod tests {
         assert!(brand.starts_with(b"Quetzal"));
     }
 
-    /// Where CPUID reports a feature: `(leaf, register index eax=0..edx=3, bit)`, or `None`
-    /// for features every x86-64 CPU has.
-    fn feature_location(f: iced_x86::CpuidFeature) -> Option<Option<(u32, usize, u32)>> {
+    /// Where CPUID reports a feature: `(leaf, subleaf, register index eax=0..edx=3, bit)`,
+    /// or `None` for features every x86-64 CPU has.
+    fn feature_location(f: iced_x86::CpuidFeature) -> Option<Option<(u32, u32, usize, u32)>> {
         use iced_x86::CpuidFeature as F;
         Some(match f {
             F::INTEL8086
@@ -163,28 +207,32 @@ mod tests {
             | F::CPUID
             | F::MULTIBYTENOP
             | F::PAUSE => None,
-            F::FPU | F::FPU287 | F::FPU387 => Some((1, 3, 0)),
-            F::FXSR => Some((1, 3, 24)),
-            F::TSC => Some((1, 3, 4)),
-            F::MSR => Some((1, 3, 5)),
-            F::CX8 => Some((1, 3, 8)),
-            F::CMOV => Some((1, 3, 15)),
-            F::CLFSH => Some((1, 3, 19)),
-            F::SSE => Some((1, 3, 25)),
-            F::SSE2 => Some((1, 3, 26)),
-            F::SSE3 => Some((1, 2, 0)),
-            F::SSSE3 => Some((1, 2, 9)),
-            F::CMPXCHG16B => Some((1, 2, 13)),
-            F::SSE4_1 => Some((1, 2, 19)),
-            F::SSE4_2 => Some((1, 2, 20)),
-            F::MOVBE => Some((1, 2, 22)),
-            F::POPCNT => Some((1, 2, 23)),
-            F::BMI1 => Some((7, 1, 3)),
-            F::SMAP => Some((7, 1, 20)),
-            F::SYSCALL => Some((0x8000_0001, 3, 11)),
-            F::LZCNT => Some((0x8000_0001, 2, 5)),
-            F::PREFETCHW => Some((0x8000_0001, 2, 8)),
-            F::RDTSCP => Some((0x8000_0001, 3, 27)),
+            F::FPU | F::FPU287 | F::FPU387 => Some((1, 0, 3, 0)),
+            F::FXSR => Some((1, 0, 3, 24)),
+            F::TSC => Some((1, 0, 3, 4)),
+            F::MSR => Some((1, 0, 3, 5)),
+            F::CX8 => Some((1, 0, 3, 8)),
+            F::SEP => Some((1, 0, 3, 11)),
+            F::CMOV => Some((1, 0, 3, 15)),
+            F::CLFSH => Some((1, 0, 3, 19)),
+            F::SSE => Some((1, 0, 3, 25)),
+            F::SSE2 => Some((1, 0, 3, 26)),
+            F::SSE3 => Some((1, 0, 2, 0)),
+            F::SSSE3 => Some((1, 0, 2, 9)),
+            F::CMPXCHG16B => Some((1, 0, 2, 13)),
+            F::SSE4_1 => Some((1, 0, 2, 19)),
+            F::SSE4_2 => Some((1, 0, 2, 20)),
+            F::MOVBE => Some((1, 0, 2, 22)),
+            F::POPCNT => Some((1, 0, 2, 23)),
+            F::BMI1 => Some((7, 0, 1, 3)),
+            F::SMAP => Some((7, 0, 1, 20)),
+            F::SYSCALL => Some((0x8000_0001, 0, 3, 11)),
+            F::LZCNT => Some((0x8000_0001, 0, 2, 5)),
+            F::PREFETCHW => Some((0x8000_0001, 0, 2, 8)),
+            F::RDTSCP => Some((0x8000_0001, 0, 3, 27)),
+            F::XSAVE => Some((1, 0, 2, 26)),
+            F::XSAVEOPT => Some((0xd, 1, 0, 0)),
+            F::FSGSBASE => Some((7, 0, 1, 0)),
             _ => return None,
         })
     }
@@ -201,8 +249,8 @@ mod tests {
                         missing.push(format!("{code:?}: {feature:?} has no CPUID mapping here"))
                     }
                     Some(None) => {}
-                    Some(Some((leaf, reg, bit))) => {
-                        if cpuid(leaf, 0)[reg] & (1 << bit) == 0 {
+                    Some(Some((leaf, subleaf, reg, bit))) => {
+                        if cpuid(leaf, subleaf)[reg] & (1 << bit) == 0 {
                             missing.push(format!("{code:?}: {feature:?} not advertised"));
                         }
                     }
@@ -210,6 +258,28 @@ mod tests {
             }
         }
         assert!(missing.is_empty(), "{}", missing.join("\n"));
+    }
+
+    #[test]
+    fn osxsave_and_the_xsave_size_follow_cpu_state() {
+        use crate::sysregs::{cr4, SystemRegs};
+        let mut sys = SystemRegs::default();
+        assert_eq!(cpuid_for(&sys, 1, 0)[2] & (1 << 27), 0);
+        assert_ne!(
+            cpuid_for(&sys, 1, 0)[2] & (1 << 26),
+            0,
+            "XSAVE is always advertised"
+        );
+        sys.cr4 |= cr4::OSXSAVE;
+        assert_ne!(cpuid_for(&sys, 1, 0)[2] & (1 << 27), 0);
+        sys.xcr0 = 3;
+        assert_eq!(cpuid_for(&sys, 0xd, 0), [3, 576, 576, 0]);
+        assert_eq!(cpuid_for(&sys, 0xd, 1), [0b101, 0, 0, 0]);
+        assert_eq!(cpuid_for(&sys, 0xd, 2), [0; 4], "no AVX component");
+        assert!(
+            cpuid(0, 0)[0] >= 0xd,
+            "the maximum basic leaf covers leaf 0xD"
+        );
     }
 
     #[test]

@@ -57,10 +57,27 @@ pub mod cr4 {
     pub const OSFXSR: u64 = 1 << 9;
     /// The OS handles #XM.
     pub const OSXMMEXCPT: u64 = 1 << 10;
+    /// RDFSBASE/RDGSBASE/WRFSBASE/WRGSBASE are enabled (at any privilege).
+    pub const FSGSBASE: u64 = 1 << 16;
+    /// The OS manages state with XSAVE: enables XGETBV/XSETBV/XSAVE/XRSTOR and makes
+    /// CPUID.1:ECX.OSXSAVE read 1.
+    pub const OSXSAVE: u64 = 1 << 18;
     /// Every bit software may set. Bits for features CPUID does not advertise (VME, DE,
-    /// MCE, LA57, FSGSBASE, PCIDE, OSXSAVE, ...) are reserved and #GP when set;
-    /// each joins this list with its feature.
-    pub const WRITABLE: u64 = TSD | PSE | PAE | PGE | PCE | OSFXSR | OSXMMEXCPT | SMEP | SMAP;
+    /// MCE, LA57, PCIDE, ...) are reserved and #GP when set; each joins this list with its
+    /// feature.
+    pub const WRITABLE: u64 =
+        TSD | PSE | PAE | PGE | PCE | OSFXSR | OSXMMEXCPT | FSGSBASE | OSXSAVE | SMEP | SMAP;
+}
+
+/// XCR0 (XFEATURE_ENABLED_MASK) bits: the state components XSAVE manages.
+pub mod xcr0 {
+    /// x87 state (component 0); always set.
+    pub const X87: u64 = 1 << 0;
+    /// SSE state (component 1): XMM0-15 and MXCSR.
+    pub const SSE: u64 = 1 << 1;
+    /// Every component this CPU supports (CPUID.(EAX=0Dh,ECX=0):EDX:EAX reports it). AVX
+    /// and later components are not implemented, so their bits are reserved.
+    pub const SUPPORTED: u64 = X87 | SSE;
 }
 
 /// EFER bits.
@@ -180,6 +197,8 @@ pub struct SystemRegs {
     pub cr4: u64,
     /// CR8: the task-priority register (4 bits).
     pub cr8: u64,
+    /// XCR0: the state components enabled for XSAVE (written by XSETBV).
+    pub xcr0: u64,
     /// EFER.
     pub efer: u64,
     /// DR0..DR3 breakpoint addresses, then DR6 and DR7 (DR4/DR5 alias them).
@@ -235,6 +254,8 @@ impl Default for SystemRegs {
             cr3: 0,
             cr4: 0,
             cr8: 0,
+            // x87 is the only component enabled at reset.
+            xcr0: xcr0::X87,
             efer: 0,
             dr: [0; 4],
             dr6: DR6_FIXED_ONES,
@@ -332,6 +353,20 @@ impl SystemRegs {
     /// `#GP(0)` for bits above bit 3.
     pub fn check_cr8(&self, value: u64) -> Result<u64, Exception> {
         if value & !0xf != 0 {
+            return Err(GP0);
+        }
+        Ok(value)
+    }
+
+    /// Checks a value for extended control register `index` (XSETBV) and returns it.
+    /// Only XCR0 exists.
+    ///
+    /// # Errors
+    ///
+    /// `#GP(0)` for any other register, a value with bit 0 (x87) clear, or a bit for a
+    /// state component this CPU does not support.
+    pub fn check_xcr(&self, index: u32, value: u64) -> Result<u64, Exception> {
+        if index != 0 || value & xcr0::X87 == 0 || value & !xcr0::SUPPORTED != 0 {
             return Err(GP0);
         }
         Ok(value)
@@ -589,6 +624,20 @@ mod tests {
         );
         lme.cr4 = cr4::PAE;
         assert!(lme.check_cr0(cr0::PE | cr0::PG).is_ok());
+    }
+
+    #[test]
+    fn cr4_accepts_fsgsbase_and_osxsave_and_xcr0_takes_supported_components() {
+        let s = SystemRegs::default();
+        assert_eq!(s.xcr0, xcr0::X87, "x87 only at reset");
+        let v = cr4::FSGSBASE | cr4::OSXSAVE;
+        assert_eq!(s.check_cr4(v), Ok(v));
+        assert_eq!(s.check_cr4(1 << 13), Err(GP0), "VMXE is not supported");
+        assert_eq!(s.check_xcr(0, 3), Ok(3));
+        assert_eq!(s.check_xcr(0, 1), Ok(1));
+        assert_eq!(s.check_xcr(0, 2), Err(GP0), "x87 must stay enabled");
+        assert_eq!(s.check_xcr(0, 7), Err(GP0), "AVX is not supported");
+        assert_eq!(s.check_xcr(1, 3), Err(GP0), "only XCR0 exists");
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod stack;
 pub mod string;
 pub mod system;
 pub mod x87;
+pub mod xsave;
 
 use crate::cpu::Cpu;
 use crate::insn::{Insn, OpTable, Trap};
@@ -40,6 +41,7 @@ pub(crate) fn register_all(t: &mut OpTable) {
     io::register(t);
     sse::register(t);
     x87::register(t);
+    xsave::register(t);
 }
 
 /// Reads the `N`-byte memory operand of `i`.

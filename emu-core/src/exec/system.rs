@@ -9,7 +9,7 @@ use crate::insn::{Insn, OpEntry, OpTable, Step};
 fn cpuid_insn(cpu: &mut Cpu, _: &Insn) -> Step {
     let leaf = cpu.reg::<4>(reg::RAX) as u32;
     let subleaf = cpu.reg::<4>(reg::RCX) as u32;
-    let [a, b, c, d] = cpuid::cpuid(leaf, subleaf);
+    let [a, b, c, d] = cpuid::cpuid_for(&cpu.sys, leaf, subleaf);
     cpu.set_reg::<4>(reg::RAX, a as u64);
     cpu.set_reg::<4>(reg::RBX, b as u64);
     cpu.set_reg::<4>(reg::RCX, c as u64);

@@ -8,13 +8,16 @@ use crate::translate::Block;
 /// Entries in the jump cache (a power of two).
 const JUMP_CACHE_ENTRIES: usize = 4096;
 
-/// Key of a block: the physical and virtual address of its first byte. The virtual
-/// address is part of the key because RIP-relative operands are resolved at translate
-/// time; the CPU mode will join it when modes other than 64-bit arrive.
+/// Key of a block: the physical address of its first byte, its code-segment offset and
+/// the mode it was decoded in. The offset is part of the key because RIP-relative
+/// operands and branch targets are resolved at translate time; the mode
+/// ([`crate::Cpu::mode_key`]: bitness and code-segment base) because the same bytes
+/// decode differently in 16-, 32- and 64-bit code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct BlockKey {
     phys: u64,
     virt: u64,
+    mode: u64,
 }
 
 /// Translated blocks of one vCPU.
@@ -55,30 +58,39 @@ impl CodeCache {
         (tag == rip).then_some(idx)
     }
 
-    /// The block translated from physical `phys` at virtual `rip`, if cached; refills the
-    /// jump cache on a hit.
-    pub fn lookup(&mut self, phys: u64, rip: u64) -> Option<u32> {
-        let idx = *self.by_key.get(&BlockKey { phys, virt: rip })?;
+    /// The block translated from physical `phys` at offset `rip` in mode `mode`, if
+    /// cached; refills the jump cache on a hit. (The jump cache is keyed by `rip` alone:
+    /// the run loop flushes it whenever the mode changes.)
+    pub fn lookup(&mut self, phys: u64, rip: u64, mode: u64) -> Option<u32> {
+        let idx = *self.by_key.get(&BlockKey {
+            phys,
+            virt: rip,
+            mode,
+        })?;
         self.jump_cache[Self::jump_slot(rip)] = (rip, idx);
         Some(idx)
     }
 
-    /// Adds a block translated from physical `phys`, returning its index.
-    pub fn insert(&mut self, phys: u64, block: Block) -> u32 {
+    /// Adds a block translated from physical `phys` in mode `mode`, returning its index.
+    pub fn insert(&mut self, phys: u64, mode: u64, block: Block) -> u32 {
         let rip = block.rip;
+        let key = BlockKey {
+            phys,
+            virt: rip,
+            mode,
+        };
         let pages = block.pages.clone();
         let idx = match self.free.pop() {
             Some(i) => {
-                self.blocks[i as usize] = Some((BlockKey { phys, virt: rip }, block));
+                self.blocks[i as usize] = Some((key, block));
                 i
             }
             None => {
-                self.blocks
-                    .push(Some((BlockKey { phys, virt: rip }, block)));
+                self.blocks.push(Some((key, block)));
                 (self.blocks.len() - 1) as u32
             }
         };
-        if let Some(old) = self.by_key.insert(BlockKey { phys, virt: rip }, idx) {
+        if let Some(old) = self.by_key.insert(key, idx) {
             self.remove(old);
         }
         for page in pages {

@@ -50,6 +50,32 @@ pub mod seg {
     pub const FLAT: u8 = 6;
 }
 
+/// Hidden segment attributes ([`Cpu::seg_attr`]), packed as
+/// [`crate::descriptor::Descriptor::attributes`]: the access byte in bits 0..7, AVL, L, D/B
+/// and G in bits 12..15.
+pub mod attr {
+    /// Accessed bit of the type field.
+    pub const ACCESSED: u16 = 1 << 0;
+    /// Bit 0 of the DPL field.
+    pub const DPL_SHIFT: u16 = 5;
+    /// Present.
+    pub const PRESENT: u16 = 1 << 7;
+    /// L: 64-bit code.
+    pub const LONG: u16 = 1 << 13;
+    /// D/B: 32-bit code or a 32-bit stack pointer.
+    pub const BIG: u16 = 1 << 14;
+    /// G: limit in pages.
+    pub const GRANULAR: u16 = 1 << 15;
+    /// A present, DPL 0, 64-bit code segment (what the bare CPU starts in).
+    pub const CODE64: u16 = 0x209b;
+    /// A present, DPL 0, 4 GiB writable data segment with a 32-bit stack pointer.
+    pub const FLAT_DATA: u16 = 0xc093;
+    /// A present, writable, accessed 16-bit data segment: the real-mode attributes.
+    pub const REAL_DATA: u16 = 0x0093;
+    /// A present, readable, accessed 16-bit code segment: CS after reset.
+    pub const REAL_CODE: u16 = 0x009b;
+}
+
 /// Default MXCSR after reset: all exceptions masked, round to nearest.
 pub const MXCSR_DEFAULT: u32 = 0x1f80;
 
@@ -76,6 +102,22 @@ pub struct Cpu {
     /// Segment bases ES, CS, SS, DS, FS, GS, then a flat (zero) base and a spare zero.
     /// In 64-bit mode only FS and GS bases are used.
     pub seg_base: [u64; 8],
+    /// Hidden limits of ES, CS, SS, DS, FS, GS (in bytes, granularity applied). Kept
+    /// for the embedder and for SGDT-style inspection; accesses are not limit-checked
+    /// (see the README's known deviations).
+    pub seg_limit: [u32; 6],
+    /// Hidden attributes of ES, CS, SS, DS, FS, GS, packed as
+    /// [`crate::descriptor::Descriptor::attributes`].
+    pub seg_attr: [u16; 6],
+    /// Decoder bitness of the code now running: 16, 32 or 64 (from CR0.PE, EFER.LMA and
+    /// the CS descriptor's L and D bits; see [`Cpu::update_mode`]).
+    pub code_bits: u32,
+    /// Linear base that instruction addresses are relative to: CS's base outside 64-bit
+    /// mode, 0 in it.
+    pub code_base: u64,
+    /// Width of the stack pointer: all ones in 64-bit mode, else 0xffff_ffff or 0xffff
+    /// from SS's B bit.
+    pub stack_mask: u64,
     /// Kernel GS base (swapped in by SWAPGS).
     pub kernel_gs_base: u64,
     /// Instructions retired since creation.
@@ -113,6 +155,18 @@ impl Cpu {
             x87: crate::exec::x87::X87::new(),
             seg_sel: [0; 6],
             seg_base: [0; 8],
+            seg_limit: [u32::MAX; 6],
+            seg_attr: [
+                attr::FLAT_DATA,
+                attr::CODE64,
+                attr::FLAT_DATA,
+                attr::FLAT_DATA,
+                attr::FLAT_DATA,
+                attr::FLAT_DATA,
+            ],
+            code_bits: 64,
+            code_base: 0,
+            stack_mask: u64::MAX,
             kernel_gs_base: 0,
             icount: 0,
             tsc_offset: 0,
@@ -122,6 +176,8 @@ impl Cpu {
                 // The bare CPU's non-architectural starting point: 64-bit code with flat
                 // segments and paging off (virtual addresses are physical), at CPL 0.
                 cr0: cr0::PE | cr0::ET | cr0::NE,
+                // Long mode is active, so CR4.PAE is set as the architecture requires.
+                cr4: crate::sysregs::cr4::PAE,
                 efer: efer::LME | efer::LMA,
                 ..SystemRegs::default()
             },
@@ -130,6 +186,38 @@ impl Cpu {
             io: std::sync::Arc::new(emu_mmu::Bus::new()),
             mmu,
         }
+    }
+
+    /// Puts the vCPU in the architectural power-on state (SDM Vol. 3 §9.1.1): real
+    /// mode, CS:IP = F000:FFF0 with CS's base at 0xFFFF_0000 (so the first fetch is at
+    /// 0xFFFF_FFF0), EDX holding the processor signature, every other register and all
+    /// control state at its reset value, paging off. Memory, devices and the virtual
+    /// clock are untouched.
+    pub fn reset(&mut self) {
+        self.regs = [0; 17];
+        self.regs[reg::RDX as usize] = crate::cpuid::cpuid(1, 0)[0] as u64;
+        self.rip = 0xfff0;
+        self.flags = LazyFlags::default();
+        self.rflags_other = 1 << 1;
+        self.xmm = [0; 16];
+        self.mxcsr = MXCSR_DEFAULT;
+        self.x87 = crate::exec::x87::X87::new();
+        self.seg_sel = [0, 0xf000, 0, 0, 0, 0];
+        self.seg_base = [0, 0xffff_0000, 0, 0, 0, 0, 0, 0];
+        self.seg_limit = [0xffff; 6];
+        self.seg_attr = [attr::REAL_DATA; 6];
+        self.seg_attr[seg::CS as usize] = attr::REAL_CODE;
+        self.kernel_gs_base = 0;
+        self.tsc_aux = 0;
+        self.sys = SystemRegs::default();
+        self.interrupt_shadow = false;
+        let sys = &self.sys;
+        // Paging is off at reset, which the MMU always accepts.
+        let _ = self.apply_paging(sys.cr0, sys.cr3, sys.cr4, sys.efer);
+        self.sys.cpl = u8::MAX;
+        self.set_cpl(0);
+        self.update_mode();
+        self.fetch_mapping_changed = true;
     }
 
     /// The full RFLAGS value (materializes the lazy flags).

@@ -452,12 +452,14 @@ impl Emulator {
     }
 
     fn find_or_translate(&mut self, rip: u64) -> Result<u32, Trap> {
-        let phys = self.cpu.mmu.translate(rip, emu_mmu::Access::Fetch)?;
-        if let Some(idx) = self.cache.lookup(phys, rip) {
+        let linear = self.cpu.code_linear(rip);
+        let phys = self.cpu.mmu.translate(linear, emu_mmu::Access::Fetch)?;
+        let mode = self.cpu.mode_key();
+        if let Some(idx) = self.cache.lookup(phys, rip, mode) {
             return Ok(idx);
         }
         let block = translate_block(&mut self.cpu, rip)?;
-        Ok(self.cache.insert(phys, block))
+        Ok(self.cache.insert(phys, mode, block))
     }
 
     fn drop_written_code(&mut self) {

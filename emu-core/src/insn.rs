@@ -54,6 +54,21 @@ pub const LOCKED: u8 = 1 << 1;
 pub const REP: u8 = 1 << 2;
 /// [`Insn::flags`]: REPNE prefix (F2) on a string instruction.
 pub const REPNE: u8 = 1 << 3;
+/// [`Insn::flags`]: the memory operand uses 16-bit addressing (16-bit code, or a 0x67
+/// prefix in 32-bit code): the offset wraps at 64 KiB.
+pub const ADDR16: u8 = 1 << 4;
+
+/// The offset mask an instruction's address size implies.
+#[inline(always)]
+pub fn address_mask(flags: u8) -> u64 {
+    if flags & ADDR16 != 0 {
+        0xffff
+    } else if flags & ADDR32 != 0 {
+        0xffff_ffff
+    } else {
+        u64::MAX
+    }
+}
 
 /// One translated instruction: its handler and pre-resolved operands.
 ///
@@ -61,7 +76,11 @@ pub const REPNE: u8 = 1 << 3;
 /// * `dst` is the register number of the first register operand, `src` of the second;
 ///   8-bit registers may carry [`crate::cpu::reg::HIGH_BYTE`]; XMM registers are 0..15.
 /// * A memory operand is `seg_base[seg] + (disp + regs[base] + (regs[index] << scale))`,
-///   the inner sum truncated to 32 bits when [`ADDR32`] is set. RIP-relative operands are
+///   the inner sum truncated to 32 bits when [`ADDR32`] is set (16 with [`ADDR16`]).
+///   Outside 64-bit mode `seg` is the instruction's real segment and every legacy address
+///   is 32- or 16-bit, so the sum wraps at 4 GiB.
+/// * String instructions keep their destination segment (ES outside 64-bit mode, the flat
+///   segment in it) in `imm2`. RIP-relative operands are
 ///   resolved to an absolute `disp` with `base = index = ZERO`.
 /// * `imm` is the first immediate (sign-extended as the encoding says) or the branch target;
 ///   a second immediate (ENTER) is in `imm2`.
@@ -90,7 +109,7 @@ pub struct Insn {
     pub scale: u8,
     /// Segment whose base is added ([`crate::cpu::seg::FLAT`] for none).
     pub seg: u8,
-    /// [`ADDR32`], [`LOCKED`], [`REP`], [`REPNE`].
+    /// [`ADDR32`], [`ADDR16`], [`LOCKED`], [`REP`], [`REPNE`].
     pub flags: u8,
     /// Second immediate (ENTER's nesting level), third register operand, or condition code.
     pub imm2: u32,
@@ -130,12 +149,16 @@ impl Insn {
             .disp
             .wrapping_add(cpu.regs[self.base as usize])
             .wrapping_add(cpu.regs[self.index as usize] << self.scale);
-        let offset = if self.flags & ADDR32 != 0 {
-            offset & 0xffff_ffff
-        } else {
-            offset
-        };
-        offset.wrapping_add(cpu.seg_base[self.seg as usize])
+        if self.flags & (ADDR32 | ADDR16) == 0 {
+            return offset.wrapping_add(cpu.seg_base[self.seg as usize]);
+        }
+        // Outside 64-bit mode linear addresses are 32 bits wide as well.
+        (offset & address_mask(self.flags)).wrapping_add(cpu.seg_base[self.seg as usize])
+            & if cpu.code_bits == 64 {
+                u64::MAX
+            } else {
+                0xffff_ffff
+            }
     }
 }
 

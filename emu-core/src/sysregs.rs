@@ -219,8 +219,6 @@ pub struct SystemRegs {
     pub ldtr: SystemSegment,
     /// TR.
     pub tr: SystemSegment,
-    /// Attributes of the loaded CS descriptor ([`crate::descriptor::Descriptor::attributes`]).
-    pub cs_attributes: u16,
     /// IA32_STAR.
     pub star: u64,
     /// IA32_LSTAR.
@@ -272,8 +270,6 @@ impl Default for SystemRegs {
             },
             ldtr: SystemSegment::default(),
             tr: SystemSegment::default(),
-            // A present, DPL 0, 64-bit code segment.
-            cs_attributes: 0x209b,
             star: 0,
             lstar: 0,
             cstar: 0,

@@ -8,7 +8,7 @@ use iced_x86::{
 
 use crate::cpu::{reg, seg, Cpu};
 use crate::exception::Exception;
-use crate::insn::{Flow, Insn, OpTable, Step, Trap, ADDR32, LOCKED, REP, REPNE};
+use crate::insn::{Flow, Insn, OpTable, Step, Trap, ADDR16, ADDR32, LOCKED, REP, REPNE};
 
 /// Most instructions one block holds.
 pub const MAX_BLOCK_INSNS: usize = 64;
@@ -32,22 +32,28 @@ pub struct Block {
     pub pages: Vec<u64>,
 }
 
-/// Translates the block starting at `rip` in 64-bit mode.
+/// Translates the block starting at offset `rip` of the current code segment, decoding
+/// in the CPU's current mode ([`Cpu::code_bits`]). Records carry code-segment offsets;
+/// code is fetched (and marked) at linear addresses.
 ///
 /// # Errors
 ///
 /// A fetch fault if the first instruction cannot be fetched. Later instructions that
 /// cannot be fetched end the block before them, so their fault is raised when reached.
 pub fn translate_block(cpu: &mut Cpu, rip: u64) -> Result<Block, Trap> {
-    let page_left = (PAGE_SIZE - (rip & !PAGE_MASK)) as usize;
+    let bits = cpu.code_bits;
+    let linear = cpu.code_linear(rip);
+    let page_left = (PAGE_SIZE - (linear & !PAGE_MASK)) as usize;
     let in_page = page_left.min(MAX_BLOCK_INSNS * MAX_INSN_LEN);
     let mut buf = [0u8; MAX_BLOCK_INSNS * MAX_INSN_LEN + MAX_INSN_LEN];
-    let fetched = cpu.mmu.fetch_code(rip, &mut buf[..in_page + MAX_INSN_LEN]);
+    let fetched = cpu
+        .mmu
+        .fetch_code(linear, &mut buf[..in_page + MAX_INSN_LEN]);
     if fetched == 0 {
-        return Err(fetch_fault(cpu, rip));
+        return Err(fetch_fault(cpu, linear));
     }
     let table = OpTable::global();
-    let mut decoder = Decoder::with_ip(64, &buf[..fetched], rip, DecoderOptions::NONE);
+    let mut decoder = Decoder::with_ip(bits, &buf[..fetched], rip, DecoderOptions::NONE);
     let mut insns = Vec::with_capacity(16);
     let mut instr = Instruction::default();
     let mut ends_in_branch = false;
@@ -58,7 +64,7 @@ pub fn translate_block(cpu: &mut Cpu, rip: u64) -> Result<Block, Trap> {
             if decoder.last_error() == DecoderError::NoMoreBytes && fetched < buf.len() {
                 // The instruction runs into memory that is not mapped.
                 if insns.is_empty() {
-                    return Err(fetch_fault(cpu, rip.wrapping_add(fetched as u64)));
+                    return Err(fetch_fault(cpu, linear.wrapping_add(fetched as u64)));
                 }
                 break;
             }
@@ -67,7 +73,7 @@ pub fn translate_block(cpu: &mut Cpu, rip: u64) -> Result<Block, Trap> {
             end_rip = instr.next_ip();
             break;
         }
-        let (record, flow) = translate_insn(table, &instr);
+        let (record, flow) = translate_insn(table, &instr, bits);
         insns.push(record);
         end_rip = instr.next_ip();
         if flow != Flow::Next {
@@ -77,9 +83,9 @@ pub fn translate_block(cpu: &mut Cpu, rip: u64) -> Result<Block, Trap> {
     }
     // Code marks and invalidation work on physical pages: the same code may be mapped at
     // several linear addresses.
-    let mut pages = vec![cpu.mmu.mark_code_at(rip)?];
-    let last_byte = end_rip.wrapping_sub(1);
-    if last_byte & PAGE_MASK != rip & PAGE_MASK {
+    let mut pages = vec![cpu.mmu.mark_code_at(linear)?];
+    let last_byte = linear.wrapping_add(end_rip.wrapping_sub(rip + 1));
+    if last_byte & PAGE_MASK != linear & PAGE_MASK {
         pages.push(cpu.mmu.mark_code_at(last_byte)?);
     }
     Ok(Block {
@@ -109,9 +115,9 @@ fn raise_ud_record(rip: u64, len: usize) -> Insn {
     Insn::new(raise_ud, rip, len as u8)
 }
 
-/// Translates one decoded instruction into its record; unknown or invalid ones become a
-/// record that raises #UD when executed.
-pub fn translate_insn(table: &OpTable, instr: &Instruction) -> (Insn, Flow) {
+/// Translates one instruction decoded in `bits`-bit code into its record; unknown or
+/// invalid ones become a record that raises #UD when executed.
+pub fn translate_insn(table: &OpTable, instr: &Instruction, bits: u32) -> (Insn, Flow) {
     let ud = (raise_ud_record(instr.ip(), instr.len()), Flow::Branch);
     let Some(entry) = table.get(instr.code()) else {
         return ud;
@@ -147,7 +153,7 @@ pub fn translate_insn(table: &OpTable, instr: &Instruction) -> (Insn, Flow) {
                 }
                 regs_seen += 1;
             }
-            OpKind::Memory => resolve_memory(instr, &mut insn),
+            OpKind::Memory => resolve_memory(instr, &mut insn, bits),
             OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64 => {
                 insn.imm = instr.near_branch_target();
             }
@@ -174,20 +180,21 @@ pub fn translate_insn(table: &OpTable, instr: &Instruction) -> (Insn, Flow) {
             | OpKind::MemorySegDI
             | OpKind::MemorySegEDI
             | OpKind::MemorySegRDI => {
-                insn.seg = segment_in_64bit_mode(instr.memory_segment());
-                if matches!(
-                    instr.op_kind(i),
-                    OpKind::MemorySegESI | OpKind::MemorySegEDI
-                ) {
-                    insn.flags |= ADDR32;
-                }
+                insn.seg = segment_number(instr.memory_segment(), bits);
+                insn.flags |= string_address_size(instr.op_kind(i));
             }
             OpKind::MemoryESDI | OpKind::MemoryESEDI | OpKind::MemoryESRDI => {
-                if instr.op_kind(i) == OpKind::MemoryESEDI {
-                    insn.flags |= ADDR32;
-                }
+                insn.imm2 = segment_number(Register::ES, bits) as u32;
+                insn.flags |= string_address_size(instr.op_kind(i));
             }
-            _ => return ud,
+            OpKind::FarBranch16 | OpKind::FarBranch32 => {
+                insn.imm = if instr.op_kind(i) == OpKind::FarBranch16 {
+                    instr.far_branch16() as u64
+                } else {
+                    instr.far_branch32() as u64
+                };
+                insn.imm2 = instr.far_branch_selector() as u32;
+            }
         }
     }
     if instr.condition_code() != ConditionCode::None {
@@ -197,7 +204,7 @@ pub fn translate_insn(table: &OpTable, instr: &Instruction) -> (Insn, Flow) {
     (insn, entry.flow)
 }
 
-fn resolve_memory(instr: &Instruction, insn: &mut Insn) {
+fn resolve_memory(instr: &Instruction, insn: &mut Insn, bits: u32) {
     let base = instr.memory_base();
     let index = instr.memory_index();
     if base == Register::RIP || base == Register::EIP {
@@ -213,7 +220,10 @@ fn resolve_memory(instr: &Instruction, insn: &mut Insn) {
         } else {
             register_number(base)
         };
-        if base.is_gpr32() || index.is_gpr32() {
+        let no_registers = base == Register::None && index == Register::None;
+        if base.is_gpr16() || index.is_gpr16() || (no_registers && instr.memory_displ_size() == 2) {
+            insn.flags |= ADDR16;
+        } else if base.is_gpr32() || index.is_gpr32() || bits != 64 {
             insn.flags |= ADDR32;
         }
     }
@@ -223,14 +233,29 @@ fn resolve_memory(instr: &Instruction, insn: &mut Insn) {
         register_number(index)
     };
     insn.scale = instr.memory_index_scale().trailing_zeros() as u8;
-    insn.seg = segment_in_64bit_mode(instr.memory_segment());
+    insn.seg = segment_number(instr.memory_segment(), bits);
 }
 
-/// In 64-bit mode only FS and GS have bases; every other segment is flat.
-fn segment_in_64bit_mode(segment: Register) -> u8 {
+/// The address-size flag of a string instruction's implicit operand.
+fn string_address_size(kind: OpKind) -> u8 {
+    match kind {
+        OpKind::MemorySegSI | OpKind::MemorySegDI | OpKind::MemoryESDI => ADDR16,
+        OpKind::MemorySegESI | OpKind::MemorySegEDI | OpKind::MemoryESEDI => ADDR32,
+        _ => 0,
+    }
+}
+
+/// Our number for the segment an operand uses. In 64-bit mode only FS and GS have bases
+/// and every other segment is flat; elsewhere each segment's base applies.
+fn segment_number(segment: Register, bits: u32) -> u8 {
     match segment {
         Register::FS => seg::FS,
         Register::GS => seg::GS,
+        _ if bits == 64 => seg::FLAT,
+        Register::ES => seg::ES,
+        Register::CS => seg::CS,
+        Register::SS => seg::SS,
+        Register::DS => seg::DS,
         _ => seg::FLAT,
     }
 }

@@ -4,8 +4,8 @@
 
 use iced_x86::Code;
 
-use super::stack::{pop_value, push_value};
-use crate::cpu::{reg, Cpu};
+use super::stack::{pop_value, push_value, set_stack_offset};
+use crate::cpu::{mask, reg, Cpu};
 use crate::exception::Exception;
 use crate::insn::{Handler, Insn, OpEntry, OpTable, Step, Trap};
 
@@ -14,13 +14,15 @@ fn jmp_rel(cpu: &mut Cpu, i: &Insn) -> Step {
     Ok(())
 }
 
-fn jmp_reg(cpu: &mut Cpu, i: &Insn) -> Step {
-    cpu.rip = cpu.regs[i.dst as usize & 15];
+/// JMP r/m with an `N`-byte target (zero-extended: 16- and 32-bit forms exist only
+/// outside 64-bit mode, where the upper half of RIP is not visible).
+fn jmp_reg<const N: usize>(cpu: &mut Cpu, i: &Insn) -> Step {
+    cpu.rip = cpu.reg::<N>(i.dst);
     Ok(())
 }
 
-fn jmp_mem(cpu: &mut Cpu, i: &Insn) -> Step {
-    cpu.rip = super::load::<8>(cpu, i)?;
+fn jmp_mem<const N: usize>(cpu: &mut Cpu, i: &Insn) -> Step {
+    cpu.rip = super::load::<N>(cpu, i)?;
     Ok(())
 }
 
@@ -43,35 +45,36 @@ pub(crate) fn jcc_handler(cc: u8) -> Handler {
     HANDLERS[cc as usize & 15]
 }
 
-fn call_rel(cpu: &mut Cpu, i: &Insn) -> Step {
-    push_value::<8>(cpu, i.next_rip())?;
+/// CALL rel with an `N`-byte return address.
+fn call_rel<const N: usize>(cpu: &mut Cpu, i: &Insn) -> Step {
+    push_value::<N>(cpu, i.next_rip())?;
     cpu.rip = i.imm;
     Ok(())
 }
 
-fn call_reg(cpu: &mut Cpu, i: &Insn) -> Step {
-    let target = cpu.regs[i.dst as usize & 15];
-    push_value::<8>(cpu, i.next_rip())?;
+fn call_reg<const N: usize>(cpu: &mut Cpu, i: &Insn) -> Step {
+    let target = cpu.reg::<N>(i.dst);
+    push_value::<N>(cpu, i.next_rip())?;
     cpu.rip = target;
     Ok(())
 }
 
-fn call_mem(cpu: &mut Cpu, i: &Insn) -> Step {
-    let target = super::load::<8>(cpu, i)?;
-    push_value::<8>(cpu, i.next_rip())?;
+fn call_mem<const N: usize>(cpu: &mut Cpu, i: &Insn) -> Step {
+    let target = super::load::<N>(cpu, i)?;
+    push_value::<N>(cpu, i.next_rip())?;
     cpu.rip = target;
     Ok(())
 }
 
-fn ret(cpu: &mut Cpu, _: &Insn) -> Step {
-    cpu.rip = pop_value::<8>(cpu)?;
+fn ret<const N: usize>(cpu: &mut Cpu, _: &Insn) -> Step {
+    cpu.rip = pop_value::<N>(cpu)?;
     Ok(())
 }
 
-fn ret_imm(cpu: &mut Cpu, i: &Insn) -> Step {
-    let target = pop_value::<8>(cpu)?;
-    let rsp = &mut cpu.regs[reg::RSP as usize];
-    *rsp = rsp.wrapping_add(i.imm & 0xffff);
+fn ret_imm<const N: usize>(cpu: &mut Cpu, i: &Insn) -> Step {
+    let target = pop_value::<N>(cpu)?;
+    let sp = cpu.regs[reg::RSP as usize].wrapping_add(i.imm & 0xffff);
+    set_stack_offset(cpu, sp);
     cpu.rip = target;
     Ok(())
 }
@@ -81,16 +84,10 @@ const LOOP: u8 = 0;
 const LOOPE: u8 = 1;
 const LOOPNE: u8 = 2;
 
-fn loop_rel<const KIND: u8, const ECX: bool>(cpu: &mut Cpu, i: &Insn) -> Step {
-    let count = if ECX {
-        let c = cpu.reg::<4>(reg::RCX).wrapping_sub(1) & 0xffff_ffff;
-        cpu.set_reg::<4>(reg::RCX, c);
-        c
-    } else {
-        let c = cpu.regs[reg::RCX as usize].wrapping_sub(1);
-        cpu.regs[reg::RCX as usize] = c;
-        c
-    };
+/// LOOP/LOOPE/LOOPNE counting in CX, ECX or RCX (`W` bytes: the address size).
+fn loop_rel<const KIND: u8, const W: usize>(cpu: &mut Cpu, i: &Insn) -> Step {
+    let count = cpu.reg::<W>(reg::RCX).wrapping_sub(1) & mask::<W>();
+    cpu.set_reg::<W>(reg::RCX, count);
     let taken = count != 0
         && match KIND {
             LOOPE => cpu.flags.zf(),
@@ -101,13 +98,13 @@ fn loop_rel<const KIND: u8, const ECX: bool>(cpu: &mut Cpu, i: &Insn) -> Step {
     Ok(())
 }
 
-fn jrcxz<const ECX: bool>(cpu: &mut Cpu, i: &Insn) -> Step {
-    let count = if ECX {
-        cpu.reg::<4>(reg::RCX)
+/// JCXZ/JECXZ/JRCXZ (`W` bytes of the count register).
+fn jrcxz<const W: usize>(cpu: &mut Cpu, i: &Insn) -> Step {
+    cpu.rip = if cpu.reg::<W>(reg::RCX) == 0 {
+        i.imm
     } else {
-        cpu.regs[reg::RCX as usize]
+        i.next_rip()
     };
-    cpu.rip = if count == 0 { i.imm } else { i.next_rip() };
     Ok(())
 }
 
@@ -123,93 +120,112 @@ fn ud(_: &mut Cpu, _: &Insn) -> Step {
     Err(Trap::Exception(Exception::InvalidOpcode))
 }
 
-/// IRETQ (64-bit mode): see [`crate::interrupt::iretq`].
-fn iretq(cpu: &mut Cpu, _: &Insn) -> Step {
-    crate::interrupt::iretq(cpu)
-}
-
 fn hlt(cpu: &mut Cpu, _: &Insn) -> Step {
     super::privileged::require_cpl0(cpu)?;
     Err(Trap::Halt)
 }
 
 pub(crate) fn register(t: &mut OpTable) {
-    t.set(Code::Jmp_rel8_64, OpEntry::reg(jmp_rel).branch());
-    t.set(Code::Jmp_rel32_64, OpEntry::reg(jmp_rel).branch());
-    t.set(Code::Jmp_rm64, OpEntry::rm(jmp_reg, jmp_mem).branch());
-    let jcc8 = [
-        Code::Jo_rel8_64,
-        Code::Jno_rel8_64,
-        Code::Jb_rel8_64,
-        Code::Jae_rel8_64,
-        Code::Je_rel8_64,
-        Code::Jne_rel8_64,
-        Code::Jbe_rel8_64,
-        Code::Ja_rel8_64,
-        Code::Js_rel8_64,
-        Code::Jns_rel8_64,
-        Code::Jp_rel8_64,
-        Code::Jnp_rel8_64,
-        Code::Jl_rel8_64,
-        Code::Jge_rel8_64,
-        Code::Jle_rel8_64,
-        Code::Jg_rel8_64,
-    ];
-    let jcc32 = [
-        Code::Jo_rel32_64,
-        Code::Jno_rel32_64,
-        Code::Jb_rel32_64,
-        Code::Jae_rel32_64,
-        Code::Je_rel32_64,
-        Code::Jne_rel32_64,
-        Code::Jbe_rel32_64,
-        Code::Ja_rel32_64,
-        Code::Js_rel32_64,
-        Code::Jns_rel32_64,
-        Code::Jp_rel32_64,
-        Code::Jnp_rel32_64,
-        Code::Jl_rel32_64,
-        Code::Jge_rel32_64,
-        Code::Jle_rel32_64,
-        Code::Jg_rel32_64,
-    ];
-    for (cc, (c8, c32)) in jcc8.into_iter().zip(jcc32).enumerate() {
-        t.set(c8, OpEntry::reg(jcc_handler(cc as u8)).branch());
-        t.set(c32, OpEntry::reg(jcc_handler(cc as u8)).branch());
+    for code in [Code::Jmp_rel8_64, Code::Jmp_rel32_64].into_iter().chain([
+        Code::Jmp_rel8_16,
+        Code::Jmp_rel8_32,
+        Code::Jmp_rel16,
+        Code::Jmp_rel32_32,
+    ]) {
+        t.set(code, OpEntry::reg(jmp_rel).branch());
     }
-    t.set(Code::Call_rel32_64, OpEntry::reg(call_rel).branch());
-    t.set(Code::Call_rm64, OpEntry::rm(call_reg, call_mem).branch());
-    t.set(Code::Retnq, OpEntry::reg(ret).branch());
-    t.set(Code::Retnq_imm16, OpEntry::reg(ret_imm).branch());
     t.set(
-        Code::Loop_rel8_64_RCX,
-        OpEntry::reg(loop_rel::<LOOP, false>).branch(),
+        Code::Jmp_rm64,
+        OpEntry::rm(jmp_reg::<8>, jmp_mem::<8>).branch(),
     );
     t.set(
-        Code::Loop_rel8_64_ECX,
-        OpEntry::reg(loop_rel::<LOOP, true>).branch(),
+        Code::Jmp_rm32,
+        OpEntry::rm(jmp_reg::<4>, jmp_mem::<4>).branch(),
     );
     t.set(
-        Code::Loope_rel8_64_RCX,
-        OpEntry::reg(loop_rel::<LOOPE, false>).branch(),
+        Code::Jmp_rm16,
+        OpEntry::rm(jmp_reg::<2>, jmp_mem::<2>).branch(),
+    );
+    // Jcc in every encoding: rel8 and rel16/32 forms for 16-, 32- and 64-bit operand size.
+    for code in Code::values() {
+        use iced_x86::Mnemonic as M;
+        let is_jcc = matches!(
+            code.mnemonic(),
+            M::Jo
+                | M::Jno
+                | M::Jb
+                | M::Jae
+                | M::Je
+                | M::Jne
+                | M::Jbe
+                | M::Ja
+                | M::Js
+                | M::Jns
+                | M::Jp
+                | M::Jnp
+                | M::Jl
+                | M::Jge
+                | M::Jle
+                | M::Jg
+        );
+        if is_jcc {
+            let cc = code.condition_code() as u8 - 1;
+            t.set(code, OpEntry::reg(jcc_handler(cc)).branch());
+        }
+    }
+    t.set(Code::Call_rel32_64, OpEntry::reg(call_rel::<8>).branch());
+    t.set(Code::Call_rel32_32, OpEntry::reg(call_rel::<4>).branch());
+    t.set(Code::Call_rel16, OpEntry::reg(call_rel::<2>).branch());
+    t.set(
+        Code::Call_rm64,
+        OpEntry::rm(call_reg::<8>, call_mem::<8>).branch(),
     );
     t.set(
-        Code::Loope_rel8_64_ECX,
-        OpEntry::reg(loop_rel::<LOOPE, true>).branch(),
+        Code::Call_rm32,
+        OpEntry::rm(call_reg::<4>, call_mem::<4>).branch(),
     );
     t.set(
-        Code::Loopne_rel8_64_RCX,
-        OpEntry::reg(loop_rel::<LOOPNE, false>).branch(),
+        Code::Call_rm16,
+        OpEntry::rm(call_reg::<2>, call_mem::<2>).branch(),
     );
-    t.set(
-        Code::Loopne_rel8_64_ECX,
-        OpEntry::reg(loop_rel::<LOOPNE, true>).branch(),
-    );
-    t.set(Code::Jrcxz_rel8_64, OpEntry::reg(jrcxz::<false>).branch());
-    t.set(Code::Jecxz_rel8_64, OpEntry::reg(jrcxz::<true>).branch());
+    t.set(Code::Retnq, OpEntry::reg(ret::<8>).branch());
+    t.set(Code::Retnd, OpEntry::reg(ret::<4>).branch());
+    t.set(Code::Retnw, OpEntry::reg(ret::<2>).branch());
+    t.set(Code::Retnq_imm16, OpEntry::reg(ret_imm::<8>).branch());
+    t.set(Code::Retnd_imm16, OpEntry::reg(ret_imm::<4>).branch());
+    t.set(Code::Retnw_imm16, OpEntry::reg(ret_imm::<2>).branch());
+    use Code::*;
+    let loops: [(Code, Handler); 24] = [
+        (Loop_rel8_16_CX, loop_rel::<LOOP, 2>),
+        (Loop_rel8_32_CX, loop_rel::<LOOP, 2>),
+        (Loop_rel8_16_ECX, loop_rel::<LOOP, 4>),
+        (Loop_rel8_32_ECX, loop_rel::<LOOP, 4>),
+        (Loop_rel8_64_ECX, loop_rel::<LOOP, 4>),
+        (Loop_rel8_64_RCX, loop_rel::<LOOP, 8>),
+        (Loope_rel8_16_CX, loop_rel::<LOOPE, 2>),
+        (Loope_rel8_32_CX, loop_rel::<LOOPE, 2>),
+        (Loope_rel8_16_ECX, loop_rel::<LOOPE, 4>),
+        (Loope_rel8_32_ECX, loop_rel::<LOOPE, 4>),
+        (Loope_rel8_64_ECX, loop_rel::<LOOPE, 4>),
+        (Loope_rel8_64_RCX, loop_rel::<LOOPE, 8>),
+        (Loopne_rel8_16_CX, loop_rel::<LOOPNE, 2>),
+        (Loopne_rel8_32_CX, loop_rel::<LOOPNE, 2>),
+        (Loopne_rel8_16_ECX, loop_rel::<LOOPNE, 4>),
+        (Loopne_rel8_32_ECX, loop_rel::<LOOPNE, 4>),
+        (Loopne_rel8_64_ECX, loop_rel::<LOOPNE, 4>),
+        (Loopne_rel8_64_RCX, loop_rel::<LOOPNE, 8>),
+        (Jcxz_rel8_16, jrcxz::<2>),
+        (Jcxz_rel8_32, jrcxz::<2>),
+        (Jecxz_rel8_16, jrcxz::<4>),
+        (Jecxz_rel8_32, jrcxz::<4>),
+        (Jecxz_rel8_64, jrcxz::<4>),
+        (Jrcxz_rel8_64, jrcxz::<8>),
+    ];
+    for (code, handler) in loops {
+        t.set(code, OpEntry::reg(handler).branch());
+    }
     t.set(Code::Int3, OpEntry::reg(int3).branch());
     t.set(Code::Int_imm8, OpEntry::reg(int_n).branch());
     t.set(Code::Ud2, OpEntry::reg(ud).branch());
     t.set(Code::Hlt, OpEntry::reg(hlt).branch());
-    t.set(Code::Iretq, OpEntry::reg(iretq).branch());
 }

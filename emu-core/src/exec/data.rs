@@ -60,12 +60,8 @@ fn lea<const N: usize>(cpu: &mut Cpu, i: &Insn) -> Step {
         .disp
         .wrapping_add(cpu.regs[i.base as usize])
         .wrapping_add(cpu.regs[i.index as usize] << i.scale);
-    let offset = if i.flags & crate::insn::ADDR32 != 0 {
-        offset & 0xffff_ffff
-    } else {
-        offset
-    };
-    cpu.set_reg::<N>(i.dst, offset);
+    // LEA computes the offset only: no segment base.
+    cpu.set_reg::<N>(i.dst, offset & crate::insn::address_mask(i.flags));
     Ok(())
 }
 

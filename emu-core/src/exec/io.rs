@@ -7,9 +7,10 @@
 
 use iced_x86::Code;
 
+use super::string::{addr_reg, step_reg, string_linear};
 use crate::cpu::{reg, Cpu};
 use crate::exception::Exception;
-use crate::insn::{Insn, OpEntry, OpTable, Step, Trap, ADDR32, REP, REPNE};
+use crate::insn::{address_mask, Insn, OpEntry, OpTable, Step, Trap, REP, REPNE};
 
 const GP0: Trap = Trap::Exception(Exception::GeneralProtection(0));
 
@@ -77,24 +78,10 @@ fn out_acc<const N: usize, const DX: bool>(cpu: &mut Cpu, i: &Insn) -> Step {
     port_out::<N>(cpu, port, v)
 }
 
-fn addr_reg(cpu: &Cpu, r: u8, a32: bool) -> u64 {
-    let v = cpu.regs[r as usize];
-    if a32 {
-        v & 0xffff_ffff
-    } else {
-        v
-    }
-}
-
-fn step_reg(cpu: &mut Cpu, r: u8, delta: u64, a32: bool) {
-    let v = cpu.regs[r as usize].wrapping_add(delta);
-    cpu.regs[r as usize] = if a32 { v & 0xffff_ffff } else { v };
-}
-
 /// INS (`OUT` = false) / OUTS, optionally repeated. Each iteration completes before the
 /// next may fault, so a fault leaves RCX/RSI/RDI describing the work done.
 fn string_io<const N: usize, const OUT: bool>(cpu: &mut Cpu, i: &Insn) -> Step {
-    let a32 = i.flags & ADDR32 != 0;
+    let amask = address_mask(i.flags);
     let repeat = i.flags & (REP | REPNE) != 0;
     let delta = if cpu.df() {
         (N as u64).wrapping_neg()
@@ -103,33 +90,33 @@ fn string_io<const N: usize, const OUT: bool>(cpu: &mut Cpu, i: &Insn) -> Step {
     };
     let mut done = 0u64;
     loop {
-        if repeat && addr_reg(cpu, reg::RCX, a32) == 0 {
+        if repeat && addr_reg(cpu, reg::RCX, amask) == 0 {
             return Ok(());
         }
         let port = cpu.reg::<2>(reg::RDX) as u16;
         // The permission check comes before any memory access, as on hardware.
         check_io_permission(cpu, port, N as u64)?;
         if OUT {
-            let src = addr_reg(cpu, reg::RSI, a32).wrapping_add(cpu.seg_base[i.seg as usize]);
+            let src = string_linear(cpu, i.seg, addr_reg(cpu, reg::RSI, amask));
             let v = cpu.mmu.read::<N>(src)?;
             cpu.io.write(port as u64, &v.to_le_bytes()[..N]);
-            step_reg(cpu, reg::RSI, delta, a32);
+            step_reg(cpu, reg::RSI, delta, amask);
         } else {
-            let dst = addr_reg(cpu, reg::RDI, a32);
+            let dst = string_linear(cpu, i.imm2 as u8, addr_reg(cpu, reg::RDI, amask));
             // The destination is checked before the port is read: a port read may have
             // side effects that must not happen twice when the instruction restarts.
             cpu.mmu.check_writable(dst, N as u64)?;
             let mut data = [0xffu8; 8];
             cpu.io.read(port as u64, &mut data[..N]);
             cpu.mmu.write::<N>(dst, u64::from_le_bytes(data))?;
-            step_reg(cpu, reg::RDI, delta, a32);
+            step_reg(cpu, reg::RDI, delta, amask);
         }
         if !repeat {
             return Ok(());
         }
-        step_reg(cpu, reg::RCX, u64::MAX, a32);
+        step_reg(cpu, reg::RCX, u64::MAX, amask);
         done += 1;
-        if done == super::string::REP_CHUNK && addr_reg(cpu, reg::RCX, a32) != 0 {
+        if done == super::string::REP_CHUNK && addr_reg(cpu, reg::RCX, amask) != 0 {
             cpu.rip = i.rip;
             return Err(Trap::EndBlock);
         }

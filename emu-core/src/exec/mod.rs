@@ -14,6 +14,7 @@ pub mod io;
 pub mod logic;
 pub mod muldiv;
 pub mod privileged;
+pub mod segment;
 pub mod shift;
 pub mod sse;
 pub mod stack;
@@ -38,6 +39,7 @@ pub(crate) fn register_all(t: &mut OpTable) {
     string::register(t);
     system::register(t);
     privileged::register(t);
+    segment::register(t);
     io::register(t);
     sse::register(t);
     x87::register(t);

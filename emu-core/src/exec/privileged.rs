@@ -8,13 +8,14 @@
 
 use iced_x86::Code;
 
-use crate::cpu::{reg, seg, Cpu};
+use crate::cpu::{attr, reg, seg, Cpu};
 use crate::descriptor::{
     descriptor_address, read_system_descriptor, system_type, Descriptor, Selector, SystemSegment,
 };
 use crate::exception::Exception;
 use crate::flags;
 use crate::insn::{Insn, OpEntry, OpTable, Step, Trap};
+use crate::segment::load_flat_code_and_stack;
 use crate::sysregs::{cr0, efer, is_canonical, msr, MsrHost, TableRegister};
 
 const GP0: Trap = Trap::Exception(Exception::GeneralProtection(0));
@@ -29,7 +30,8 @@ pub(crate) fn require_cpl0(cpu: &Cpu) -> Result<(), Trap> {
     }
 }
 
-fn mov_from_cr(cpu: &mut Cpu, i: &Insn) -> Step {
+/// MOV r, CRn (`N` = 8 in 64-bit mode, 4 elsewhere).
+fn mov_from_cr<const N: usize>(cpu: &mut Cpu, i: &Insn) -> Step {
     require_cpl0(cpu)?;
     let value = match i.src {
         0 => cpu.sys.cr0,
@@ -39,31 +41,46 @@ fn mov_from_cr(cpu: &mut Cpu, i: &Insn) -> Step {
         8 => cpu.sys.cr8,
         _ => return Err(Exception::InvalidOpcode.into()),
     };
-    cpu.set_reg::<8>(i.dst, value);
+    cpu.set_reg::<N>(i.dst, value);
     Ok(())
 }
 
-fn mov_to_cr(cpu: &mut Cpu, i: &Insn) -> Step {
+/// MOV CRn, r. Changing CR0.PE or CR0.PG switches modes: turning paging on with
+/// EFER.LME activates long mode, turning it off (allowed only outside 64-bit code)
+/// deactivates it.
+fn mov_to_cr<const N: usize>(cpu: &mut Cpu, i: &Insn) -> Step {
     require_cpl0(cpu)?;
-    let value = cpu.reg::<8>(i.src);
+    let value = cpu.reg::<N>(i.src);
     let sys = &cpu.sys;
     let (cr0, cr3, cr4, efer) = (sys.cr0, sys.cr3, sys.cr4, sys.efer);
     match i.dst {
         0 => {
             let new = sys.check_cr0(value)?;
-            // Paging may be turned off only from compatibility mode, not from 64-bit code.
-            if cr0 & cr0::PG != 0 && new & cr0::PG == 0 && sys.long_mode() {
+            let paging_on = new & cr0::PG != 0 && cr0 & cr0::PG == 0;
+            let paging_off = new & cr0::PG == 0 && cr0 & cr0::PG != 0;
+            // Paging may be turned off only from compatibility mode, not from 64-bit code;
+            // long mode may be entered only with a CS whose L bit is clear. (The bare CPU's
+            // starting state, long mode with paging off, may turn paging on.)
+            if paging_off && cpu.in_64bit_mode() {
                 return Err(GP0);
             }
-            // Turning paging on with EFER.LME set activates long mode.
-            let efer = if new & cr0::PG != 0 && cr0 & cr0::PG == 0 && efer & efer::LME != 0 {
+            if paging_on
+                && efer & (efer::LME | efer::LMA) == efer::LME
+                && cpu.seg_attr[seg::CS as usize] & crate::cpu::attr::LONG != 0
+            {
+                return Err(GP0);
+            }
+            let efer = if paging_on && efer & efer::LME != 0 {
                 efer | efer::LMA
+            } else if paging_off {
+                efer & !efer::LMA
             } else {
                 efer
             };
             cpu.apply_paging(new, cr3, cr4, efer)?;
             cpu.sys.cr0 = new;
             cpu.sys.efer = efer;
+            cpu.update_mode();
         }
         2 => cpu.sys.cr2 = value,
         3 => {
@@ -82,16 +99,16 @@ fn mov_to_cr(cpu: &mut Cpu, i: &Insn) -> Step {
     Ok(())
 }
 
-fn mov_from_dr(cpu: &mut Cpu, i: &Insn) -> Step {
+fn mov_from_dr<const N: usize>(cpu: &mut Cpu, i: &Insn) -> Step {
     require_cpl0(cpu)?;
     let value = cpu.sys.read_dr(i.src)?;
-    cpu.set_reg::<8>(i.dst, value);
+    cpu.set_reg::<N>(i.dst, value);
     Ok(())
 }
 
-fn mov_to_dr(cpu: &mut Cpu, i: &Insn) -> Step {
+fn mov_to_dr<const N: usize>(cpu: &mut Cpu, i: &Insn) -> Step {
     require_cpl0(cpu)?;
-    let value = cpu.reg::<8>(i.src);
+    let value = cpu.reg::<N>(i.src);
     cpu.sys.write_dr(i.dst, value)?;
     Ok(())
 }
@@ -163,12 +180,17 @@ fn wrmsr(cpu: &mut Cpu, _: &Insn) -> Step {
     Ok(())
 }
 
-/// LGDT/LIDT m16&64: a 2-byte limit then an 8-byte base, which must be canonical.
-fn load_table<const IDT: bool>(cpu: &mut Cpu, i: &Insn) -> Step {
+/// LGDT/LIDT: a 2-byte limit then the base: 8 bytes (which must be canonical) in 64-bit
+/// mode, 4 bytes with a 32-bit operand, 3 bytes (24 bits) with a 16-bit operand.
+fn load_table<const IDT: bool, const N: usize>(cpu: &mut Cpu, i: &Insn) -> Step {
     require_cpl0(cpu)?;
     let addr = i.ea(cpu);
     let limit = cpu.mmu.read::<2>(addr)? as u16;
-    let base = cpu.mmu.read::<8>(addr.wrapping_add(2))?;
+    let base = match N {
+        8 => cpu.mmu.read::<8>(addr.wrapping_add(2))?,
+        4 => cpu.mmu.read::<4>(addr.wrapping_add(2))?,
+        _ => cpu.mmu.read::<4>(addr.wrapping_add(2))? & 0xff_ffff,
+    };
     if !is_canonical(base) {
         return Err(GP0);
     }
@@ -181,13 +203,45 @@ fn load_table<const IDT: bool>(cpu: &mut Cpu, i: &Insn) -> Step {
     Ok(())
 }
 
-/// SGDT/SIDT: allowed at any privilege (UMIP is not supported).
-fn store_table<const IDT: bool>(cpu: &mut Cpu, i: &Insn) -> Step {
+/// SGDT/SIDT: allowed at any privilege (UMIP is not supported). Outside 64-bit mode the
+/// base is stored as 4 bytes (whatever the operand size, as current processors do).
+fn store_table<const IDT: bool, const N: usize>(cpu: &mut Cpu, i: &Insn) -> Step {
     let table = if IDT { cpu.sys.idtr } else { cpu.sys.gdtr };
     let addr = i.ea(cpu);
-    cpu.mmu.check_writable(addr, 10)?;
+    let base_bytes = if N == 8 { 8 } else { 4 };
+    cpu.mmu.check_writable(addr, 2 + base_bytes)?;
     cpu.mmu.write::<2>(addr, table.limit as u64)?;
-    cpu.mmu.write::<8>(addr.wrapping_add(2), table.base)?;
+    if N == 8 {
+        cpu.mmu.write::<8>(addr.wrapping_add(2), table.base)?;
+    } else {
+        cpu.mmu.write::<4>(addr.wrapping_add(2), table.base)?;
+    }
+    Ok(())
+}
+
+/// SMSW: the low bits of CR0 (allowed at any privilege without UMIP). A register
+/// destination gets all of CR0's low 32 bits at its width; memory gets 16 bits.
+fn smsw<const N: usize>(cpu: &mut Cpu, i: &Insn) -> Step {
+    cpu.set_reg::<N>(i.dst, cpu.sys.cr0 & 0xffff_ffff);
+    Ok(())
+}
+
+fn smsw_mem(cpu: &mut Cpu, i: &Insn) -> Step {
+    super::store::<2>(cpu, i, cpu.sys.cr0 & 0xffff)
+}
+
+/// LMSW: loads CR0's PE, MP, EM and TS; it can set PE but never clear it.
+fn lmsw<const MEM: bool>(cpu: &mut Cpu, i: &Insn) -> Step {
+    require_cpl0(cpu)?;
+    let value = if MEM {
+        super::load::<2>(cpu, i)?
+    } else {
+        cpu.reg::<2>(i.dst)
+    };
+    let old = cpu.sys.cr0;
+    let new = (old & !0xe) | (value & 0xf) | (old & cr0::PE);
+    cpu.sys.cr0 = cpu.sys.check_cr0(new)?;
+    cpu.update_mode();
     Ok(())
 }
 
@@ -253,8 +307,29 @@ fn selector_operand<const MEM: bool>(cpu: &mut Cpu, i: &Insn) -> Result<Selector
     } as u16))
 }
 
-/// LTR: loads TR from an available 64-bit TSS descriptor in the GDT and marks it busy.
+/// A system descriptor (TSS, LDT) and its base: 16 bytes in long mode, 8 elsewhere.
+fn system_descriptor(cpu: &mut Cpu, sel: Selector) -> Result<(Descriptor, u64), Trap> {
+    if cpu.sys.long_mode() {
+        read_system_descriptor(cpu, sel)
+    } else {
+        let desc = crate::descriptor::read_descriptor(cpu, sel)?;
+        Ok((desc, desc.base()))
+    }
+}
+
+/// `#UD` in real mode (LTR, LLDT, STR, SLDT exist only in protected mode).
+fn require_protected_mode(cpu: &Cpu) -> Result<(), Trap> {
+    if cpu.real_mode() {
+        Err(Exception::InvalidOpcode.into())
+    } else {
+        Ok(())
+    }
+}
+
+/// LTR: loads TR from an available TSS descriptor in the GDT (64-bit in long mode,
+/// 32-bit otherwise) and marks it busy.
 fn ltr<const MEM: bool>(cpu: &mut Cpu, i: &Insn) -> Step {
+    require_protected_mode(cpu)?;
     require_cpl0(cpu)?;
     let sel = selector_operand::<MEM>(cpu, i)?;
     if sel.is_null() {
@@ -264,7 +339,7 @@ fn ltr<const MEM: bool>(cpu: &mut Cpu, i: &Insn) -> Step {
     if sel.in_ldt() {
         return Err(gp_sel);
     }
-    let (desc, base) = read_system_descriptor(cpu, sel)?;
+    let (desc, base) = system_descriptor(cpu, sel)?;
     if desc.is_code_or_data() || desc.kind() != system_type::TSS_AVAILABLE {
         return Err(gp_sel);
     }
@@ -275,7 +350,7 @@ fn ltr<const MEM: bool>(cpu: &mut Cpu, i: &Insn) -> Step {
         return Err(gp_sel);
     }
     // Mark the descriptor busy in the GDT (type 9 -> 11).
-    let addr = descriptor_address(cpu, sel, 16)?;
+    let addr = descriptor_address(cpu, sel, 8)?;
     cpu.mmu.write::<8>(addr, desc.0 | (2 << 40))?;
     cpu.sys.tr = SystemSegment {
         selector: sel.0,
@@ -288,6 +363,7 @@ fn ltr<const MEM: bool>(cpu: &mut Cpu, i: &Insn) -> Step {
 
 /// LLDT: loads LDTR from an LDT descriptor in the GDT; a null selector leaves LDTR unusable.
 fn lldt<const MEM: bool>(cpu: &mut Cpu, i: &Insn) -> Step {
+    require_protected_mode(cpu)?;
     require_cpl0(cpu)?;
     let sel = selector_operand::<MEM>(cpu, i)?;
     if sel.is_null() {
@@ -301,7 +377,7 @@ fn lldt<const MEM: bool>(cpu: &mut Cpu, i: &Insn) -> Step {
     if sel.in_ldt() {
         return Err(gp_sel);
     }
-    let (desc, base) = read_system_descriptor(cpu, sel)?;
+    let (desc, base) = system_descriptor(cpu, sel)?;
     if desc.is_code_or_data() || desc.kind() != system_type::LDT {
         return Err(gp_sel);
     }
@@ -322,6 +398,7 @@ fn lldt<const MEM: bool>(cpu: &mut Cpu, i: &Insn) -> Step {
 
 /// STR/SLDT: a register destination of 32 or 64 bits is zero-extended; memory gets 16 bits.
 fn store_selector<const TR: bool, const N: usize>(cpu: &mut Cpu, i: &Insn) -> Step {
+    require_protected_mode(cpu)?;
     let sel = if TR {
         cpu.sys.tr.selector
     } else {
@@ -332,6 +409,7 @@ fn store_selector<const TR: bool, const N: usize>(cpu: &mut Cpu, i: &Insn) -> St
 }
 
 fn store_selector_mem<const TR: bool>(cpu: &mut Cpu, i: &Insn) -> Step {
+    require_protected_mode(cpu)?;
     let sel = if TR {
         cpu.sys.tr.selector
     } else {
@@ -342,8 +420,11 @@ fn store_selector_mem<const TR: bool>(cpu: &mut Cpu, i: &Insn) -> Step {
 
 /// SYSCALL in 64-bit mode. With EFER.SCE clear the bare CPU reports it to the embedder
 /// (`Trap::Syscall`, like Unicorn's syscall hook); a guest-delivery machine turns that
-/// into the architectural #UD.
+/// into the architectural #UD. Outside 64-bit mode it is #UD, as on Intel processors.
 fn syscall(cpu: &mut Cpu, i: &Insn) -> Step {
+    if !cpu.in_64bit_mode() {
+        return Err(Exception::InvalidOpcode.into());
+    }
     if cpu.sys.efer & efer::SCE == 0 {
         return Err(Trap::Syscall);
     }
@@ -351,48 +432,133 @@ fn syscall(cpu: &mut Cpu, i: &Insn) -> Step {
     cpu.regs[reg::RCX as usize] = i.next_rip();
     cpu.regs[R11] = rflags;
     let kernel_cs = ((cpu.sys.star >> 32) & 0xfffc) as u16;
-    cpu.seg_sel[seg::CS as usize] = kernel_cs;
-    cpu.seg_sel[seg::SS as usize] = kernel_cs.wrapping_add(8);
-    cpu.sys.cs_attributes = KERNEL_CODE_ATTRIBUTES;
+    load_flat_code_and_stack(
+        cpu,
+        kernel_cs,
+        attr::CODE64,
+        kernel_cs.wrapping_add(8),
+        attr::FLAT_DATA,
+    );
     cpu.set_rflags(rflags & !cpu.sys.sfmask & !(1 << 16));
-    cpu.set_cpl(0);
     cpu.rip = cpu.sys.lstar;
     Ok(())
 }
 
-/// SYSRET with REX.W: back to 64-bit user code at CPL 3. (The 32-bit form returns to
-/// compatibility mode, which does not exist yet, so it is not registered and raises #UD.)
-fn sysretq(cpu: &mut Cpu, _: &Insn) -> Step {
-    if cpu.sys.efer & efer::SCE == 0 {
+/// SYSRET: back to user code at CPL 3, 64-bit with REX.W (`LONG`), compatibility mode
+/// without.
+fn sysret<const LONG: bool>(cpu: &mut Cpu, _: &Insn) -> Step {
+    if cpu.sys.efer & efer::SCE == 0 || !cpu.in_64bit_mode() {
         return Err(Exception::InvalidOpcode.into());
     }
     require_cpl0(cpu)?;
-    let target = cpu.regs[reg::RCX as usize];
+    let target = if LONG {
+        cpu.regs[reg::RCX as usize]
+    } else {
+        cpu.regs[reg::RCX as usize] & 0xffff_ffff
+    };
     if !is_canonical(target) {
         return Err(GP0);
     }
     let base = ((cpu.sys.star >> 48) & 0xffff) as u16;
-    cpu.seg_sel[seg::CS as usize] = base.wrapping_add(16) | 3;
-    cpu.seg_sel[seg::SS as usize] = base.wrapping_add(8) | 3;
-    cpu.sys.cs_attributes = USER_CODE_ATTRIBUTES;
+    let (cs, cs_attr) = if LONG {
+        (base.wrapping_add(16) | 3, USER_CODE64)
+    } else {
+        (base | 3, USER_CODE32)
+    };
     // RF and VM cleared, bit 1 set, as the SDM's 0x3C7FD7 mask says.
     cpu.set_rflags((cpu.regs[R11] & 0x3c_7fd7) | 2);
-    cpu.set_cpl(3);
+    load_flat_code_and_stack(cpu, cs, cs_attr, base.wrapping_add(8) | 3, USER_DATA);
     cpu.rip = target;
+    Ok(())
+}
+
+/// SYSENTER: to CPL 0 at SYSENTER_EIP with SYSENTER_ESP, 64-bit code in long mode and
+/// 32-bit code otherwise. `#GP(0)` in real mode or with a null SYSENTER_CS.
+fn sysenter(cpu: &mut Cpu, _: &Insn) -> Step {
+    let cs = (cpu.sys.sysenter[0] & 0xfffc) as u16;
+    if cpu.real_mode() || cs == 0 {
+        return Err(GP0);
+    }
+    let long = cpu.sys.long_mode();
+    let (esp, eip) = (cpu.sys.sysenter[1], cpu.sys.sysenter[2]);
+    let (code_attr, width) = if long {
+        (attr::CODE64, u64::MAX)
+    } else {
+        (KERNEL_CODE32, 0xffff_ffff)
+    };
+    cpu.rflags_other &= !(flags::IF | (1 << 16) | (1 << 17));
+    load_flat_code_and_stack(cpu, cs, code_attr, cs.wrapping_add(8), attr::FLAT_DATA);
+    cpu.regs[reg::RSP as usize] = esp & width;
+    cpu.rip = eip & width;
+    Ok(())
+}
+
+/// SYSEXIT: from CPL 0 to CPL 3 at RDX/EDX with RCX/ECX as the stack pointer; 64-bit
+/// code with REX.W (`LONG`), 32-bit code without.
+fn sysexit<const LONG: bool>(cpu: &mut Cpu, _: &Insn) -> Step {
+    let base = (cpu.sys.sysenter[0] & 0xfffc) as u16;
+    if cpu.real_mode() || base == 0 || cpu.sys.cpl != 0 {
+        return Err(GP0);
+    }
+    let (rip, rsp) = (cpu.regs[reg::RDX as usize], cpu.regs[reg::RCX as usize]);
+    if LONG && !(is_canonical(rip) && is_canonical(rsp)) {
+        return Err(GP0);
+    }
+    if LONG {
+        load_flat_code_and_stack(
+            cpu,
+            base.wrapping_add(32) | 3,
+            USER_CODE64,
+            base.wrapping_add(40) | 3,
+            USER_DATA,
+        );
+        cpu.regs[reg::RSP as usize] = rsp;
+        cpu.rip = rip;
+    } else {
+        load_flat_code_and_stack(
+            cpu,
+            base.wrapping_add(16) | 3,
+            USER_CODE32,
+            base.wrapping_add(24) | 3,
+            USER_DATA,
+        );
+        cpu.regs[reg::RSP as usize] = rsp & 0xffff_ffff;
+        cpu.rip = rip & 0xffff_ffff;
+    }
     Ok(())
 }
 
 /// R11, where SYSCALL saves RFLAGS.
 const R11: usize = 11;
 
-/// Attributes SYSCALL loads into CS: present, DPL 0, 64-bit code.
-const KERNEL_CODE_ATTRIBUTES: u16 = 0x209b;
-/// Attributes SYSRET loads into CS: present, DPL 3, 64-bit code.
-const USER_CODE_ATTRIBUTES: u16 = 0x20fb;
+/// Attributes of the fixed segments SYSCALL/SYSRET/SYSENTER/SYSEXIT load.
+const KERNEL_CODE32: u16 = 0xc09b;
+const USER_CODE64: u16 = 0x20fb;
+const USER_CODE32: u16 = 0xc0fb;
+const USER_DATA: u16 = 0xc0f3;
 
 pub(crate) fn register(t: &mut OpTable) {
     t.set(Code::Syscall, OpEntry::reg(syscall).branch());
-    t.set(Code::Sysretq, OpEntry::reg(sysretq).branch());
+    t.set(Code::Sysretq, OpEntry::reg(sysret::<true>).branch());
+    t.set(Code::Sysretd, OpEntry::reg(sysret::<false>).branch());
+    t.set(Code::Sysenter, OpEntry::reg(sysenter).branch());
+    t.set(Code::Sysexitq, OpEntry::reg(sysexit::<true>).branch());
+    t.set(Code::Sysexitd, OpEntry::reg(sysexit::<false>).branch());
+    t.set(Code::Smsw_rm16, OpEntry::rm(smsw::<2>, smsw_mem));
+    t.set(Code::Smsw_r32m16, OpEntry::rm(smsw::<4>, smsw_mem));
+    t.set(Code::Smsw_r64m16, OpEntry::rm(smsw::<8>, smsw_mem));
+    t.set(
+        Code::Lmsw_rm16,
+        OpEntry::rm(lmsw::<false>, lmsw::<true>).ends_block(),
+    );
+    t.set(
+        Code::Lmsw_r32m16,
+        OpEntry::rm(lmsw::<false>, lmsw::<true>).ends_block(),
+    );
+    t.set(
+        Code::Lmsw_r64m16,
+        OpEntry::rm(lmsw::<false>, lmsw::<true>).ends_block(),
+    );
     for code in [Code::Ltr_rm16, Code::Ltr_r32m16, Code::Ltr_r64m16] {
         t.set(code, OpEntry::rm(ltr::<false>, ltr::<true>));
     }
@@ -423,16 +589,28 @@ pub(crate) fn register(t: &mut OpTable) {
         Code::Sldt_r64m16,
         OpEntry::rm(store_selector::<false, 8>, store_selector_mem::<false>),
     );
-    t.set(Code::Mov_r64_cr, OpEntry::reg(mov_from_cr));
-    t.set(Code::Mov_cr_r64, OpEntry::reg(mov_to_cr).ends_block());
-    t.set(Code::Mov_r64_dr, OpEntry::reg(mov_from_dr));
-    t.set(Code::Mov_dr_r64, OpEntry::reg(mov_to_dr).ends_block());
+    t.set(Code::Mov_r64_cr, OpEntry::reg(mov_from_cr::<8>));
+    t.set(Code::Mov_r32_cr, OpEntry::reg(mov_from_cr::<4>));
+    t.set(Code::Mov_cr_r64, OpEntry::reg(mov_to_cr::<8>).ends_block());
+    t.set(Code::Mov_cr_r32, OpEntry::reg(mov_to_cr::<4>).ends_block());
+    t.set(Code::Mov_r64_dr, OpEntry::reg(mov_from_dr::<8>));
+    t.set(Code::Mov_r32_dr, OpEntry::reg(mov_from_dr::<4>));
+    t.set(Code::Mov_dr_r64, OpEntry::reg(mov_to_dr::<8>).ends_block());
+    t.set(Code::Mov_dr_r32, OpEntry::reg(mov_to_dr::<4>).ends_block());
     t.set(Code::Rdmsr, OpEntry::reg(rdmsr));
     t.set(Code::Wrmsr, OpEntry::reg(wrmsr).ends_block());
-    t.set(Code::Lgdt_m1664, OpEntry::mem(load_table::<false>));
-    t.set(Code::Lidt_m1664, OpEntry::mem(load_table::<true>));
-    t.set(Code::Sgdt_m1664, OpEntry::mem(store_table::<false>));
-    t.set(Code::Sidt_m1664, OpEntry::mem(store_table::<true>));
+    t.set(Code::Lgdt_m1664, OpEntry::mem(load_table::<false, 8>));
+    t.set(Code::Lgdt_m1632, OpEntry::mem(load_table::<false, 4>));
+    t.set(Code::Lgdt_m1632_16, OpEntry::mem(load_table::<false, 2>));
+    t.set(Code::Lidt_m1664, OpEntry::mem(load_table::<true, 8>));
+    t.set(Code::Lidt_m1632, OpEntry::mem(load_table::<true, 4>));
+    t.set(Code::Lidt_m1632_16, OpEntry::mem(load_table::<true, 2>));
+    t.set(Code::Sgdt_m1664, OpEntry::mem(store_table::<false, 8>));
+    t.set(Code::Sgdt_m1632, OpEntry::mem(store_table::<false, 4>));
+    t.set(Code::Sgdt_m1632_16, OpEntry::mem(store_table::<false, 2>));
+    t.set(Code::Sidt_m1664, OpEntry::mem(store_table::<true, 8>));
+    t.set(Code::Sidt_m1632, OpEntry::mem(store_table::<true, 4>));
+    t.set(Code::Sidt_m1632_16, OpEntry::mem(store_table::<true, 2>));
     t.set(Code::Cli, OpEntry::reg(set_interrupt_flag::<false>));
     // STI ends its block so the interrupt shadow can be modelled at the block boundary.
     t.set(

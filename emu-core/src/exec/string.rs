@@ -1,5 +1,5 @@
 //! String instructions: MOVS, STOS, LODS, SCAS, CMPS in every width, with REP, REPE and
-//! REPNE, and 64- or 32-bit addressing.
+//! REPNE, and 64-, 32- or 16-bit addressing.
 //!
 //! A repeated instruction runs in chunks: after [`REP_CHUNK`] iterations it ends its block
 //! with RIP still on itself, so stop requests (and, later, interrupts) are seen inside long
@@ -10,7 +10,7 @@ use iced_x86::Code;
 
 use crate::cpu::{mask, reg, Cpu};
 use crate::flags::FlagOp;
-use crate::insn::{Insn, OpEntry, OpTable, Step, Trap, ADDR32, REP, REPNE};
+use crate::insn::{address_mask, Insn, OpEntry, OpTable, Step, Trap, REP, REPNE};
 
 /// Iterations a repeated string instruction runs before yielding to the run loop.
 pub const REP_CHUNK: u64 = 4096;
@@ -21,53 +21,69 @@ const LODS: u8 = 2;
 const SCAS: u8 = 3;
 const CMPS: u8 = 4;
 
+/// An index register (RSI, RDI, RCX) at the instruction's address size (`amask`).
 #[inline(always)]
-fn addr_reg(cpu: &Cpu, r: u8, a32: bool) -> u64 {
-    if a32 {
-        cpu.regs[r as usize] & 0xffff_ffff
-    } else {
-        cpu.regs[r as usize]
-    }
+pub(crate) fn addr_reg(cpu: &Cpu, r: u8, amask: u64) -> u64 {
+    cpu.regs[r as usize] & amask
 }
 
+/// Steps an index register at the instruction's address size: a 32-bit result is
+/// zero-extended (as any 32-bit register write), a 16-bit one leaves bits 16.. alone.
 #[inline(always)]
-fn step_reg(cpu: &mut Cpu, r: u8, delta: u64, a32: bool) {
-    let v = cpu.regs[r as usize].wrapping_add(delta);
-    if a32 {
-        cpu.regs[r as usize] = v & 0xffff_ffff;
+pub(crate) fn step_reg(cpu: &mut Cpu, r: u8, delta: u64, amask: u64) {
+    let old = cpu.regs[r as usize];
+    let v = old.wrapping_add(delta);
+    cpu.regs[r as usize] = if amask == 0xffff {
+        (old & !0xffff) | (v & 0xffff)
     } else {
-        cpu.regs[r as usize] = v;
+        v & amask
+    };
+}
+
+/// The linear address of offset `offset` in segment `seg` (legacy addresses wrap at
+/// 4 GiB; in 64-bit mode `seg` is FLAT, FS or GS).
+#[inline(always)]
+pub(crate) fn string_linear(cpu: &Cpu, seg: u8, offset: u64) -> u64 {
+    let linear = offset.wrapping_add(cpu.seg_base[seg as usize]);
+    if cpu.in_64bit_mode() {
+        linear
+    } else {
+        linear & 0xffff_ffff
     }
 }
 
 /// One iteration. Returns `Ok(zf)` for SCAS/CMPS (whether the compared values were equal).
 #[inline(always)]
-fn iterate<const OP: u8, const N: usize>(cpu: &mut Cpu, i: &Insn, a32: bool) -> Result<bool, Trap> {
+fn iterate<const OP: u8, const N: usize>(
+    cpu: &mut Cpu,
+    i: &Insn,
+    amask: u64,
+) -> Result<bool, Trap> {
     let delta = if cpu.df() {
         (N as u64).wrapping_neg()
     } else {
         N as u64
     };
-    let src = addr_reg(cpu, reg::RSI, a32).wrapping_add(cpu.seg_base[i.seg as usize]);
-    let dst = addr_reg(cpu, reg::RDI, a32);
+    let src = string_linear(cpu, i.seg, addr_reg(cpu, reg::RSI, amask));
+    let dst = string_linear(cpu, i.imm2 as u8, addr_reg(cpu, reg::RDI, amask));
     match OP {
         MOVS => {
             let v = cpu.mmu.read::<N>(src)?;
             cpu.mmu.write::<N>(dst, v)?;
-            step_reg(cpu, reg::RSI, delta, a32);
-            step_reg(cpu, reg::RDI, delta, a32);
+            step_reg(cpu, reg::RSI, delta, amask);
+            step_reg(cpu, reg::RDI, delta, amask);
             Ok(false)
         }
         STOS => {
             let v = cpu.reg::<N>(reg::RAX);
             cpu.mmu.write::<N>(dst, v)?;
-            step_reg(cpu, reg::RDI, delta, a32);
+            step_reg(cpu, reg::RDI, delta, amask);
             Ok(false)
         }
         LODS => {
             let v = cpu.mmu.read::<N>(src)?;
             cpu.set_reg::<N>(reg::RAX, v);
-            step_reg(cpu, reg::RSI, delta, a32);
+            step_reg(cpu, reg::RSI, delta, amask);
             Ok(false)
         }
         SCAS => {
@@ -75,7 +91,7 @@ fn iterate<const OP: u8, const N: usize>(cpu: &mut Cpu, i: &Insn, a32: bool) -> 
             let b = cpu.mmu.read::<N>(dst)?;
             cpu.flags
                 .set::<N>(FlagOp::Sub, a, b, a.wrapping_sub(b) & mask::<N>());
-            step_reg(cpu, reg::RDI, delta, a32);
+            step_reg(cpu, reg::RDI, delta, amask);
             Ok(a == b)
         }
         _ => {
@@ -83,17 +99,17 @@ fn iterate<const OP: u8, const N: usize>(cpu: &mut Cpu, i: &Insn, a32: bool) -> 
             let b = cpu.mmu.read::<N>(dst)?;
             cpu.flags
                 .set::<N>(FlagOp::Sub, a, b, a.wrapping_sub(b) & mask::<N>());
-            step_reg(cpu, reg::RSI, delta, a32);
-            step_reg(cpu, reg::RDI, delta, a32);
+            step_reg(cpu, reg::RSI, delta, amask);
+            step_reg(cpu, reg::RDI, delta, amask);
             Ok(a == b)
         }
     }
 }
 
 fn string_op<const OP: u8, const N: usize>(cpu: &mut Cpu, i: &Insn) -> Step {
-    let a32 = i.flags & ADDR32 != 0;
+    let amask = address_mask(i.flags);
     if i.flags & (REP | REPNE) == 0 {
-        iterate::<OP, N>(cpu, i, a32)?;
+        iterate::<OP, N>(cpu, i, amask)?;
         return Ok(());
     }
     // Only SCAS and CMPS distinguish REPE from REPNE; the others treat F2 like F3.
@@ -101,12 +117,12 @@ fn string_op<const OP: u8, const N: usize>(cpu: &mut Cpu, i: &Insn) -> Step {
     let until_equal = i.flags & REPNE != 0;
     let mut done = 0;
     loop {
-        let count = addr_reg(cpu, reg::RCX, a32);
+        let count = addr_reg(cpu, reg::RCX, amask);
         if count == 0 {
             return Ok(());
         }
-        let equal = iterate::<OP, N>(cpu, i, a32)?;
-        step_reg(cpu, reg::RCX, u64::MAX, a32);
+        let equal = iterate::<OP, N>(cpu, i, amask)?;
+        step_reg(cpu, reg::RCX, u64::MAX, amask);
         if compares && equal == until_equal {
             return Ok(());
         }

@@ -207,9 +207,7 @@ fn xrstor<const REX_W: bool>(cpu: &mut Cpu, i: &Insn) -> Step {
 
 /// `#UD` unless CR4.FSGSBASE is set and the CPU is in 64-bit mode (EFER.LMA and CS.L).
 fn require_fsgsbase(cpu: &Cpu) -> Result<(), Trap> {
-    const CS_L: u16 = 1 << 13;
-    if cpu.sys.cr4 & cr4::FSGSBASE == 0 || !cpu.sys.long_mode() || cpu.sys.cs_attributes & CS_L == 0
-    {
+    if cpu.sys.cr4 & cr4::FSGSBASE == 0 || !cpu.in_64bit_mode() {
         return Err(UD);
     }
     Ok(())

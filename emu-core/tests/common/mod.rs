@@ -50,7 +50,8 @@ impl emu_mmu::BusDevice for DebugPort {
 /// Attaches a [`DebugPort`] at [`DEBUG_PORT`] and returns it for inspection.
 pub fn attach_debug_port(emu: &mut Emulator) -> std::sync::Arc<std::sync::Mutex<DebugPort>> {
     let port = std::sync::Arc::new(std::sync::Mutex::new(DebugPort::default()));
-    emu.add_io_device(DEBUG_PORT, 1, port.clone()).unwrap();
+    // Four ports wide so that word and dword OUTs land in it whole.
+    emu.add_io_device(DEBUG_PORT, 4, port.clone()).unwrap();
     port
 }
 

@@ -58,6 +58,54 @@ pub const EXCLUDED: &[Code] = &[
     Code::Iretq,
     // A user-mode SYSCALL is a real system call on the host.
     Code::Syscall,
+    // Segment-register loads and stores and far transfers: their selectors name the host
+    // kernel's GDT entries, which the emulated machine does not have (and the host's
+    // selector values are its own); tests/system_isa/modes.rs covers them.
+    Code::Mov_rm16_Sreg,
+    Code::Mov_r32m16_Sreg,
+    Code::Mov_r64m16_Sreg,
+    Code::Mov_Sreg_rm16,
+    Code::Mov_Sreg_r32m16,
+    Code::Mov_Sreg_r64m16,
+    Code::Pushw_FS,
+    Code::Pushq_FS,
+    Code::Pushw_GS,
+    Code::Pushq_GS,
+    Code::Popw_FS,
+    Code::Popq_FS,
+    Code::Popw_GS,
+    Code::Popq_GS,
+    Code::Lfs_r16_m1616,
+    Code::Lfs_r32_m1632,
+    Code::Lfs_r64_m1664,
+    Code::Lgs_r16_m1616,
+    Code::Lgs_r32_m1632,
+    Code::Lgs_r64_m1664,
+    Code::Lss_r16_m1616,
+    Code::Lss_r32_m1632,
+    Code::Lss_r64_m1664,
+    Code::Jmp_m1616,
+    Code::Jmp_m1632,
+    Code::Jmp_m1664,
+    Code::Call_m1616,
+    Code::Call_m1632,
+    Code::Call_m1664,
+    Code::Retfw,
+    Code::Retfd,
+    Code::Retfq,
+    Code::Retfw_imm16,
+    Code::Retfd_imm16,
+    Code::Retfq_imm16,
+    Code::Iretw,
+    Code::Iretd,
+    // SYSENTER/SYSEXIT are #UD in long mode on AMD hosts, while this CPU models Intel's
+    // (defined) behaviour; SMSW at CPL 3 depends on the host's UMIP setting, like SGDT.
+    Code::Sysenter,
+    Code::Sysexitd,
+    Code::Sysexitq,
+    Code::Smsw_rm16,
+    Code::Smsw_r32m16,
+    Code::Smsw_r64m16,
     // XGETBV reads the host's XCR0 (AVX and later components enabled), not ours; XSETBV
     // is #GP at CPL 3 on the host but #UD here, because the bare emulated machine runs
     // with CR4.OSXSAVE clear while the host kernel sets it. XSAVE/XSAVEOPT/XRSTOR likewise
@@ -83,6 +131,25 @@ pub const EXCLUDED: &[Code] = &[
     Code::Wrgsbase_r32,
     Code::Wrgsbase_r64,
 ];
+
+/// Whether the host (a 64-bit process) can run `code`: it must be valid in 64-bit mode and
+/// not be one of the 16-bit-offset branches that only AMD processors honour there (this
+/// CPU decodes 64-bit code as Intel does, where an operand-size prefix does not shorten
+/// a near branch, so those encodings occur only in 16- and 32-bit code).
+pub fn runs_in_64bit_host(code: Code) -> bool {
+    let op = code.op_code();
+    op.mode64()
+        && !(0..op.op_count()).any(|i| {
+            matches!(
+                op.op_kind(i),
+                iced_x86::OpCodeOperandKind::br16_1 | iced_x86::OpCodeOperandKind::br16_2
+            )
+        })
+        && !matches!(
+            code,
+            Code::Retnw | Code::Retnw_imm16 | Code::Call_rm16 | Code::Jmp_rm16
+        )
+}
 
 /// Random material for one generic case; the builder turns it into a [`Case`]
 /// deterministically, so proptest can shrink it.
@@ -1240,6 +1307,7 @@ fn table_codes(mnemonics: &[Mnemonic]) -> Vec<Code> {
     emu_core::insn::OpTable::global()
         .codes()
         .filter(|c| mnemonics.contains(&c.mnemonic()) && !has_vector_operand(*c))
+        .filter(|c| runs_in_64bit_host(*c) && !EXCLUDED.contains(c))
         .filter(|c| !STRING_CODES.contains(c) && !PRIVILEGED.contains(c))
         .collect()
 }
@@ -1937,6 +2005,10 @@ const PRIVILEGED: &[Code] = &[
     Code::Invd,
     Code::Hlt,
     Code::Sysretq,
+    Code::Sysretd,
+    Code::Lmsw_rm16,
+    Code::Lmsw_r32m16,
+    Code::Lmsw_r64m16,
     Code::Stac,
     Code::Clac,
     Code::In_AL_imm8,
@@ -1968,13 +2040,13 @@ fn privileged_forms() -> Vec<Form> {
         .map(|&code| {
             let strategy = raw(64).prop_map(move |raw| {
                 let selector_operand = match code {
-                    Code::Ltr_rm16 | Code::Lldt_rm16 => Some(Register::AX),
-                    Code::Ltr_r32m16 | Code::Lldt_r32m16 => Some(Register::EAX),
-                    Code::Ltr_r64m16 | Code::Lldt_r64m16 => Some(Register::RAX),
+                    Code::Ltr_rm16 | Code::Lldt_rm16 | Code::Lmsw_rm16 => Some(Register::AX),
+                    Code::Ltr_r32m16 | Code::Lldt_r32m16 | Code::Lmsw_r32m16 => Some(Register::EAX),
+                    Code::Ltr_r64m16 | Code::Lldt_r64m16 | Code::Lmsw_r64m16 => Some(Register::RAX),
                     _ => None,
                 };
                 let bytes = if let Some(r) = selector_operand {
-                    let instr = Instruction::with1(code, r).expect("LTR/LLDT register form");
+                    let instr = Instruction::with1(code, r).expect("LTR/LLDT/LMSW register form");
                     harness::encode(&[instr]).expect("encodable")
                 } else {
                     harness::asm(|a| match code {
@@ -1994,6 +2066,7 @@ fn privileged_forms() -> Vec<Form> {
                         Code::Wbinvd => a.wbinvd(),
                         Code::Invd => a.invd(),
                         Code::Sysretq => a.sysretq(),
+                        Code::Sysretd => a.sysret(),
                         Code::Stac => a.stac(),
                         Code::In_AL_imm8 => a.in_(al, 0x60),
                         Code::In_AX_imm8 => a.in_(ax, 0x60),

@@ -570,7 +570,11 @@ fn misaligned_areas_bad_headers_and_cr0_ts_fault() {
             assert_exception(stop, Exception::DeviceNotAvailable, &what);
         } else {
             assert_eq!(stop, StopReason::Halted, "{what}");
-            assert_eq!(u64_at(&read(&mut emu, AREA, 576), 512), 1, "{what}: x87 in use");
+            assert_eq!(
+                u64_at(&read(&mut emu, AREA, 576), 512),
+                1,
+                "{what}: x87 in use"
+            );
         }
     }
 }
@@ -625,7 +629,11 @@ fn fsgsbase_reads_and_writes_the_segment_bases() {
     emu.cpu_mut().sys.cr4 |= CR4_FSGSBASE as u64;
     emu.cpu_mut().sys.cpl = 3;
     // The closing HLT is privileged, so the run ends with its #GP.
-    assert_exception(run(&mut emu), Exception::GeneralProtection(0), "HLT at CPL 3");
+    assert_exception(
+        run(&mut emu),
+        Exception::GeneralProtection(0),
+        "HLT at CPL 3",
+    );
     assert_eq!(reg(&emu, Register::RBX), 0x4000);
 }
 

@@ -7,7 +7,7 @@ use iced_x86::Code;
 use super::lanes::{from_u32s, u32s, u64s};
 use super::{gp0, load128, set_xmm, src128, store128, xmm};
 use crate::cpu::{reg, Cpu};
-use crate::insn::{Insn, OpEntry, OpTable, Step, ADDR32};
+use crate::insn::{Insn, OpEntry, OpTable, Step};
 
 const LOW64: u128 = u64::MAX as u128;
 const LOW32: u128 = u32::MAX as u128;
@@ -169,13 +169,8 @@ fn maskmovdqu(cpu: &mut Cpu, i: &Insn) -> Step {
     if selected == 0 {
         return Ok(());
     }
-    let rdi = cpu.regs[reg::RDI as usize];
-    let offset = if i.flags & ADDR32 != 0 {
-        rdi & 0xffff_ffff
-    } else {
-        rdi
-    };
-    let base = offset.wrapping_add(cpu.seg_base[i.seg as usize]);
+    let offset = cpu.regs[reg::RDI as usize] & crate::insn::address_mask(i.flags);
+    let base = crate::exec::string::string_linear(cpu, i.seg, offset);
     let first = selected.trailing_zeros() as u64;
     let last = 15 - selected.leading_zeros() as u64;
     cpu.mmu

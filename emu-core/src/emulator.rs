@@ -245,7 +245,8 @@ impl Emulator {
         &mut self.cpu
     }
 
-    /// Reads a register: any GPR (8/16/32/64-bit names), RIP, FS/GS (their bases).
+    /// Reads a register: any GPR (8/16/32/64-bit names), RIP (EIP/IP: the offset in CS),
+    /// ES/CS/SS/DS (their selectors), FS/GS (their bases), CR0/CR2/CR3/CR4/CR8.
     ///
     /// # Errors
     ///
@@ -254,9 +255,17 @@ impl Emulator {
         use crate::translate::register_number as num;
         let cpu = &self.cpu;
         Ok(match r {
-            Register::RIP => cpu.rip,
+            Register::RIP | Register::EIP => cpu.rip,
             Register::FS => cpu.seg_base[crate::cpu::seg::FS as usize],
             Register::GS => cpu.seg_base[crate::cpu::seg::GS as usize],
+            Register::ES | Register::CS | Register::SS | Register::DS => {
+                cpu.seg_sel[num(r) as usize] as u64
+            }
+            Register::CR0 => cpu.sys.cr0,
+            Register::CR2 => cpu.sys.cr2,
+            Register::CR3 => cpu.sys.cr3,
+            Register::CR4 => cpu.sys.cr4,
+            Register::CR8 => cpu.sys.cr8,
             r if r.is_gpr64() => cpu.reg::<8>(num(r)),
             r if r.is_gpr32() => cpu.reg::<4>(num(r)),
             r if r.is_gpr16() => cpu.reg::<2>(num(r)),
@@ -360,9 +369,44 @@ impl Emulator {
         self.cache.len()
     }
 
-    /// Runs from `begin` until a stop condition or a guest event.
+    /// The state of segment register `sreg` (ES, CS, SS, DS, FS or GS), hidden part
+    /// included.
+    ///
+    /// # Errors
+    ///
+    /// [`EmuError::UnsupportedRegister`] for anything but a segment register.
+    pub fn segment(&self, sreg: Register) -> Result<SegmentState, EmuError> {
+        if !sreg.is_segment_register() {
+            return Err(EmuError::UnsupportedRegister(sreg));
+        }
+        let i = crate::translate::register_number(sreg) as usize;
+        let cpu = &self.cpu;
+        Ok(SegmentState {
+            selector: cpu.seg_sel[i],
+            base: cpu.seg_base[i],
+            limit: cpu.seg_limit[i],
+            attributes: cpu.seg_attr[i],
+        })
+    }
+
+    /// Puts the vCPU in the architectural power-on state: real mode at CS:IP = F000:FFF0,
+    /// so the first instruction is fetched from physical 0xFFFF_FFF0 (map firmware
+    /// there). Continue with [`Emulator::resume`]. Memory, devices and hooks stay.
+    pub fn reset(&mut self) {
+        self.cpu.reset();
+        self.cache.flush_jump_cache();
+    }
+
+    /// Runs from `begin` (an offset in the current code segment: the linear address in
+    /// 64-bit code) until a stop condition or a guest event.
     pub fn run(&mut self, begin: u64, options: &RunOptions) -> StopReason {
         self.cpu.rip = begin;
+        self.resume(options)
+    }
+
+    /// Runs from the current instruction pointer (after [`Emulator::reset`], or to
+    /// continue after a stop) until a stop condition or a guest event.
+    pub fn resume(&mut self, options: &RunOptions) -> StopReason {
         self.events.clear(events::STOP);
         let deadline = options.timeout.map(|t| Instant::now() + t);
         self.deadline = deadline;
@@ -656,6 +700,19 @@ impl Emulator {
             }
         }
     }
+}
+
+/// A segment register: the visible selector and the hidden descriptor cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentState {
+    /// The selector.
+    pub selector: u16,
+    /// Linear base.
+    pub base: u64,
+    /// Limit in bytes.
+    pub limit: u32,
+    /// Attributes, packed as [`crate::descriptor::Descriptor::attributes`].
+    pub attributes: u16,
 }
 
 /// Outcome of running (part of) a block: instructions retired, and the trap that ended

@@ -40,7 +40,7 @@ pub mod translate;
 pub use cpu::Cpu;
 pub use emulator::{
     CodeHook, EmuError, Emulator, HookAction, InterruptDelivery, InterruptEvent, InterruptHook,
-    RunOptions, StopHandle, StopReason,
+    RunOptions, SegmentState, StopHandle, StopReason,
 };
 pub use events::InterruptLine;
 pub use exception::Exception;

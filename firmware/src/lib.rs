@@ -364,12 +364,14 @@ fn protected_mode_stage(config: &Config) -> Vec<u8> {
     ok(a.mov(edi, pdpt));
     ok(a.mov(eax, first_pd | PTE_PRESENT_WRITABLE));
     ok(a.mov(ecx, config.identity_map_gib));
+    // The loops count with SUB, which keeps the stage to encodings every mode shares:
+    // the one-byte DEC r32 exists only outside 64-bit mode (0x48..0x4F are REX there).
     let mut pdpt_loop = a.create_label();
     ok(a.set_label(&mut pdpt_loop));
     ok(a.mov(dword_ptr(edi), eax));
     ok(a.add(edi, 8));
     ok(a.add(eax, PAGE_SIZE as u32));
-    ok(a.dec(ecx));
+    ok(a.sub(ecx, 1));
     ok(a.jnz(pdpt_loop));
     // The page directories, back to back: entry j maps the 2 MiB page at j << 21, a
     // 64-bit value built in EDX:EAX (the carry moves into EDX above 4 GiB).
@@ -384,7 +386,7 @@ fn protected_mode_stage(config: &Config) -> Vec<u8> {
     ok(a.add(edi, 8));
     ok(a.add(eax, 0x20_0000));
     ok(a.adc(edx, 0));
-    ok(a.dec(ecx));
+    ok(a.sub(ecx, 1));
     ok(a.jnz(pd_loop));
 
     ok(a.mov(eax, cr4));

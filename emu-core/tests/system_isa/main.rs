@@ -7,6 +7,7 @@ use iced_x86::code_asm::*;
 
 #[path = "../common/mod.rs"]
 mod common;
+mod firmware;
 mod xsave;
 use common::{machine, reg, CODE};
 const DATA: u64 = 0x8000;

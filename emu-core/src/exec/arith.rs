@@ -153,7 +153,7 @@ pub(crate) fn register_alu<const OP: u8>(t: &mut OpTable, c: [Code; 19]) {
 }
 
 /// INC and DEC: CF is preserved, so the record carries it.
-fn incdec_reg<const DEC: bool, const N: usize>(cpu: &mut Cpu, i: &Insn) -> Step {
+pub(crate) fn incdec_reg<const DEC: bool, const N: usize>(cpu: &mut Cpu, i: &Insn) -> Step {
     let a = cpu.reg::<N>(i.dst);
     let r = if DEC {
         a.wrapping_sub(1)

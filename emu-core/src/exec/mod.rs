@@ -11,6 +11,7 @@ pub mod bit;
 pub mod control;
 pub mod data;
 pub mod io;
+pub mod legacy;
 pub mod logic;
 pub mod muldiv;
 pub mod privileged;
@@ -41,6 +42,7 @@ pub(crate) fn register_all(t: &mut OpTable) {
     privileged::register(t);
     segment::register(t);
     io::register(t);
+    legacy::register(t);
     sse::register(t);
     x87::register(t);
     xsave::register(t);

@@ -1,6 +1,7 @@
 //! Segment-register instructions and far transfers: MOV to and from segment registers,
 //! PUSH/POP of segment registers, LDS/LES/LFS/LGS/LSS, far JMP/CALL/RET and IRET in every
-//! mode. The checks themselves live in [`crate::segment`].
+//! mode, and the selector probes LAR, LSL, VERR and VERW. The checks themselves live in
+//! [`crate::segment`].
 //!
 //! Loading SS (MOV SS, POP SS, LSS) holds interrupts off for one instruction, like STI;
 //! those instructions end their block so the run loop can model the shadow.
@@ -240,8 +241,161 @@ fn iret_real<const N: usize>(cpu: &mut Cpu) -> Step {
     Ok(())
 }
 
+/// What LAR, LSL, VERR and VERW ask of a selector.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Probe {
+    AccessRights,
+    Limit,
+    Readable,
+    Writable,
+}
+
+/// The descriptor `sel` names if the current privilege may inspect it with `probe`;
+/// `None` (ZF = 0) for a null or out-of-table selector, a type the probe does not accept,
+/// or a privilege mismatch. Memory faults from the table read still fault.
+fn probe_descriptor(
+    cpu: &mut Cpu,
+    sel: Selector,
+    probe: Probe,
+) -> Result<Option<crate::descriptor::Descriptor>, Trap> {
+    if sel.is_null() {
+        return Ok(None);
+    }
+    let desc = match crate::segment::fetch_descriptor(cpu, sel) {
+        Ok(d) => d,
+        Err(Trap::Exception(Exception::GeneralProtection(_))) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let type_ok = if desc.is_code_or_data() {
+        match probe {
+            Probe::AccessRights | Probe::Limit => true,
+            Probe::Readable => !desc.is_code() || desc.kind() & 2 != 0,
+            Probe::Writable => desc.is_writable_data(),
+        }
+    } else {
+        let long = cpu.sys.long_mode();
+        match (probe, desc.kind()) {
+            (Probe::Readable | Probe::Writable, _) => false,
+            (_, 0x2 | 0x9 | 0xb) => true,
+            (Probe::AccessRights, 0xc) => true,
+            (Probe::AccessRights, 0x1 | 0x3 | 0x4 | 0x5) if !long => true,
+            (Probe::Limit, 0x1 | 0x3) if !long => true,
+            _ => false,
+        }
+    };
+    let privilege_ok = desc.is_conforming() && probe != Probe::Writable
+        || desc.dpl() >= cpu.sys.cpl.max(sel.rpl());
+    Ok((type_ok && privilege_ok).then_some(desc))
+}
+
+fn probe_selector<const MEM: bool>(cpu: &mut Cpu, i: &Insn) -> Result<Selector, Trap> {
+    if cpu.real_mode() {
+        return Err(Exception::InvalidOpcode.into());
+    }
+    // Register forms of LAR/LSL have the selector in `src`; VERR/VERW have one operand.
+    Ok(Selector(if MEM {
+        super::load::<2>(cpu, i)?
+    } else {
+        cpu.reg::<2>(i.src)
+    } as u16))
+}
+
+fn set_zf(cpu: &mut Cpu, on: bool) {
+    let f = cpu.flags.compute();
+    let zf = crate::flags::ZF;
+    cpu.flags
+        .set_materialized(if on { f | zf } else { f & !zf });
+}
+
+/// LAR (`LIMIT` = false) / LSL r, r/m16: the access rights (descriptor bits 40..55 in
+/// place, limit bits masked) or the byte-granular limit, with ZF = 1; ZF = 0 and the
+/// destination unchanged when the selector may not be inspected.
+fn lar_lsl<const LIMIT: bool, const MEM: bool, const N: usize>(cpu: &mut Cpu, i: &Insn) -> Step {
+    let sel = probe_selector::<MEM>(cpu, i)?;
+    let probe = if LIMIT {
+        Probe::Limit
+    } else {
+        Probe::AccessRights
+    };
+    match probe_descriptor(cpu, sel, probe)? {
+        Some(desc) => {
+            let value = if LIMIT {
+                desc.limit() as u64
+            } else {
+                (desc.0 >> 32) & 0x00f0_ff00
+            };
+            cpu.set_reg::<N>(i.dst, value);
+            set_zf(cpu, true);
+        }
+        None => set_zf(cpu, false),
+    }
+    Ok(())
+}
+
+/// VERR (`WRITE` = false) / VERW r/m16: ZF = whether the segment is readable / writable
+/// at the current privilege and the selector's RPL.
+fn verify<const WRITE: bool, const MEM: bool>(cpu: &mut Cpu, i: &Insn) -> Step {
+    if cpu.real_mode() {
+        return Err(Exception::InvalidOpcode.into());
+    }
+    let sel = Selector(if MEM {
+        super::load::<2>(cpu, i)?
+    } else {
+        cpu.reg::<2>(i.dst)
+    } as u16);
+    let probe = if WRITE {
+        Probe::Writable
+    } else {
+        Probe::Readable
+    };
+    let ok = probe_descriptor(cpu, sel, probe)?.is_some();
+    set_zf(cpu, ok);
+    Ok(())
+}
+
 pub(crate) fn register(t: &mut OpTable) {
     use Code::*;
+    let probes: [(Code, crate::insn::Handler, crate::insn::Handler); 12] = [
+        (
+            Lar_r16_rm16,
+            lar_lsl::<false, false, 2>,
+            lar_lsl::<false, true, 2>,
+        ),
+        (
+            Lar_r32_r32m16,
+            lar_lsl::<false, false, 4>,
+            lar_lsl::<false, true, 4>,
+        ),
+        (
+            Lar_r64_r64m16,
+            lar_lsl::<false, false, 8>,
+            lar_lsl::<false, true, 8>,
+        ),
+        (
+            Lsl_r16_rm16,
+            lar_lsl::<true, false, 2>,
+            lar_lsl::<true, true, 2>,
+        ),
+        (
+            Lsl_r32_r32m16,
+            lar_lsl::<true, false, 4>,
+            lar_lsl::<true, true, 4>,
+        ),
+        (
+            Lsl_r64_r64m16,
+            lar_lsl::<true, false, 8>,
+            lar_lsl::<true, true, 8>,
+        ),
+        (Verr_rm16, verify::<false, false>, verify::<false, true>),
+        (Verr_r32m16, verify::<false, false>, verify::<false, true>),
+        (Verr_r64m16, verify::<false, false>, verify::<false, true>),
+        (Verw_rm16, verify::<true, false>, verify::<true, true>),
+        (Verw_r32m16, verify::<true, false>, verify::<true, true>),
+        (Verw_r64m16, verify::<true, false>, verify::<true, true>),
+    ];
+    for (code, reg_form, mem_form) in probes {
+        t.set(code, OpEntry::rm(reg_form, mem_form));
+    }
     // MOV Sreg ends its block: loading SS opens an interrupt shadow.
     for code in [Mov_Sreg_rm16, Mov_Sreg_r32m16, Mov_Sreg_r64m16] {
         t.set(

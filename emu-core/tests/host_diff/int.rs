@@ -98,6 +98,18 @@ pub const EXCLUDED: &[Code] = &[
     Code::Retfq_imm16,
     Code::Iretw,
     Code::Iretd,
+    Code::Lar_r16_rm16,
+    Code::Lar_r32_r32m16,
+    Code::Lar_r64_r64m16,
+    Code::Lsl_r16_rm16,
+    Code::Lsl_r32_r32m16,
+    Code::Lsl_r64_r64m16,
+    Code::Verr_rm16,
+    Code::Verr_r32m16,
+    Code::Verr_r64m16,
+    Code::Verw_rm16,
+    Code::Verw_r32m16,
+    Code::Verw_r64m16,
     // SYSENTER/SYSEXIT are #UD in long mode on AMD hosts, while this CPU models Intel's
     // (defined) behaviour; SMSW at CPL 3 depends on the host's UMIP setting, like SGDT.
     Code::Sysenter,

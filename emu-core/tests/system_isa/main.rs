@@ -8,6 +8,7 @@ use iced_x86::code_asm::*;
 #[path = "../common/mod.rs"]
 mod common;
 mod firmware;
+mod modes;
 mod xsave;
 use common::{machine, reg, CODE};
 const DATA: u64 = 0x8000;

@@ -215,8 +215,9 @@ pub(crate) fn register(t: &mut OpTable) {
     t.set(Code::Pop_rm16, OpEntry::rm(pop_reg::<2>, pop_mem::<2>));
     t.set(Code::Pushfq, OpEntry::reg(pushf::<8>));
     t.set(Code::Pushfw, OpEntry::reg(pushf::<2>));
-    t.set(Code::Popfq, OpEntry::reg(popf::<8>));
-    t.set(Code::Popfw, OpEntry::reg(popf::<2>));
+    // POPF ends its block: when it sets IF, a pending interrupt is taken right after it.
+    t.set(Code::Popfq, OpEntry::reg(popf::<8>).ends_block());
+    t.set(Code::Popfw, OpEntry::reg(popf::<2>).ends_block());
     t.set(Code::Leaveq, OpEntry::reg(leave::<8>));
     t.set(Code::Leavew, OpEntry::reg(leave::<2>));
     t.set(Code::Enterq_imm16_imm8, OpEntry::reg(enter::<8>));
@@ -230,7 +231,7 @@ pub(crate) fn register(t: &mut OpTable) {
     t.set(Code::Pop_r32, OpEntry::reg(pop_reg::<4>));
     t.set(Code::Pop_rm32, OpEntry::rm(pop_reg::<4>, pop_mem::<4>));
     t.set(Code::Pushfd, OpEntry::reg(pushf::<4>));
-    t.set(Code::Popfd, OpEntry::reg(popf::<4>));
+    t.set(Code::Popfd, OpEntry::reg(popf::<4>).ends_block());
     t.set(Code::Leaved, OpEntry::reg(leave::<4>));
     t.set(Code::Pushaw, OpEntry::reg(pusha::<2>));
     t.set(Code::Pushad, OpEntry::reg(pusha::<4>));

@@ -34,7 +34,7 @@ const GDT: u64 = 0x800;
 /// The GDT pseudo-descriptor LGDT reads.
 const GDTR: u64 = 0x7f0;
 /// The IDT (8-byte gates in protected mode, 16-byte in long mode) and its pseudo-descriptor.
-const IDT: u64 = 0xc00;
+const IDT: u64 = 0x7000;
 const IDTR: u64 = 0x7e0;
 const TSS: u64 = 0xa00;
 /// Page tables.
@@ -583,4 +583,256 @@ fn legacy_only_instructions_bcd_pusha_bound_les_and_short_inc() {
         ]
     );
     assert_eq!(&r[12..], &[STACK0, 70, 42, 0x1122_3344, BASED as u64, 0xff]);
+}
+
+/// An 8-byte protected-mode gate: `kind` 0xe (32-bit interrupt) or 0xf (trap).
+fn gate32(offset: u64, sel: u16, kind: u8, dpl: u8) -> u64 {
+    (offset & 0xffff)
+        | (sel as u64) << 16
+        | ((0x80 | dpl << 5 | kind) as u64) << 40
+        | ((offset >> 16) & 0xffff) << 48
+}
+
+/// Writes `IDTR` for a table of `entries` gates of `size` bytes at [`IDT`].
+fn set_idtr(emu: &mut Emulator, entries: u64, size: u64) {
+    let mut idtr = ((entries * size - 1) as u16).to_le_bytes().to_vec();
+    idtr.extend_from_slice(&(IDT as u32).to_le_bytes());
+    put(emu, IDTR, &idtr);
+}
+
+fn handler(vector: u8) -> u64 {
+    HANDLERS + vector as u64 * 0x40
+}
+
+#[test]
+fn protected_mode_privilege_changes_through_retf_int_gates_and_iretd() {
+    let (mut emu, port) = machine(InterruptDelivery::Guest);
+    set_idtr(&mut emu, 256, 8);
+    put64(
+        &mut emu,
+        IDT + 0x80 * 8,
+        gate32(handler(0x80), CODE32, 0xe, 3),
+    );
+    put64(&mut emu, IDT + 13 * 8, gate32(handler(13), CODE32, 0xe, 0));
+    place(&mut emu, 16, ENTRY, enter_protected_mode);
+    place(&mut emu, 32, PM32, |a| {
+        flat_segments(a)?;
+        a.lidt(ptr(IDTR as u32))?;
+        a.mov(ax, TSS32 as u32)?;
+        a.ltr(ax)?;
+        // To ring 3 with a far return: SS, ESP, CS, EIP.
+        a.push(USER_DATA32 as u32)?;
+        a.push(STACK3 as u32)?;
+        a.push(USER_CODE32 as u32)?;
+        a.push(USER as u32)?;
+        a.retf()
+    });
+    // Ring 3 cannot use the debug port (IOPL 0, no I/O bitmap): it writes to DATA.
+    place(&mut emu, 32, USER, |a| {
+        a.mov(eax, ds)?; // DS (DPL 0) was nulled by the return to ring 3
+        a.mov(dword_ptr(DATA as u32), eax)?;
+        a.mov(eax, cs)?;
+        a.mov(dword_ptr(DATA as u32 + 4), eax)?;
+        a.mov(ecx, 0x1234u32)?;
+        a.int(0x80)?;
+        a.mov(dword_ptr(DATA as u32 + 8), ecx)?; // the handler's answer
+        a.mov(eax, esp)?;
+        a.mov(dword_ptr(DATA as u32 + 12), eax)?;
+        a.cli()?; // IOPL 0 < CPL 3: #GP(0)
+        a.hlt()
+    });
+    place(&mut emu, 32, handler(0x80), |a| {
+        // Frame on the TSS's ring-0 stack: EIP, CS, EFLAGS, ESP, SS.
+        a.mov(ebx, esp)?;
+        report_reg(a, ebx)?;
+        a.mov(ebx, dword_ptr(esp + 4))?;
+        report_reg(a, ebx)?;
+        a.mov(ebx, dword_ptr(esp + 12))?;
+        report_reg(a, ebx)?;
+        a.mov(ebx, dword_ptr(esp + 16))?;
+        report_reg(a, ebx)?;
+        a.mov(ebx, ss)?;
+        report_reg(a, ebx)?;
+        a.add(ecx, 1u32)?;
+        a.iretd()
+    });
+    place(&mut emu, 32, handler(13), |a| {
+        a.mov(ebx, dword_ptr(esp))?; // error code
+        report_reg(a, ebx)?;
+        a.mov(ebx, dword_ptr(esp + 8))?; // CS of the faulting code
+        report_reg(a, ebx)?;
+        a.hlt()
+    });
+    assert_eq!(go(&mut emu), StopReason::Halted);
+    assert_eq!(
+        reported(&port),
+        vec![
+            STACK0 - 20,
+            USER_CODE32 as u64,
+            STACK3,
+            USER_DATA32 as u64,
+            DATA32 as u64,
+            0,
+            USER_CODE32 as u64
+        ]
+    );
+    let mut b = [0u8; 16];
+    emu.read_memory(DATA, &mut b).unwrap();
+    let words: Vec<u32> = b
+        .chunks(4)
+        .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(words, vec![0, USER_CODE32 as u32, 0x1235, STACK3 as u32]);
+}
+
+#[test]
+fn sysenter_and_sysexit_switch_between_ring_0_and_ring_3() {
+    let (mut emu, port) = machine(InterruptDelivery::Embedder);
+    const KERNEL_ENTRY: u64 = 0x5800;
+    place(&mut emu, 16, ENTRY, enter_protected_mode);
+    place(&mut emu, 32, PM32, |a| {
+        flat_segments(a)?;
+        for (msr, value) in [
+            (0x174u32, CODE32 as u32),
+            (0x175, STACK0 as u32 - 0x100),
+            (0x176, KERNEL_ENTRY as u32),
+        ] {
+            a.mov(ecx, msr)?;
+            a.mov(eax, value)?;
+            a.xor(edx, edx)?;
+            a.wrmsr()?;
+        }
+        a.mov(edx, USER as u32)?;
+        a.mov(ecx, STACK3 as u32)?;
+        a.sti()?;
+        a.sysexit()
+    });
+    place(&mut emu, 32, USER, |a| {
+        a.mov(eax, cs)?;
+        a.mov(dword_ptr(DATA as u32), eax)?;
+        a.mov(eax, ss)?;
+        a.mov(dword_ptr(DATA as u32 + 4), eax)?;
+        a.mov(eax, esp)?;
+        a.mov(dword_ptr(DATA as u32 + 8), eax)?;
+        a.sysenter()
+    });
+    place(&mut emu, 32, KERNEL_ENTRY, |a| {
+        for r in [ecx] {
+            a.mov(r, cs)?;
+            report_reg(a, r)?;
+            a.mov(r, ss)?;
+            report_reg(a, r)?;
+            a.mov(r, esp)?;
+            report_reg(a, r)?;
+        }
+        for k in 0..3u32 {
+            a.mov(ecx, dword_ptr(DATA as u32 + 4 * k))?;
+            report_reg(a, ecx)?;
+        }
+        a.pushfd()?;
+        a.pop(ecx)?;
+        a.and(ecx, 0x200u32)?;
+        report_reg(a, ecx)?;
+        a.hlt()
+    });
+    assert_eq!(go(&mut emu), StopReason::Halted);
+    let r = reported(&port);
+    assert_eq!(
+        r,
+        vec![
+            CODE32 as u64,
+            DATA32 as u64,
+            STACK0 - 0x100,
+            (CODE32 + 16) as u64 | 3,
+            (CODE32 + 24) as u64 | 3,
+            STACK3,
+            0, // SYSENTER cleared IF
+        ]
+    );
+}
+
+#[test]
+fn paging_in_32bit_protected_mode_two_level_with_pse_and_pae_with_nx() {
+    // Two-level paging: a 4 MiB PSE page identity-maps the low memory, and a page table
+    // maps linear 0x40_0000 to physical 0x3_0000.
+    let (mut emu, port) = machine(InterruptDelivery::Embedder);
+    put(&mut emu, PAGING, &(0x83u32).to_le_bytes()); // PDE 0: 4 MiB, RW, P
+    put(
+        &mut emu,
+        PAGING + 4,
+        &((PAGING as u32 + 0x1000) | 3).to_le_bytes(),
+    );
+    put(&mut emu, PAGING + 0x1000, &(0x3_0003u32).to_le_bytes());
+    place(&mut emu, 16, ENTRY, enter_protected_mode);
+    place(&mut emu, 32, PM32, |a| {
+        flat_segments(a)?;
+        a.mov(eax, PAGING as u32)?;
+        a.mov(cr3, eax)?;
+        a.mov(eax, cr4)?;
+        a.or(eax, 0x10u32)?; // PSE
+        a.mov(cr4, eax)?;
+        a.mov(eax, cr0)?;
+        a.or(eax, 0x8000_0000u32)?;
+        a.mov(cr0, eax)?;
+        a.mov(dword_ptr(0x40_0000), 0xabcd_0123u32)?;
+        a.mov(ecx, dword_ptr(PAGING as u32 + 0x1000))?; // the PTE, now accessed and dirty
+        report_reg(a, ecx)?;
+        a.mov(dword_ptr(0x40_1000), 1u32)?; // not present: #PF(write)
+        a.hlt()
+    });
+    let stop = go(&mut emu);
+    assert_eq!(
+        exception(stop),
+        Exception::PageFault {
+            addr: 0x40_1000,
+            code: 2
+        }
+    );
+    assert_eq!(reported(&port), vec![0x3_0063]);
+    let mut b = [0u8; 4];
+    emu.read_memory(0x3_0000, &mut b).unwrap();
+    assert_eq!(u32::from_le_bytes(b), 0xabcd_0123);
+
+    // PAE: 2 MiB pages for the low memory, and linear 0x40_0000 mapped no-execute.
+    let (mut emu, port) = machine(InterruptDelivery::Embedder);
+    let pdpt = PAGING + 0x2000;
+    let pd = PAGING + 0x3000;
+    let pt = PAGING + 0x4000;
+    put64(&mut emu, pdpt, pd | 1);
+    put64(&mut emu, pd, 0x83); // 2 MiB page at 0
+    put64(&mut emu, pd + 16, pt | 3); // 0x40_0000..0x60_0000
+    put64(&mut emu, pt, 0x3_1003 | 1 << 63); // NX
+    put(&mut emu, 0x3_1000, &[0xf4]); // HLT, never fetched
+    place(&mut emu, 16, ENTRY, enter_protected_mode);
+    place(&mut emu, 32, PM32, |a| {
+        flat_segments(a)?;
+        a.mov(ecx, 0xc000_0080u32)?; // EFER.NXE
+        a.rdmsr()?;
+        a.or(eax, 0x800u32)?;
+        a.wrmsr()?;
+        a.mov(eax, pdpt as u32)?;
+        a.mov(cr3, eax)?;
+        a.mov(eax, cr4)?;
+        a.or(eax, 0x20u32)?; // PAE
+        a.mov(cr4, eax)?;
+        a.mov(eax, cr0)?;
+        a.or(eax, 0x8000_0000u32)?;
+        a.mov(cr0, eax)?;
+        a.mov(ecx, dword_ptr(0x40_0000))?; // readable
+        a.mov(ecx, 0xc000_0080u32)?;
+        a.rdmsr()?;
+        a.mov(ecx, eax)?;
+        report_reg(a, ecx)?; // EFER: NXE, no LMA
+        a.mov(eax, 0x40_0000u32)?;
+        a.jmp(eax)?; // no-execute: #PF(present, fetch)
+        a.hlt()
+    });
+    assert_eq!(
+        exception(go(&mut emu)),
+        Exception::PageFault {
+            addr: 0x40_0000,
+            code: 0x11
+        }
+    );
+    assert_eq!(reported(&port), vec![0x800]);
 }

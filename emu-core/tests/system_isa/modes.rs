@@ -50,7 +50,6 @@ const BASED: u16 = 0x28;
 const USER_CODE32: u16 = 0x30 | 3;
 const USER_DATA32: u16 = 0x38 | 3;
 const TSS32: u16 = 0x40;
-const USER_CODE64: u16 = 0x48 | 3;
 /// A data segment that is not present.
 const ABSENT: u16 = 0x50;
 /// A ring-0 data segment with a 16-bit stack (B = 0).
@@ -90,12 +89,6 @@ fn put(emu: &mut Emulator, addr: u64, bytes: &[u8]) {
 
 fn put64(emu: &mut Emulator, addr: u64, v: u64) {
     put(emu, addr, &v.to_le_bytes());
-}
-
-fn read64(emu: &mut Emulator, addr: u64) -> u64 {
-    let mut b = [0u8; 8];
-    emu.read_memory(addr, &mut b).unwrap();
-    u64::from_le_bytes(b)
 }
 
 /// Assembles `bits`-bit code for offset `at` (CS base 0, so also its linear address).
@@ -155,11 +148,10 @@ fn report(a: &mut CodeAssembler, value: u32) -> Result<(), IcedError> {
     a.out(dx, eax)
 }
 
-/// Sends a register to the debug port as a dword (DX is clobbered).
+/// Sends a register to the debug port as a dword (any mode: EAX and EDX are clobbered).
 fn report_reg(a: &mut CodeAssembler, r: AsmRegister32) -> Result<(), IcedError> {
-    a.push(r)?;
+    a.mov(eax, r)?;
     a.mov(edx, 0xe9u32)?;
-    a.pop(eax)?;
     a.out(dx, eax)
 }
 
@@ -287,10 +279,7 @@ fn real_mode_interrupts_go_through_the_vector_table_without_error_codes() {
     let r = reported(&port);
     assert_eq!(
         &r[..4],
-        &[ENTRY + 3, 0, 0x202, 0x2][..]
-            .iter()
-            .map(|&v| v)
-            .collect::<Vec<_>>()[..],
+        &[ENTRY + 3, 0, 0x202, 0x2],
         "INT 21h: return IP, CS, FLAGS with IF, then IF clear in the handler"
     );
     assert_eq!(
@@ -328,8 +317,15 @@ fn protected_mode_uses_descriptor_bases_and_32bit_stacks() {
         a.mov(ebx, 0x1_fff0u32)?;
         a.db(&[0x67, 0x8b, 0x4f, 0x20])?; // mov ecx, [bx + 0x20] -> offset 0x10 of DS
         report_reg(a, ecx)?;
-        // MOV r32, Sreg and the CR0 read.
+        // MOV r32, Sreg.
         a.mov(ecx, fs)?;
+        report_reg(a, ecx)?;
+        // A stack segment with B = 0: only SP moves, and it wraps inside the segment.
+        a.mov(ax, DATA16 as u32)?;
+        a.mov(ss, ax)?;
+        a.mov(esp, 0x1_0000u32)?;
+        a.push(0x5555_5555u32 as i32)?;
+        a.mov(ecx, esp)?;
         report_reg(a, ecx)?;
         a.hlt()
     });
@@ -337,8 +333,11 @@ fn protected_mode_uses_descriptor_bases_and_32bit_stacks() {
     assert_eq!(go(&mut emu), StopReason::Halted);
     assert_eq!(
         reported(&port),
-        vec![STACK0 - 4, STACK0, 0xabcd_ef01, BASED as u64]
+        vec![STACK0 - 4, STACK0, 0xabcd_ef01, BASED as u64, 0x1_fffc]
     );
+    let mut b = [0u8; 4];
+    emu.read_memory(0xfffc, &mut b).unwrap();
+    assert_eq!(u32::from_le_bytes(b), 0x5555_5555, "pushed at SS:FFFC");
     let mut b = [0u8; 4];
     emu.read_memory(0x1_0010, &mut b).unwrap();
     assert_eq!(u32::from_le_bytes(b), 0x1234_5678);
@@ -717,14 +716,12 @@ fn sysenter_and_sysexit_switch_between_ring_0_and_ring_3() {
         a.sysenter()
     });
     place(&mut emu, 32, KERNEL_ENTRY, |a| {
-        for r in [ecx] {
-            a.mov(r, cs)?;
-            report_reg(a, r)?;
-            a.mov(r, ss)?;
-            report_reg(a, r)?;
-            a.mov(r, esp)?;
-            report_reg(a, r)?;
-        }
+        a.mov(ecx, cs)?;
+        report_reg(a, ecx)?;
+        a.mov(ecx, ss)?;
+        report_reg(a, ecx)?;
+        a.mov(ecx, esp)?;
+        report_reg(a, ecx)?;
         for k in 0..3u32 {
             a.mov(ecx, dword_ptr(DATA as u32 + 4 * k))?;
             report_reg(a, ecx)?;
@@ -835,4 +832,229 @@ fn paging_in_32bit_protected_mode_two_level_with_pse_and_pae_with_nx() {
         }
     );
     assert_eq!(reported(&port), vec![0x800]);
+}
+
+/// A 16-byte long-mode interrupt gate to 64-bit code.
+fn gate64(emu: &mut Emulator, vector: u8, offset: u64) {
+    let lo =
+        (offset & 0xffff) | (CODE64 as u64) << 16 | 0x8e << 40 | ((offset >> 16) & 0xffff) << 48;
+    put64(emu, IDT + vector as u64 * 16, lo);
+    put64(emu, IDT + vector as u64 * 16 + 8, offset >> 32);
+}
+
+#[test]
+fn every_mode_in_one_trip_real_protected_long_compat_and_back_to_real() {
+    const LM64_LEAVE: u64 = LM64 + 0x400;
+    const PM32_AGAIN: u64 = PM32 + 0x800;
+    const REAL_AGAIN: u64 = ENTRY + 0x800;
+    let (mut emu, port) = machine(InterruptDelivery::Guest);
+    // 4-level tables identity-mapping the first 2 MiB with one large page.
+    put64(&mut emu, PAGING, (PAGING + 0x1000) | 3);
+    put64(&mut emu, PAGING + 0x1000, (PAGING + 0x2000) | 3);
+    put64(&mut emu, PAGING + 0x2000, 0x83);
+    set_idtr(&mut emu, 0x82, 16);
+    gate64(&mut emu, 0x81, handler(0x81));
+    // The far pointer 64-bit code jumps through (m16:32) to reach compatibility mode.
+    put(&mut emu, DATA, &(COMPAT as u32).to_le_bytes());
+    put(&mut emu, DATA + 4, &CODE32.to_le_bytes());
+    put(
+        &mut emu,
+        DATA + 8,
+        &(LM64_LEAVE as u32 + 0x100).to_le_bytes(),
+    );
+    put(&mut emu, DATA + 12, &CODE32.to_le_bytes());
+
+    place(&mut emu, 16, ENTRY, enter_protected_mode);
+    place(&mut emu, 32, PM32, |a| {
+        flat_segments(a)?;
+        a.lidt(ptr(IDTR as u32))?;
+        a.mov(eax, PAGING as u32)?;
+        a.mov(cr3, eax)?;
+        a.mov(eax, cr4)?;
+        a.or(eax, 0x20u32)?;
+        a.mov(cr4, eax)?;
+        a.mov(ecx, 0xc000_0080u32)?;
+        a.rdmsr()?;
+        a.or(eax, 0x100u32)?; // LME
+        a.wrmsr()?;
+        a.mov(eax, cr0)?;
+        a.or(eax, 0x8000_0000u32)?;
+        a.mov(cr0, eax)?; // long mode is active: compatibility mode until CS changes
+        a.mov(ecx, 0xc000_0080u32)?;
+        a.rdmsr()?;
+        a.mov(ecx, eax)?;
+        report_reg(a, ecx)?; // EFER: LME | LMA
+        far_jump(a, 32, CODE64, LM64 as u32)
+    });
+    place(&mut emu, 64, LM64, |a| {
+        // Only 64-bit code has 64-bit registers.
+        a.mov(rcx, 0x1_0000_0005u64)?;
+        a.shr(rcx, 32)?;
+        a.add(rcx, 0x63)?;
+        report_reg(a, ecx)?; // 0x64
+                             // To compatibility mode through JMP FAR m16:32.
+        a.jmp(fword_ptr(DATA as u32))?;
+        a.hlt()
+    });
+    place(&mut emu, 32, COMPAT, |a| {
+        // 0x40 is INC EAX here, a REX prefix in 64-bit code.
+        a.mov(eax, 0x31u32)?;
+        a.db(&[0x40])?;
+        a.mov(ecx, eax)?;
+        report_reg(a, ecx)?; // 0x32
+                             // An interrupt from compatibility mode goes through the 64-bit IDT.
+        a.int(0x81)?;
+        report(a, 0xc0)?; // back in compatibility mode after IRETQ
+        a.mov(ecx, 0xc000_0080u32)?;
+        a.rdmsr()?;
+        a.mov(ecx, eax)?;
+        report_reg(a, ecx)?;
+        far_jump(a, 32, CODE64, LM64_LEAVE as u32)
+    });
+    place(&mut emu, 64, handler(0x81), |a| {
+        a.mov(rcx, qword_ptr(rsp + 8))?; // CS of the interrupted code
+        report_reg(a, ecx)?;
+        a.mov(ecx, cs)?;
+        report_reg(a, ecx)?;
+        a.iretq()
+    });
+    place(&mut emu, 64, LM64_LEAVE, |a| {
+        report(a, 0x64)?;
+        // Leave long mode: back to compatibility code, then paging off.
+        a.jmp(fword_ptr(DATA as u32 + 8))
+    });
+    place(&mut emu, 32, LM64_LEAVE + 0x100, |a| {
+        a.mov(eax, cr0)?;
+        a.and(eax, 0x7fff_ffffu32)?;
+        a.mov(cr0, eax)?; // LMA clears: 32-bit protected mode
+        a.mov(ecx, 0xc000_0080u32)?;
+        a.rdmsr()?;
+        a.and(eax, !0x100u32)?; // LME off
+        a.wrmsr()?;
+        a.mov(ecx, eax)?;
+        report_reg(a, ecx)?;
+        a.jmp(PM32_AGAIN)
+    });
+    place(&mut emu, 32, PM32_AGAIN, |a| {
+        report(a, 0x32)?;
+        // To real mode: a 16-bit code segment first, then PE off and a real-mode far jump.
+        far_jump(a, 32, CODE16, PM32_AGAIN as u32 + 0x100)
+    });
+    place(&mut emu, 16, PM32_AGAIN + 0x100, |a| {
+        a.mov(eax, cr0)?;
+        a.and(eax, !1u32)?;
+        a.mov(cr0, eax)?;
+        a.db(&[0xea, REAL_AGAIN as u8, (REAL_AGAIN >> 8) as u8, 0, 0])
+    });
+    place(&mut emu, 16, REAL_AGAIN, |a| {
+        a.xor(ax, ax)?;
+        a.mov(ds, ax)?;
+        a.mov(ss, ax)?;
+        a.mov(sp, 0x7000u32)?;
+        report(a, 0x16)?;
+        a.hlt()
+    });
+    assert_eq!(go(&mut emu), StopReason::Halted);
+    assert_eq!(
+        reported(&port),
+        vec![
+            0x500, // EFER: LME | LMA
+            0x64,
+            0x32,
+            CODE32 as u64, // interrupted CS
+            CODE64 as u64, // handler CS
+            0xc0,
+            0x500,
+            0x64,
+            0x0, // EFER after leaving: LME and LMA clear
+            0x32,
+            0x16,
+        ]
+    );
+    assert_eq!(
+        emu.reg(Register::CR0).unwrap() & 0x8000_0001,
+        0,
+        "real mode"
+    );
+    assert_eq!(emu.reg(Register::CS).unwrap(), 0);
+}
+
+#[test]
+fn mov_ss_holds_an_interrupt_off_for_one_instruction() {
+    /// A device that raises interrupt vector 0x40 when written.
+    struct Doorbell(emu_core::InterruptLine);
+    impl emu_mmu::BusDevice for Doorbell {
+        fn read(&mut self, _: u64, data: &mut [u8]) {
+            data.fill(0);
+        }
+        fn write(&mut self, _: u64, _: &[u8]) {
+            self.0.raise(0x40);
+        }
+    }
+    let (mut emu, port) = machine(InterruptDelivery::Guest);
+    let line = emu.interrupt_line();
+    emu.add_io_device(0xf0, 1, Arc::new(Mutex::new(Doorbell(line))))
+        .unwrap();
+    set_idtr(&mut emu, 0x41, 8);
+    put64(
+        &mut emu,
+        IDT + 0x40 * 8,
+        gate32(handler(0x40), CODE32, 0xe, 0),
+    );
+    const AFTER: u64 = PM32 + 0x100;
+    place(&mut emu, 16, ENTRY, enter_protected_mode);
+    place(&mut emu, 32, PM32, |a| {
+        flat_segments(a)?;
+        a.lidt(ptr(IDTR as u32))?;
+        a.sti()?;
+        a.nop()?;
+        a.jmp(AFTER)
+    });
+    place(&mut emu, 32, AFTER, |a| {
+        a.out(0xf0, al)?; // 2 bytes: the interrupt is pending from here on
+        a.mov(ax, DATA32 as u32)?; // 4 bytes
+        a.mov(ss, ax)?; // 3 bytes (66 8E D0): held off for one more instruction
+        a.mov(ecx, 7u32)?; // 5 bytes, at AFTER + 9
+        a.nop()?; // the interrupt arrives before this one, at AFTER + 14
+        a.cli()?;
+        a.hlt()
+    });
+    place(&mut emu, 32, handler(0x40), |a| {
+        a.mov(ebx, dword_ptr(esp))?;
+        report_reg(a, ebx)?;
+        report_reg(a, ecx)?;
+        a.iretd()
+    });
+    assert_eq!(go(&mut emu), StopReason::Halted);
+    assert_eq!(reported(&port), vec![AFTER + 14, 7]);
+}
+
+#[test]
+fn sixteen_bit_strings_wrap_their_index_registers_and_write_through_es() {
+    let (mut emu, _) = machine(InterruptDelivery::Embedder);
+    put(&mut emu, 0x2_fffe, &[1, 2]);
+    put(&mut emu, 0x2_0000, &[3, 4]);
+    place(&mut emu, 16, ENTRY, |a| {
+        a.mov(ax, 0x2000u32)?;
+        a.mov(ds, ax)?;
+        a.mov(ax, 0x3000u32)?;
+        a.mov(es, ax)?;
+        a.mov(si, 0xfffeu32)?;
+        a.mov(di, 0x10u32)?;
+        a.mov(ecx, 0x1_0004u32)?; // only CX counts
+        a.cld()?;
+        a.rep().movsb()?;
+        a.hlt()
+    });
+    assert_eq!(go(&mut emu), StopReason::Halted);
+    let mut b = [0u8; 4];
+    emu.read_memory(0x3_0010, &mut b).unwrap();
+    assert_eq!(b, [1, 2, 3, 4], "DS:SI wrapped from FFFF to 0");
+    assert_eq!(emu.reg(Register::SI).unwrap(), 2);
+    assert_eq!(emu.reg(Register::DI).unwrap(), 0x14);
+    assert_eq!(
+        emu.reg(Register::ECX).unwrap(),
+        0x1_0000,
+        "ECX's upper half untouched"
+    );
 }

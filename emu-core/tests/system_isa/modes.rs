@@ -1058,3 +1058,170 @@ fn sixteen_bit_strings_wrap_their_index_registers_and_write_through_es() {
         "ECX's upper half untouched"
     );
 }
+
+mod robustness {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1500, ..ProptestConfig::default() })]
+
+        /// Random code in real mode or 32-bit protected mode, over a GDT and IDT partly
+        /// filled with random descriptors and gates, with exceptions delivered to the
+        /// guest: every run ends with a stop reason (often a triple fault), never a host
+        /// panic or hang.
+        #[test]
+        fn random_legacy_code_and_descriptors_never_panic_the_host(
+            code in proptest::collection::vec(any::<u8>(), 1..96),
+            descriptors in proptest::array::uniform8(any::<u64>()),
+            gates in proptest::collection::vec(any::<u64>(), 32),
+            protected in any::<bool>(),
+            regs in proptest::array::uniform4(any::<u32>()),
+        ) {
+            let (mut emu, _) = machine(InterruptDelivery::Guest);
+            // Random descriptors after the fixed ones, and random gates (8 bytes each
+            // for protected mode; in real mode the same bytes are the IVT).
+            for (k, d) in descriptors.iter().enumerate() {
+                put64(&mut emu, GDT + 8 * (GDT_ENTRIES + k as u64), *d);
+            }
+            let mut gdtr = (((GDT_ENTRIES + 8) * 8 - 1) as u16).to_le_bytes().to_vec();
+            gdtr.extend_from_slice(&(GDT as u32).to_le_bytes());
+            put(&mut emu, GDTR, &gdtr);
+            for (k, g) in gates.iter().enumerate() {
+                put64(&mut emu, IDT + 8 * k as u64, *g);
+                put64(&mut emu, 8 * k as u64, *g);
+            }
+            set_idtr(&mut emu, 32, 8);
+            if protected {
+                place(&mut emu, 16, ENTRY, enter_protected_mode);
+                let mut prologue = CodeAssembler::new(32).unwrap();
+                flat_segments(&mut prologue).unwrap();
+                prologue.lidt(ptr(IDTR as u32)).unwrap();
+                let mut bytes = prologue.assemble(PM32).unwrap();
+                bytes.extend_from_slice(&code);
+                put(&mut emu, PM32, &bytes);
+            } else {
+                put(&mut emu, ENTRY, &code);
+            }
+            for (r, v) in [Register::EAX, Register::EBX, Register::ESI, Register::EDI]
+                .into_iter()
+                .zip(regs)
+            {
+                emu.set_reg(r, v as u64).unwrap();
+            }
+            emu.resume(&RunOptions {
+                max_instructions: Some(20_000),
+                timeout: Some(std::time::Duration::from_millis(50)),
+                ..Default::default()
+            });
+        }
+    }
+}
+
+#[test]
+fn lldt_makes_local_descriptors_loadable() {
+    const LDT: u64 = DATA + 0x100;
+    const LDT_SEL: u16 = (GDT_ENTRIES * 8) as u16;
+    let (mut emu, port) = machine(InterruptDelivery::Embedder);
+    // An LDT descriptor right after the fixed GDT entries, and a GDTR that covers it.
+    put64(
+        &mut emu,
+        GDT + GDT_ENTRIES * 8,
+        descriptor(LDT as u32, 0xf, 0x82, 0),
+    );
+    let mut gdtr = (((GDT_ENTRIES + 1) * 8 - 1) as u16).to_le_bytes().to_vec();
+    gdtr.extend_from_slice(&(GDT as u32).to_le_bytes());
+    put(&mut emu, GDTR, &gdtr);
+    // LDT entry 1: data at 0x1_2000.
+    put64(&mut emu, LDT + 8, descriptor(0x1_2000, 0xffff, 0x92, 0x4));
+    place(&mut emu, 16, ENTRY, enter_protected_mode);
+    place(&mut emu, 32, PM32, |a| {
+        flat_segments(a)?;
+        a.mov(ax, LDT_SEL as u32)?;
+        a.lldt(ax)?;
+        a.sldt(ecx)?;
+        report_reg(a, ecx)?;
+        a.mov(ax, 0x0cu32)?; // index 1, TI = 1 (LDT), RPL 0
+        a.mov(ds, ax)?;
+        a.mov(dword_ptr(0x4), 0x77u32)?;
+        a.mov(ax, 0x14u32)?; // index 2: beyond the LDT's limit
+        a.mov(es, ax)?;
+        a.hlt()
+    });
+    assert_eq!(exception(go(&mut emu)), Exception::GeneralProtection(0x14));
+    assert_eq!(reported(&port), vec![LDT_SEL as u64]);
+    let mut b = [0u8; 4];
+    emu.read_memory(0x1_2004, &mut b).unwrap();
+    assert_eq!(u32::from_le_bytes(b), 0x77);
+    let accessed = {
+        let mut d = [0u8; 8];
+        emu.read_memory(LDT + 8, &mut d).unwrap();
+        d[5] & 1
+    };
+    assert_eq!(accessed, 1, "loading the segment set its accessed bit");
+}
+
+#[test]
+fn sysret_without_rex_w_returns_to_compatibility_mode() {
+    let (mut emu, _) = machine(InterruptDelivery::Embedder);
+    put64(&mut emu, PAGING, (PAGING + 0x1000) | 7);
+    put64(&mut emu, PAGING + 0x1000, (PAGING + 0x2000) | 7);
+    put64(&mut emu, PAGING + 0x2000, 0x87); // 2 MiB, user-accessible
+    place(&mut emu, 16, ENTRY, enter_protected_mode);
+    place(&mut emu, 32, PM32, |a| {
+        flat_segments(a)?;
+        a.mov(eax, PAGING as u32)?;
+        a.mov(cr3, eax)?;
+        a.mov(eax, cr4)?;
+        a.or(eax, 0x20u32)?;
+        a.mov(cr4, eax)?;
+        a.mov(ecx, 0xc000_0080u32)?;
+        a.rdmsr()?;
+        a.or(eax, 0x101u32)?; // LME, SCE
+        a.wrmsr()?;
+        a.mov(eax, cr0)?;
+        a.or(eax, 0x8000_0000u32)?;
+        a.mov(cr0, eax)?;
+        far_jump(a, 32, CODE64, LM64 as u32)
+    });
+    place(&mut emu, 64, LM64, |a| {
+        // STAR[63:48] = 0x30: SYSRET (32-bit) loads CS = 0x33, SS = 0x3b.
+        a.mov(ecx, 0xc000_0081u32)?;
+        a.xor(eax, eax)?;
+        a.mov(edx, 0x0030_0008u32)?;
+        a.wrmsr()?;
+        a.mov(rcx, 0xffff_ffff_0000_0000u64 | USER)?; // the upper half is dropped
+        a.mov(r11d, 0x2u32)?;
+        a.mov(eax, 0x41u32)?;
+        a.sysret()
+    });
+    place(&mut emu, 32, USER, |a| {
+        a.db(&[0x40])?; // INC EAX: compatibility mode
+        a.mov(dword_ptr(DATA as u32), eax)?;
+        a.mov(eax, cs)?;
+        a.mov(dword_ptr(DATA as u32 + 4), eax)?;
+        a.mov(eax, ss)?;
+        a.mov(dword_ptr(DATA as u32 + 8), eax)?;
+        a.syscall() // #UD outside 64-bit mode on Intel processors
+    });
+    let stop = go(&mut emu);
+    assert!(
+        matches!(
+            stop,
+            StopReason::Exception {
+                exception: Exception::InvalidOpcode,
+                ..
+            }
+        ),
+        "{stop:?}"
+    );
+    let mut b = [0u8; 12];
+    emu.read_memory(DATA, &mut b).unwrap();
+    let words: Vec<u32> = b
+        .chunks(4)
+        .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(words, vec![0x42, USER_CODE32 as u32, USER_DATA32 as u32]);
+    let code = emu.segment(Register::CS).unwrap();
+    assert_eq!(code.attributes & 0x6060, 0x4060, "D set, L clear, DPL 3");
+}

@@ -126,8 +126,8 @@ pub struct Cpu {
     pub tsc_offset: u64,
     /// TSC_AUX, returned in ECX by RDTSCP (32 bits wide).
     pub tsc_aux: u64,
-    /// Origin of the virtual clock.
-    pub clock_origin: std::time::Instant,
+    /// The machine's virtual clock (shared with the devices that tell time).
+    pub clock: emu_mmu::clock::VirtualClock,
     /// Control, debug, descriptor-table and model-specific registers.
     pub sys: SystemRegs,
     /// Set when the mapping from linear to physical addresses or the privilege of
@@ -171,7 +171,7 @@ impl Cpu {
             icount: 0,
             tsc_offset: 0,
             tsc_aux: 0,
-            clock_origin: std::time::Instant::now(),
+            clock: emu_mmu::clock::VirtualClock::new(),
             sys: SystemRegs {
                 // The bare CPU's non-architectural starting point: 64-bit code with flat
                 // segments and paging off (virtual addresses are physical), at CPL 0.
@@ -253,7 +253,7 @@ impl Cpu {
 
     /// The virtual clock in TSC ticks, without the offset.
     pub fn raw_tsc(&self) -> u64 {
-        let ns = self.clock_origin.elapsed().as_nanos() as u64;
+        let ns = self.clock.now_ns();
         (ns as u128 * crate::cpuid::TSC_HZ as u128 / 1_000_000_000) as u64
     }
 

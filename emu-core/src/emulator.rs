@@ -329,6 +329,11 @@ impl Emulator {
         Ok(())
     }
 
+    /// The machine's virtual clock, for devices that must agree with the TSC.
+    pub fn clock(&self) -> emu_mmu::clock::VirtualClock {
+        self.cpu.clock.clone()
+    }
+
     /// A handle that stops a run from another thread.
     pub fn stop_handle(&self) -> StopHandle {
         StopHandle(self.events.clone())

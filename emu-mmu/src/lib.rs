@@ -25,6 +25,7 @@
 //! there.
 
 pub mod bus;
+pub mod clock;
 pub mod host_access;
 pub mod paging;
 pub mod ram;

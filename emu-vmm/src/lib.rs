@@ -1,6 +1,8 @@
 //! Machine assembly for Quetzal: the crate other programs embed to run a whole machine.
 //!
-//! Nothing lives here yet. It will build a `Machine` from a typed configuration (memory,
-//! vCPUs, devices, kernel, initrd, command line) out of `emu-core`, `emu-mmu`,
-//! `emu-devices` and `emu-boot`, run one host thread per vCPU, and own the VM lifecycle
-//! and snapshots. Until then, bare-CPU embedding goes through `emu_core::Emulator`.
+//! A [`config::MachineConfig`] describes the machine (memory, vCPUs, kernel, initrd,
+//! command line, serial backend); the machine is built from `emu-core`, `emu-mmu`,
+//! `emu-devices` and `emu-boot`, runs one host thread per vCPU plus a timer thread, and
+//! ends with an outcome (power-off, reset, triple fault, stop request).
+
+pub mod config;

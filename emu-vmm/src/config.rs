@@ -1,0 +1,211 @@
+//! The typed description of a machine: what `quetzal`'s flags (or an embedding program)
+//! ask for, checked before anything is built.
+
+use std::path::PathBuf;
+
+/// The most vCPUs this release runs (SMP arrives with a later issue).
+pub const MAX_CPUS: u32 = 1;
+/// Smallest guest memory the default machine accepts.
+pub const MIN_MEMORY: u64 = 16 << 20;
+/// Largest guest memory the default machine accepts.
+pub const MAX_MEMORY: u64 = 64 << 30;
+
+/// Where the guest's first serial port goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SerialBackend {
+    /// The host terminal (raw mode when it is a terminal, with `Ctrl-A` escapes).
+    Stdio,
+    /// Appended to a file; no input.
+    File(PathBuf),
+    /// Not connected (the UART still exists; output is dropped).
+    None,
+}
+
+/// What to trace (QEMU's `-d` items we support).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TraceFlags {
+    /// Every translated block (`-d in_asm`).
+    pub in_asm: bool,
+    /// Interrupts and exceptions (`-d int`).
+    pub int: bool,
+    /// Page faults (`-d mmu`).
+    pub mmu: bool,
+    /// Guest errors: unimplemented instructions, accesses to nothing (`-d guest_errors`).
+    pub guest_errors: bool,
+}
+
+/// A machine to build.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MachineConfig {
+    /// Guest RAM in bytes.
+    pub memory: u64,
+    /// Number of vCPUs.
+    pub cpus: u32,
+    /// Kernel image (bzImage, ELF vmlinux with or without a PVH note, or multiboot).
+    pub kernel: Option<PathBuf>,
+    /// Initial ramdisk.
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    pub cmdline: String,
+    /// First serial port.
+    pub serial: SerialBackend,
+    /// Exit instead of rebooting when the guest resets.
+    pub no_reboot: bool,
+    /// Trace switches.
+    pub trace: TraceFlags,
+    /// Where trace output goes (`-D`); standard error when unset.
+    pub trace_file: Option<PathBuf>,
+}
+
+impl Default for MachineConfig {
+    fn default() -> Self {
+        MachineConfig {
+            memory: 512 << 20,
+            cpus: 1,
+            kernel: None,
+            initrd: None,
+            cmdline: String::new(),
+            serial: SerialBackend::Stdio,
+            no_reboot: false,
+            trace: TraceFlags::default(),
+            trace_file: None,
+        }
+    }
+}
+
+/// A configuration the machine cannot be built from.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// A memory size that does not parse.
+    #[error("invalid memory size '{0}' (examples: 512, 512M, 2G)")]
+    BadMemorySize(String),
+    /// Memory outside what the machine supports.
+    #[error("memory size {got} MiB is outside the supported range {min}..={max} MiB")]
+    MemoryOutOfRange {
+        /// Requested MiB.
+        got: u64,
+        /// Smallest MiB.
+        min: u64,
+        /// Largest MiB.
+        max: u64,
+    },
+    /// More vCPUs than this release runs.
+    #[error("{got} CPUs requested, but this release runs at most {max}")]
+    TooManyCpus {
+        /// Requested.
+        got: u32,
+        /// Supported.
+        max: u32,
+    },
+    /// Zero vCPUs.
+    #[error("at least one CPU is needed")]
+    NoCpus,
+    /// No kernel to boot.
+    #[error("no kernel given (use -kernel FILE)")]
+    NoKernel,
+}
+
+/// Parses a memory size as QEMU's `-m` does: a plain number is MiB; suffixes K, M, G, T
+/// (case-insensitive, optionally followed by `B` or `iB`) are binary units.
+///
+/// # Errors
+///
+/// [`ConfigError::BadMemorySize`] for anything else, zero, or an overflow.
+pub fn parse_memory_size(text: &str) -> Result<u64, ConfigError> {
+    let bad = || ConfigError::BadMemorySize(text.to_string());
+    let t = text.trim();
+    let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, suffix) = t.split_at(digits_end);
+    let value: u64 = number.parse().map_err(|_| bad())?;
+    let suffix = suffix.to_ascii_lowercase();
+    let suffix = suffix
+        .strip_suffix("ib")
+        .or_else(|| suffix.strip_suffix('b'))
+        .unwrap_or(&suffix);
+    let shift = match suffix {
+        "" | "m" => 20,
+        "k" => 10,
+        "g" => 30,
+        "t" => 40,
+        _ => return Err(bad()),
+    };
+    if value == 0 || value.leading_zeros() < shift {
+        return Err(bad());
+    }
+    Ok(value << shift)
+}
+
+impl MachineConfig {
+    /// Checks the configuration against what the machine supports.
+    ///
+    /// # Errors
+    ///
+    /// The first problem found.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(MIN_MEMORY..=MAX_MEMORY).contains(&self.memory) {
+            return Err(ConfigError::MemoryOutOfRange {
+                got: self.memory >> 20,
+                min: MIN_MEMORY >> 20,
+                max: MAX_MEMORY >> 20,
+            });
+        }
+        if self.cpus == 0 {
+            return Err(ConfigError::NoCpus);
+        }
+        if self.cpus > MAX_CPUS {
+            return Err(ConfigError::TooManyCpus {
+                got: self.cpus,
+                max: MAX_CPUS,
+            });
+        }
+        if self.kernel.is_none() {
+            return Err(ConfigError::NoKernel);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_sizes_parse_like_qemu() {
+        assert_eq!(parse_memory_size("512"), Ok(512 << 20));
+        assert_eq!(parse_memory_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_memory_size("512m"), Ok(512 << 20));
+        assert_eq!(parse_memory_size("2G"), Ok(2 << 30));
+        assert_eq!(parse_memory_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_memory_size("65536K"), Ok(64 << 20));
+        for bad in ["", "M", "0", "12X", "-5", "1.5G", "99999999999999999999T"] {
+            assert!(parse_memory_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn validation_names_the_problem() {
+        let ok = MachineConfig {
+            kernel: Some("bzImage".into()),
+            ..Default::default()
+        };
+        assert_eq!(ok.validate(), Ok(()));
+        let two = MachineConfig { cpus: 2, ..ok.clone() };
+        assert_eq!(
+            two.validate(),
+            Err(ConfigError::TooManyCpus { got: 2, max: 1 })
+        );
+        let tiny = MachineConfig {
+            memory: 1 << 20,
+            ..ok.clone()
+        };
+        assert!(matches!(
+            tiny.validate(),
+            Err(ConfigError::MemoryOutOfRange { .. })
+        ));
+        let none = MachineConfig {
+            kernel: None,
+            ..ok
+        };
+        assert_eq!(none.validate(), Err(ConfigError::NoKernel));
+    }
+}

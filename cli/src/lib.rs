@@ -3,3 +3,4 @@
 //! `qctl`, the kubectl-style manager for VMs, nodes, tasks and the brain.
 
 pub mod qemu_args;
+pub mod terminal;

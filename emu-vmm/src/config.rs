@@ -189,7 +189,10 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(ok.validate(), Ok(()));
-        let two = MachineConfig { cpus: 2, ..ok.clone() };
+        let two = MachineConfig {
+            cpus: 2,
+            ..ok.clone()
+        };
         assert_eq!(
             two.validate(),
             Err(ConfigError::TooManyCpus { got: 2, max: 1 })
@@ -202,10 +205,7 @@ mod tests {
             tiny.validate(),
             Err(ConfigError::MemoryOutOfRange { .. })
         ));
-        let none = MachineConfig {
-            kernel: None,
-            ..ok
-        };
+        let none = MachineConfig { kernel: None, ..ok };
         assert_eq!(none.validate(), Err(ConfigError::NoKernel));
     }
 }

@@ -6,3 +6,4 @@
 //! ends with an outcome (power-off, reset, triple fault, stop request).
 
 pub mod config;
+pub mod timers;

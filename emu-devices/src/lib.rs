@@ -9,3 +9,5 @@
 //! machine's one `emu_mmu::clock::VirtualClock`. See `../shared/DESIGN.md`, section 4.
 
 pub mod irq;
+pub mod ports;
+pub mod serial;

@@ -11,3 +11,4 @@
 pub mod irq;
 pub mod ports;
 pub mod serial;
+pub mod pic;

@@ -12,3 +12,4 @@ pub mod irq;
 pub mod ports;
 pub mod serial;
 pub mod pic;
+pub mod pit;

@@ -13,3 +13,5 @@ pub mod ports;
 pub mod serial;
 pub mod pic;
 pub mod pit;
+pub mod legacy;
+pub mod i8042;

@@ -15,3 +15,4 @@ pub mod pic;
 pub mod pit;
 pub mod legacy;
 pub mod i8042;
+pub mod acpi_pm;

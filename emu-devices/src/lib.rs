@@ -16,3 +16,4 @@ pub mod pit;
 pub mod legacy;
 pub mod i8042;
 pub mod acpi_pm;
+pub mod rtc;

@@ -136,4 +136,19 @@ mod tests {
         d.read(0, &mut b);
         assert_eq!(b, [0xFF, 0xFF]);
     }
+
+    #[test]
+    fn garbage_never_panics() {
+        let mut rng = crate::ports::test_util::Rng(0x80F4);
+        let mut p = PostCode::new();
+        let mut d = DebugExit::new(Arc::new(|_| {}));
+        for _ in 0..10_000 {
+            let w = rng.width();
+            let off = rng.next() % 4;
+            p.write(off, &rng.bytes(w));
+            p.read(off, &mut vec![0; w]);
+            d.write(off, &rng.bytes(w));
+            d.read(off, &mut vec![0; w]);
+        }
+    }
 }

@@ -17,3 +17,4 @@ pub mod legacy;
 pub mod i8042;
 pub mod acpi_pm;
 pub mod rtc;
+pub mod hpet;

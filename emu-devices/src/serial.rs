@@ -634,4 +634,22 @@ mod tests {
         s.write(DATA, &[0x80, 0x01]);
         assert_eq!(s.divisor(), 0x180);
     }
+
+    #[test]
+    fn garbage_never_panics() {
+        let mut rng = crate::ports::test_util::Rng(0x16550);
+        let (mut s, _, _) = uart();
+        for _ in 0..50_000 {
+            let w = rng.width();
+            let off = rng.next() % 10;
+            match rng.next() % 4 {
+                0 => {
+                    let b = rng.bytes(w);
+                    s.enqueue_input(&b);
+                }
+                1 => s.read(off, &mut vec![0; w]),
+                _ => s.write(off, &rng.bytes(w)),
+            }
+        }
+    }
 }

@@ -136,6 +136,15 @@ pub struct Cpu {
     pub fetch_mapping_changed: bool,
     /// Interrupts are held off until the next instruction completes (after STI set IF).
     pub interrupt_shadow: bool,
+    /// The local APIC, when one is attached
+    /// ([`crate::Emulator::set_interrupt_controller`]): external interrupts, the APIC
+    /// MSRs and CR8 go through it.
+    pub apic: Option<crate::events::AttachedController>,
+    /// The initial APIC ID CPUID reports (leaf 1 EBX[31:24], leaf 0xB EDX); the
+    /// platform sets it to the ID of the attached local APIC.
+    pub apic_id: u32,
+    /// Logical processors in the package, for CPUID leaf 0xB (one thread per core).
+    pub package_cpus: u32,
     /// The port I/O bus IN/OUT/INS/OUTS reach (unassigned ports read as all ones).
     pub io: std::sync::Arc<emu_mmu::Bus>,
     /// This vCPU's path to guest memory.
@@ -183,6 +192,9 @@ impl Cpu {
             },
             fetch_mapping_changed: false,
             interrupt_shadow: false,
+            apic: None,
+            apic_id: 0,
+            package_cpus: 1,
             io: std::sync::Arc::new(emu_mmu::Bus::new()),
             mmu,
         }

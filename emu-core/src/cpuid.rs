@@ -21,6 +21,8 @@ pub const APIC_TIMER_HZ: u64 = 1_000_000_000;
 
 /// Leaf 1 EDX bits.
 mod edx1 {
+    /// On-chip local APIC (advertised only with one attached; see [`super::ApicInfo`]).
+    pub const APIC: u32 = 1 << 9;
     pub const FPU: u32 = 1 << 0;
     pub const PSE: u32 = 1 << 3;
     pub const TSC: u32 = 1 << 4;
@@ -46,6 +48,10 @@ mod ecx1 {
     pub const CX16: u32 = 1 << 13;
     pub const SSE41: u32 = 1 << 19;
     pub const SSE42: u32 = 1 << 20;
+    /// x2APIC mode (with a local APIC).
+    pub const X2APIC: u32 = 1 << 21;
+    /// The TSC-deadline mode of the local APIC timer (with a local APIC).
+    pub const TSC_DEADLINE: u32 = 1 << 24;
     pub const MOVBE: u32 = 1 << 22;
     pub const POPCNT: u32 = 1 << 23;
     pub const XSAVE: u32 = 1 << 26;
@@ -109,12 +115,53 @@ fn words(bytes: &[u8]) -> [u32; 4] {
 /// region, so every valid XCR0 needs exactly this much (leaf 0xD's EBX and ECX agree).
 pub const XSAVE_AREA_SIZE: u32 = crate::exec::xsave::AREA_LEN as u32;
 
+/// Leaf 6 EAX bit 2, ARAT: the APIC timer runs at a constant rate in every C-state (ours
+/// simply always runs), so Linux needs no broadcast clock device in idle.
+const LEAF6_ARAT: u32 = 1 << 2;
+
+/// The local APIC of a vCPU that has one, as CPUID describes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ApicInfo {
+    /// The initial (x2)APIC ID: leaf 1 EBX[31:24] (its low 8 bits) and leaf 0xB EDX.
+    pub id: u32,
+    /// Logical processors in the package (leaf 0xB; one thread per core).
+    pub package_cpus: u32,
+}
+
 /// The CPUID result `[eax, ebx, ecx, edx]` for `leaf` / `subleaf` as the vCPU with system
-/// registers `sys` reports it: [`cpuid`] plus the bits that mirror CPU state.
-pub fn cpuid_for(sys: &crate::sysregs::SystemRegs, leaf: u32, subleaf: u32) -> [u32; 4] {
+/// registers `sys` and local APIC `apic` (if one is attached) reports it: [`cpuid`] plus
+/// the bits that mirror CPU state, and with a local APIC its features (APIC, x2APIC,
+/// TSC-deadline timer, ARAT), its ID and the x2APIC topology leaf 0xB.
+pub fn cpuid_for(
+    sys: &crate::sysregs::SystemRegs,
+    apic: Option<ApicInfo>,
+    leaf: u32,
+    subleaf: u32,
+) -> [u32; 4] {
     let mut r = cpuid(leaf, subleaf);
     if leaf == 1 && sys.cr4 & crate::sysregs::cr4::OSXSAVE != 0 {
         r[2] |= ecx1::OSXSAVE;
+    }
+    if let Some(apic) = apic {
+        match leaf {
+            1 => {
+                r[1] = (r[1] & 0x00ff_ffff) | (apic.id & 0xff) << 24;
+                r[2] |= ecx1::X2APIC | ecx1::TSC_DEADLINE;
+                r[3] |= edx1::APIC;
+            }
+            6 => r[0] |= LEAF6_ARAT,
+            0xb => {
+                // Level 0: SMT, one thread per core (shift 0); level 1: cores, enough
+                // x2APIC ID bits for the package's processors; then an invalid level.
+                let core_bits = 32 - apic.package_cpus.max(1).saturating_sub(1).leading_zeros();
+                r = match subleaf {
+                    0 => [0, 1, 1 << 8, apic.id],
+                    1 => [core_bits, apic.package_cpus.max(1), 2 << 8 | 1, apic.id],
+                    _ => [0, 0, subleaf & 0xff, apic.id],
+                };
+            }
+            _ => {}
+        }
     }
     r
 }
@@ -264,22 +311,50 @@ mod tests {
     fn osxsave_and_the_xsave_size_follow_cpu_state() {
         use crate::sysregs::{cr4, SystemRegs};
         let mut sys = SystemRegs::default();
-        assert_eq!(cpuid_for(&sys, 1, 0)[2] & (1 << 27), 0);
+        assert_eq!(cpuid_for(&sys, None, 1, 0)[2] & (1 << 27), 0);
         assert_ne!(
-            cpuid_for(&sys, 1, 0)[2] & (1 << 26),
+            cpuid_for(&sys, None, 1, 0)[2] & (1 << 26),
             0,
             "XSAVE is always advertised"
         );
         sys.cr4 |= cr4::OSXSAVE;
-        assert_ne!(cpuid_for(&sys, 1, 0)[2] & (1 << 27), 0);
+        assert_ne!(cpuid_for(&sys, None, 1, 0)[2] & (1 << 27), 0);
         sys.xcr0 = 3;
-        assert_eq!(cpuid_for(&sys, 0xd, 0), [3, 576, 576, 0]);
-        assert_eq!(cpuid_for(&sys, 0xd, 1), [0b101, 0, 0, 0]);
-        assert_eq!(cpuid_for(&sys, 0xd, 2), [0; 4], "no AVX component");
+        assert_eq!(cpuid_for(&sys, None, 0xd, 0), [3, 576, 576, 0]);
+        assert_eq!(cpuid_for(&sys, None, 0xd, 1), [0b101, 0, 0, 0]);
+        assert_eq!(cpuid_for(&sys, None, 0xd, 2), [0; 4], "no AVX component");
         assert!(
             cpuid(0, 0)[0] >= 0xd,
             "the maximum basic leaf covers leaf 0xD"
         );
+    }
+
+    #[test]
+    fn apic_features_id_and_topology_appear_only_with_a_local_apic() {
+        let sys = crate::sysregs::SystemRegs::default();
+        let bare = cpuid_for(&sys, None, 1, 0);
+        assert_eq!(bare[3] & (1 << 9), 0, "no APIC without a controller");
+        assert_eq!(bare[2] & (1 << 21 | 1 << 24), 0);
+        assert_eq!(cpuid_for(&sys, None, 0xb, 0), [0; 4]);
+        let apic = Some(ApicInfo {
+            id: 3,
+            package_cpus: 4,
+        });
+        let [_, b, c, d] = cpuid_for(&sys, apic, 1, 0);
+        assert_ne!(d & (1 << 9), 0, "APIC");
+        assert_ne!(c & (1 << 21), 0, "x2APIC");
+        assert_ne!(c & (1 << 24), 0, "TSC-deadline");
+        assert_eq!(b >> 24, 3, "initial APIC ID");
+        assert_eq!(
+            b & 0xffff,
+            cpuid(1, 0)[1] & 0xffff,
+            "the rest of EBX is kept"
+        );
+        assert_ne!(cpuid_for(&sys, apic, 6, 0)[0] & (1 << 2), 0, "ARAT");
+        assert_eq!(cpuid_for(&sys, apic, 0xb, 0), [0, 1, 0x100, 3]);
+        assert_eq!(cpuid_for(&sys, apic, 0xb, 1), [2, 4, 0x201, 3]);
+        assert_eq!(cpuid_for(&sys, apic, 0xb, 2), [0, 0, 2, 3]);
+        assert!(cpuid(0, 0)[0] >= 0xb);
     }
 
     #[test]

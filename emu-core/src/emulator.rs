@@ -18,7 +18,7 @@
 //! # Ok::<(), emu_core::EmuError>(())
 //! ```
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use emu_mmu::{Bus, BusError, MemAccessEvent, MemFault, Mmu, RamError, SharedDevice};
@@ -26,7 +26,7 @@ use iced_x86::Register;
 
 use crate::cache::CodeCache;
 use crate::cpu::Cpu;
-use crate::events::{self, Events, InterruptLine};
+use crate::events::{self, AttachedController, Events, InterruptLine, LocalInterruptController};
 use crate::exception::Exception;
 use crate::insn::Trap;
 use crate::interrupt::{self, escalate, fault_class, Escalation, EventKind, FaultClass};
@@ -265,7 +265,10 @@ impl Emulator {
             Register::CR2 => cpu.sys.cr2,
             Register::CR3 => cpu.sys.cr3,
             Register::CR4 => cpu.sys.cr4,
-            Register::CR8 => cpu.sys.cr8,
+            Register::CR8 => match &cpu.apic {
+                Some(apic) => (apic.lock().tpr() >> 4) as u64,
+                None => cpu.sys.cr8,
+            },
             r if r.is_gpr64() => cpu.reg::<8>(num(r)),
             r if r.is_gpr32() => cpu.reg::<4>(num(r)),
             r if r.is_gpr16() => cpu.reg::<2>(num(r)),
@@ -343,6 +346,33 @@ impl Emulator {
     /// delivered through the guest's IDT under [`InterruptDelivery::Guest`].
     pub fn interrupt_line(&self) -> InterruptLine {
         InterruptLine(self.events.clone())
+    }
+
+    /// Attaches the vCPU's local interrupt controller (its local APIC). From now on:
+    ///
+    /// - external interrupts come from the controller: [`InterruptLine::notify`] marks
+    ///   one possible, and the CPU takes it with
+    ///   [`LocalInterruptController::acknowledge`] when RFLAGS.IF allows (under
+    ///   [`InterruptDelivery::Guest`]); HLT sleeps until then. The request register of
+    ///   [`InterruptLine::raise`] is no longer looked at (NMIs and stop requests work as
+    ///   before);
+    /// - RDMSR/WRMSR of IA32_APIC_BASE, IA32_TSC_DEADLINE and the x2APIC MSRs
+    ///   (0x800..=0x8FF) go to the controller first;
+    /// - MOV to/from CR8 reads and writes the controller's task priority;
+    /// - CPUID advertises the APIC, x2APIC, the TSC-deadline timer and ARAT, with
+    ///   [`Cpu::apic_id`] as the initial APIC ID.
+    ///
+    /// The platform typically maps the same object as the APIC's MMIO page
+    /// ([`Emulator::add_mmio_device`]) and gives the controller this vCPU's
+    /// [`Emulator::interrupt_line`] to notify. [`Emulator::reset`] leaves the controller
+    /// alone: resetting the APIC with its CPU is the platform's job.
+    pub fn set_interrupt_controller(
+        &mut self,
+        controller: Arc<Mutex<dyn LocalInterruptController>>,
+    ) {
+        self.cpu.apic = Some(AttachedController(controller));
+        // A notification may have arrived before the controller was attached.
+        self.events.notify_intr();
     }
 
     /// Adds a hook run before every instruction. Runs with code hooks are slower: each
@@ -610,7 +640,7 @@ impl Emulator {
             return self.deliver_to_guest(2, None, EventKind::External, FaultClass::Benign, None);
         }
         if pending & events::INTR != 0 && self.cpu.rflags_other & crate::flags::IF != 0 {
-            if let Some(vector) = self.events.take_interrupt() {
+            if let Some(vector) = self.take_interrupt() {
                 return self.deliver_to_guest(
                     vector,
                     None,
@@ -621,6 +651,21 @@ impl Emulator {
             }
         }
         None
+    }
+
+    /// Takes the highest-priority external interrupt: from the attached controller, or
+    /// from the request register without one.
+    #[inline]
+    fn take_interrupt(&mut self) -> Option<u8> {
+        match &self.cpu.apic {
+            Some(apic) => {
+                // Clear first: a notify racing with the question sets INTR again and is
+                // answered by the next question, never lost.
+                self.events.clear(events::INTR);
+                apic.lock().acknowledge()
+            }
+            None => self.events.take_interrupt(),
+        }
     }
 
     /// HLT under guest delivery. With interrupts enabled the CPU sleeps until an
@@ -641,11 +686,27 @@ impl Emulator {
         if !self.cpu.sys.nmi_blocked {
             wanted |= events::NMI;
         }
-        let woke = self.events.wait(wanted, self.deadline);
-        if woke & wanted == 0 {
-            return Some(StopReason::Timeout);
+        loop {
+            let woke = self.events.wait(wanted, self.deadline);
+            if woke & wanted == 0 {
+                return Some(StopReason::Timeout);
+            }
+            if self.cpu.apic.is_none() || woke & wanted & (events::STOP | events::NMI) != 0 {
+                return None;
+            }
+            // Only INTR, from a controller: take the interrupt here, so that a
+            // notification that finds nothing deliverable (TPR, an interrupt already in
+            // service) does not end the HLT as no real interrupt would.
+            if let Some(vector) = self.take_interrupt() {
+                return self.deliver_to_guest(
+                    vector,
+                    None,
+                    EventKind::External,
+                    FaultClass::Benign,
+                    None,
+                );
+            }
         }
-        None
     }
 
     /// Delivers an event through the guest's IDT, applying the double-fault rules to

@@ -5,6 +5,16 @@
 //! condition variable until the word changes. External interrupts are a 256-bit request
 //! register: the platform's interrupt controller raises vectors, and the CPU takes the
 //! highest one whenever RFLAGS.IF allows (and no interrupt shadow is in force).
+//!
+//! A vCPU with a local APIC works differently: the APIC is attached as a
+//! [`LocalInterruptController`] ([`crate::Emulator::set_interrupt_controller`]) and keeps
+//! the requests itself. [`INTR`] then only means "the controller may have something":
+//! the controller (or anything feeding it) calls [`InterruptLine::notify`], and the CPU,
+//! when RFLAGS.IF allows, clears [`INTR`] and asks the controller
+//! ([`LocalInterruptController::acknowledge`]) for the vector. Clearing before asking
+//! means a notify that races with the question is never lost, at worst answered by an
+//! extra question that finds nothing. The controller must notify whenever an interrupt
+//! may have become deliverable (a new request, an EOI, a lower TPR, being enabled).
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -54,6 +64,18 @@ impl Events {
     pub fn raise(&self, vector: u8) {
         self.requested[vector as usize / 64].fetch_or(1 << (vector % 64), Ordering::AcqRel);
         self.signal(INTR);
+    }
+
+    /// Sets [`INTR`] without requesting a vector (the attached controller holds the
+    /// request), waking a halted vCPU. Cheap when [`INTR`] is already set: one atomic
+    /// operation and no lock.
+    pub fn notify_intr(&self) {
+        if self.pending.fetch_or(INTR, Ordering::AcqRel) & INTR == 0 {
+            // Only the transition needs the wake-up: a sleeper that saw INTR clear went to
+            // sleep before this lock was taken, and whoever set INTR before us woke it.
+            let _guard = self.sleep.lock().unwrap_or_else(|e| e.into_inner());
+            self.wake.notify_all();
+        }
     }
 
     /// Raises an NMI.
@@ -142,6 +164,88 @@ impl InterruptLine {
     pub fn raise_nmi(&self) {
         self.0.raise_nmi();
     }
+
+    /// Tells a vCPU with an attached [`LocalInterruptController`] that the controller may
+    /// have an interrupt for it: the CPU asks the controller at the next instruction
+    /// boundary where RFLAGS.IF allows, and a halted CPU wakes to ask. Callable from any
+    /// thread, and cheap to call again while a notification is still pending. (Without a
+    /// controller attached, use [`InterruptLine::raise`].)
+    pub fn notify(&self) {
+        self.0.notify_intr();
+    }
+}
+
+/// The answer of a [`LocalInterruptController`] to an MSR access.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MsrAccess {
+    /// Not one of the controller's MSRs: the CPU handles it (and raises `#GP(0)` for an
+    /// MSR it does not know either).
+    NotMine,
+    /// Done; for a read, the value read (ignored for writes).
+    Done(u64),
+    /// The access raises `#GP(0)` (an x2APIC MSR while x2APIC mode is off, a read-only
+    /// register written, reserved bits set...).
+    Fault,
+}
+
+/// A vCPU's local interrupt controller (its local APIC), as the CPU sees it.
+///
+/// Attached with [`crate::Emulator::set_interrupt_controller`] as an
+/// `Arc<Mutex<dyn LocalInterruptController>>`, which the platform also maps as the
+/// APIC's MMIO page and hands to its timer thread, so every path goes through the same
+/// lock. The CPU locks it only at interrupt acceptance, for RDMSR/WRMSR of the APIC
+/// MSRs and for MOV to/from CR8, never on the instruction hot path.
+///
+/// Contract:
+/// - Whenever an interrupt may have become deliverable, the controller (or whatever
+///   feeds it, from any thread) calls [`InterruptLine::notify`] on the vCPU's line.
+/// - The CPU then, at an instruction boundary with RFLAGS.IF set and no interrupt
+///   shadow, calls [`acknowledge`](Self::acknowledge) (the INTA cycle) and delivers the
+///   vector it returns through the IDT.
+/// - Implementations must not lock anything that could be waiting on the vCPU thread
+///   while holding their own lock (the CPU calls them with nothing else locked).
+pub trait LocalInterruptController: Send {
+    /// The interrupt acknowledge cycle: the highest-priority deliverable vector, now
+    /// in service (for a local APIC: moved from IRR to ISR; for ExtINT, the 8259's
+    /// vector), or `None` if nothing is deliverable any more (masked by the task
+    /// priority meanwhile, or a spurious notification).
+    fn acknowledge(&mut self) -> Option<u8>;
+
+    /// RDMSR of `msr`. The CPU offers IA32_APIC_BASE (0x1B), IA32_TSC_DEADLINE (0x6E0)
+    /// and the x2APIC range 0x800..=0x8FF. IA32_TSC_DEADLINE is exchanged in raw TSC
+    /// units: the virtual clock at [`crate::cpuid::TSC_HZ`], without the IA32_TSC offset
+    /// (the CPU converts).
+    fn read_msr(&mut self, msr: u32) -> MsrAccess;
+
+    /// WRMSR of `value` to `msr` (the same MSRs as [`read_msr`](Self::read_msr)).
+    fn write_msr(&mut self, msr: u32, value: u64) -> MsrAccess;
+
+    /// The task-priority register (8 bits); MOV from CR8 reads bits 7:4.
+    fn tpr(&mut self) -> u8;
+
+    /// Sets the task-priority register (MOV to CR8 writes `cr8 << 4`). A lower priority
+    /// may unmask pending interrupts: notify as usual.
+    fn set_tpr(&mut self, tpr: u8);
+}
+
+/// A [`LocalInterruptController`] attached to a vCPU (a shared handle; see
+/// [`crate::Emulator::set_interrupt_controller`]).
+#[derive(Clone)]
+pub struct AttachedController(pub Arc<Mutex<dyn LocalInterruptController>>);
+
+impl std::fmt::Debug for AttachedController {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AttachedController")
+    }
+}
+
+impl AttachedController {
+    /// Locks the controller (a panic while it was held does not make it unusable: its
+    /// state is plain registers).
+    #[inline]
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, dyn LocalInterruptController + 'static> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 #[cfg(test)]
@@ -160,6 +264,25 @@ mod tests {
         assert_eq!(e.take_interrupt(), Some(0x20));
         assert_eq!(e.pending() & INTR, 0);
         assert_eq!(e.take_interrupt(), None);
+    }
+
+    #[test]
+    fn notify_sets_intr_without_a_vector_and_wakes_a_sleeper() {
+        let e = Arc::new(Events::default());
+        let line = InterruptLine(e.clone());
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            line.notify();
+            line.notify(); // a second notify while pending is harmless
+        });
+        let bits = e.wait(
+            INTR,
+            Some(Instant::now() + std::time::Duration::from_secs(10)),
+        );
+        t.join().unwrap();
+        assert_ne!(bits & INTR, 0);
+        e.clear(INTR);
+        assert_eq!(e.pending(), 0);
     }
 
     #[test]

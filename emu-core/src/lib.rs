@@ -42,6 +42,6 @@ pub use emulator::{
     CodeHook, EmuError, Emulator, HookAction, InterruptDelivery, InterruptEvent, InterruptHook,
     RunOptions, SegmentState, StopHandle, StopReason,
 };
-pub use events::InterruptLine;
+pub use events::{InterruptLine, LocalInterruptController, MsrAccess};
 pub use exception::Exception;
 pub use iced_x86::Register;

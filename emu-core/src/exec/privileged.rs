@@ -12,6 +12,7 @@ use crate::cpu::{attr, reg, seg, Cpu};
 use crate::descriptor::{
     descriptor_address, read_system_descriptor, system_type, Descriptor, Selector, SystemSegment,
 };
+use crate::events::MsrAccess;
 use crate::exception::Exception;
 use crate::flags;
 use crate::insn::{Insn, OpEntry, OpTable, Step, Trap};
@@ -38,7 +39,10 @@ fn mov_from_cr<const N: usize>(cpu: &mut Cpu, i: &Insn) -> Step {
         2 => cpu.sys.cr2,
         3 => cpu.sys.cr3,
         4 => cpu.sys.cr4,
-        8 => cpu.sys.cr8,
+        8 => match &cpu.apic {
+            Some(apic) => (apic.lock().tpr() >> 4) as u64,
+            None => cpu.sys.cr8,
+        },
         _ => return Err(Exception::InvalidOpcode.into()),
     };
     cpu.set_reg::<N>(i.dst, value);
@@ -93,7 +97,14 @@ fn mov_to_cr<const N: usize>(cpu: &mut Cpu, i: &Insn) -> Step {
             cpu.apply_paging(cr0, cr3, new, efer)?;
             cpu.sys.cr4 = new;
         }
-        8 => cpu.sys.cr8 = sys.check_cr8(value)?,
+        8 => {
+            cpu.sys.cr8 = sys.check_cr8(value)?;
+            // CR8 is an alias of TPR[7:4]; MOV to CR8 ends the block, so an interrupt it
+            // unmasks is taken right after it.
+            if let Some(apic) = &cpu.apic {
+                apic.lock().set_tpr((value as u8) << 4);
+            }
+        }
         _ => return Err(Exception::InvalidOpcode.into()),
     }
     Ok(())
@@ -153,11 +164,69 @@ fn msr_host(cpu: &mut Cpu) -> (&mut crate::sysregs::SystemRegs, CpuMsrs<'_>) {
     )
 }
 
+/// Whether the attached local APIC, if any, is offered MSR `index`: IA32_APIC_BASE,
+/// IA32_TSC_DEADLINE and the x2APIC range.
+#[inline]
+fn is_apic_msr(index: u32) -> bool {
+    matches!(index, msr::APIC_BASE | msr::TSC_DEADLINE | 0x800..=0x8ff)
+}
+
+/// RDMSR through the attached local APIC: `None` when there is none or it declines.
+fn apic_read_msr(cpu: &mut Cpu, index: u32) -> Result<Option<u64>, Trap> {
+    let Some(apic) = &cpu.apic else {
+        return Ok(None);
+    };
+    let answer = apic.lock().read_msr(index);
+    match answer {
+        MsrAccess::NotMine => Ok(None),
+        MsrAccess::Fault => Err(GP0),
+        // The APIC counts deadlines in raw TSC units; the guest's TSC carries its offset.
+        MsrAccess::Done(0) if index == msr::TSC_DEADLINE => Ok(Some(0)),
+        MsrAccess::Done(v) if index == msr::TSC_DEADLINE => {
+            Ok(Some(v.wrapping_add(cpu.tsc_offset)))
+        }
+        MsrAccess::Done(v) => Ok(Some(v)),
+    }
+}
+
+/// WRMSR through the attached local APIC: `false` when there is none or it declines.
+fn apic_write_msr(cpu: &mut Cpu, index: u32, mut value: u64) -> Result<bool, Trap> {
+    let Some(apic) = &cpu.apic else {
+        return Ok(false);
+    };
+    if index == msr::TSC_DEADLINE && value != 0 && cpu.tsc_offset != 0 {
+        // The APIC counts in raw TSC units. A deadline already passed becomes raw 1 (it
+        // fires at once; 0 would disarm the timer instead).
+        let raw_now = cpu.raw_tsc();
+        let tsc_now = raw_now.wrapping_add(cpu.tsc_offset);
+        value = if value > tsc_now {
+            raw_now.saturating_add(value - tsc_now)
+        } else {
+            1
+        };
+    }
+    match apic.lock().write_msr(index, value) {
+        MsrAccess::NotMine => Ok(false),
+        MsrAccess::Fault => Err(GP0),
+        MsrAccess::Done(_) => Ok(true),
+    }
+}
+
 fn rdmsr(cpu: &mut Cpu, _: &Insn) -> Step {
     require_cpl0(cpu)?;
     let index = cpu.reg::<4>(reg::RCX) as u32;
-    let (sys, mut host) = msr_host(cpu);
-    let value = sys.read_msr(&mut host, index)?;
+    let routed = if is_apic_msr(index) {
+        apic_read_msr(cpu, index)?
+    } else {
+        None
+    };
+    let value = match routed {
+        Some(v) => v,
+        None => {
+            let (sys, mut host) = msr_host(cpu);
+            sys.read_msr(&mut host, index)?
+        }
+    };
     cpu.set_reg::<4>(reg::RAX, value & 0xffff_ffff);
     cpu.set_reg::<4>(reg::RDX, value >> 32);
     Ok(())
@@ -167,6 +236,9 @@ fn wrmsr(cpu: &mut Cpu, _: &Insn) -> Step {
     require_cpl0(cpu)?;
     let index = cpu.reg::<4>(reg::RCX) as u32;
     let value = cpu.reg::<4>(reg::RAX) | cpu.reg::<4>(reg::RDX) << 32;
+    if is_apic_msr(index) && apic_write_msr(cpu, index, value)? {
+        return Ok(());
+    }
     let old_efer = cpu.sys.efer;
     let (sys, mut host) = msr_host(cpu);
     sys.write_msr(&mut host, index, value)?;

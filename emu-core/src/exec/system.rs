@@ -9,7 +9,11 @@ use crate::insn::{Insn, OpEntry, OpTable, Step};
 fn cpuid_insn(cpu: &mut Cpu, _: &Insn) -> Step {
     let leaf = cpu.reg::<4>(reg::RAX) as u32;
     let subleaf = cpu.reg::<4>(reg::RCX) as u32;
-    let [a, b, c, d] = cpuid::cpuid_for(&cpu.sys, leaf, subleaf);
+    let apic = cpu.apic.as_ref().map(|_| cpuid::ApicInfo {
+        id: cpu.apic_id,
+        package_cpus: cpu.package_cpus,
+    });
+    let [a, b, c, d] = cpuid::cpuid_for(&cpu.sys, apic, leaf, subleaf);
     cpu.set_reg::<4>(reg::RAX, a as u64);
     cpu.set_reg::<4>(reg::RBX, b as u64);
     cpu.set_reg::<4>(reg::RCX, c as u64);

@@ -18,3 +18,5 @@ pub mod i8042;
 pub mod acpi_pm;
 pub mod rtc;
 pub mod hpet;
+pub mod lapic;
+pub mod ioapic;

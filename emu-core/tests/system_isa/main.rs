@@ -7,6 +7,7 @@ use iced_x86::code_asm::*;
 
 #[path = "../common/mod.rs"]
 mod common;
+mod apic;
 mod firmware;
 mod modes;
 mod xsave;

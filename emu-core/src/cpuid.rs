@@ -253,7 +253,14 @@ mod tests {
             | F::X64
             | F::CPUID
             | F::MULTIBYTENOP
-            | F::PAUSE => None,
+            | F::PAUSE
+            // Hint NOPs on a processor without the feature, which is not advertised:
+            // ENDBR and RDSSP (CET), CLDEMOTE, PREFETCHIT0/1.
+            | F::CET_IBT
+            | F::CET_SS
+            | F::CLDEMOTE
+            | F::PREFETCHITI
+            | F::PREFETCHWT1 => None,
             F::FPU | F::FPU287 | F::FPU387 => Some((1, 0, 3, 0)),
             F::FXSR => Some((1, 0, 3, 24)),
             F::TSC => Some((1, 0, 3, 4)),

@@ -6,4 +6,5 @@
 //! ends with an outcome (power-off, reset, triple fault, stop request).
 
 pub mod config;
+pub mod machine;
 pub mod timers;

@@ -559,6 +559,32 @@ pub(crate) fn register(t: &mut OpTable) {
     for code in [Code::Nop_rm16, Code::Nop_rm32, Code::Nop_rm64] {
         t.set(code, OpEntry::rm(nop, nop));
     }
+    // The hint-NOP space (0F 0D, 0F 18..0F 1F): a CPU without the feature a hint names
+    // executes it as a NOP, which is what compilers rely on. That covers CET's ENDBR32/
+    // ENDBR64 (glibc and the kernel put one at every indirect-branch target) and RDSSP,
+    // which leaves its register unchanged while shadow stacks are off, and the cache
+    // hints CLDEMOTE and PREFETCHIT0/1. In the 0F 0D row only memory forms are hints
+    // (PREFETCH/PREFETCHW); register forms are #UD on real processors.
+    for code in Code::values() {
+        let name = format!("{code:?}");
+        if name.starts_with("Reservednop_") && name.ends_with("_0F0D") {
+            t.set(code, OpEntry::mem(nop));
+        } else if name.starts_with("Reservednop_")
+            || matches!(
+                code,
+                Code::Endbr32
+                    | Code::Endbr64
+                    | Code::Rdsspd_r32
+                    | Code::Rdsspq_r64
+                    | Code::Cldemote_m8
+                    | Code::Prefetchit0_m8
+                    | Code::Prefetchit1_m8
+                    | Code::Prefetchwt1_m8
+            )
+        {
+            t.set(code, OpEntry::rm(nop, nop));
+        }
+    }
     t.set(Code::Lahf, OpEntry::reg(lahf));
     t.set(Code::Sahf, OpEntry::reg(sahf));
     t.set(Code::Clc, OpEntry::reg(clc));

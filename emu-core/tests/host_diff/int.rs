@@ -735,7 +735,16 @@ fn generic(code: Code, raw: &Raw) -> Case {
     let info = code.op_code();
     let kinds = info.op_kinds().to_vec();
     let mnemonic = code.mnemonic();
-    let mem_use = if matches!(mnemonic, Mnemonic::Lea | Mnemonic::Nop) {
+    let mem_use = if matches!(
+        mnemonic,
+        Mnemonic::Lea
+            | Mnemonic::Nop
+            | Mnemonic::Reservednop
+            | Mnemonic::Cldemote
+            | Mnemonic::Prefetchit0
+            | Mnemonic::Prefetchit1
+            | Mnemonic::Prefetchwt1
+    ) {
         MemUse::Address
     } else {
         MemUse::Access
@@ -1394,6 +1403,15 @@ const MOVES: &[Mnemonic] = &[
 ];
 const FLAGS_MISC: &[Mnemonic] = &[
     Mnemonic::Nop,
+    Mnemonic::Reservednop,
+    Mnemonic::Endbr32,
+    Mnemonic::Endbr64,
+    Mnemonic::Rdsspd,
+    Mnemonic::Rdsspq,
+    Mnemonic::Cldemote,
+    Mnemonic::Prefetchit0,
+    Mnemonic::Prefetchit1,
+    Mnemonic::Prefetchwt1,
     Mnemonic::Pause,
     Mnemonic::Lahf,
     Mnemonic::Sahf,

@@ -33,7 +33,7 @@ fn every_table_entry_has_differential_coverage() {
         .chain(sse::forms())
         .chain(x87::forms())
     {
-        for _ in 0..4 {
+        for _ in 0..8 {
             let case = form
                 .cases
                 .new_tree(&mut runner)

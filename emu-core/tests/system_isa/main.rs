@@ -5,9 +5,9 @@
 use emu_core::{Emulator, Exception, Register, RunOptions, StopReason};
 use iced_x86::code_asm::*;
 
+mod apic;
 #[path = "../common/mod.rs"]
 mod common;
-mod apic;
 mod firmware;
 mod modes;
 mod xsave;

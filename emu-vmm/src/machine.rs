@@ -1,0 +1,673 @@
+//! A whole machine: RAM, one vCPU, the PC platform devices, a kernel loaded and
+//! configured by emu-boot, and the loop that runs it until the guest powers off, resets,
+//! asks the debug-exit port to end, or dies.
+//!
+//! The platform ("quetzal", microvm-like): RAM from 0 (with the 3..4 GiB hole above
+//! 3 GiB), a local APIC at 0xFEE00000, an IOAPIC at 0xFEC00000, an HPET at 0xFED00000,
+//! COM1 at 0x3F8 (IRQ 4), the 8259 pair (reaching the APIC's LINT0), 8254 PIT, CMOS RTC,
+//! i8042, ACPI PM block at 0x600 with the PM timer and S5 power-off, the reset register
+//! at 0xCF9, POST port 0x80 and the debug-exit port 0xF4, all described to the guest by
+//! ACPI tables (MADT, FADT, HPET, DSDT). ISA IRQs reach both the 8259 and the IOAPIC.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use emu_core::{Emulator, InterruptDelivery, RunOptions, StopReason};
+use emu_devices::irq::IrqLine;
+use emu_devices::ports::PortWindow;
+use emu_mmu::SharedDevice;
+
+use crate::config::{MachineConfig, SerialBackend};
+use crate::timers::{TimedDevice, TimerThread};
+
+/// Why a machine stopped running.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The guest powered off (ACPI S5).
+    PowerOff,
+    /// The guest asked for a reset (i8042, 0xCF9).
+    Reset,
+    /// The guest wrote to the debug-exit port: exit with this status.
+    DebugExit(u32),
+    /// The CPU shut down (triple fault); the message describes its state.
+    TripleFault(String),
+    /// The CPU halted with interrupts disabled: nothing can wake it.
+    HaltedForever(String),
+    /// An instruction fetch or access reached memory that is neither RAM nor a device.
+    Unmapped(String),
+    /// The guest kernel panicked (seen on its console); the panic message.
+    GuestPanic(String),
+    /// [`Machine::stop_handle`] was used.
+    Stopped,
+}
+
+/// Watches the guest's console for a Linux panic: when the panic's closing line
+/// ("---[ end Kernel panic") has been printed, the machine stops with
+/// [`Outcome::GuestPanic`] instead of spinning in the kernel's panic loop forever.
+struct PanicWatch {
+    inner: Box<dyn Write + Send>,
+    line: Vec<u8>,
+    message: Option<String>,
+    on_panic: Box<dyn Fn(String) + Send>,
+}
+
+impl Write for PanicWatch {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        for &b in &buf[..n] {
+            if b != b'\n' && b != b'\r' && self.line.len() < 512 {
+                self.line.push(b);
+            }
+            let line_done = b == b'\n';
+            // The closing line ends with "]---" and its newline may come much later.
+            let closing = self.line.ends_with(b"]---")
+                && String::from_utf8_lossy(&self.line).contains("---[ end Kernel panic");
+            if !line_done && !closing {
+                continue;
+            }
+            let line = String::from_utf8_lossy(&self.line).into_owned();
+            self.line.clear();
+            if let Some(at) = line.find("Kernel panic - not syncing") {
+                if !closing {
+                    self.message = Some(line[at..].trim_end().to_string());
+                    continue;
+                }
+            }
+            if closing {
+                let msg = self
+                    .message
+                    .take()
+                    .unwrap_or_else(|| line.trim().to_string());
+                (self.on_panic)(msg);
+            }
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Errors building a machine.
+#[derive(Debug, thiserror::Error)]
+pub enum MachineError {
+    /// The configuration is unusable.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The kernel or initrd could not be loaded.
+    #[error("cannot boot {path}: {source}")]
+    Boot {
+        /// The kernel file.
+        path: String,
+        /// What emu-boot found wrong.
+        source: emu_boot::Error,
+    },
+    /// Guest memory could not be set up.
+    #[error("cannot set up guest memory: {0}")]
+    Memory(String),
+    /// A device could not be mapped.
+    #[error("cannot map a device: {0}")]
+    Bus(String),
+}
+
+/// What the devices ask the machine to do; the first request wins.
+#[derive(Default)]
+struct ExitLatch {
+    outcome: Mutex<Option<Outcome>>,
+}
+
+impl ExitLatch {
+    fn request(&self, outcome: Outcome) {
+        let mut o = self.outcome.lock().unwrap_or_else(|e| e.into_inner());
+        if o.is_none() {
+            *o = Some(outcome);
+        }
+    }
+
+    fn take(&self) -> Option<Outcome> {
+        self.outcome
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+}
+
+/// `emu_boot::GuestMemory` over the emulator's RAM.
+struct BootMemory<'a> {
+    emu: &'a mut Emulator,
+    regions: Vec<emu_boot::layout::RamRegion>,
+}
+
+impl emu_boot::memory::GuestMemory for BootMemory<'_> {
+    fn ram_regions(&self) -> Vec<emu_boot::layout::RamRegion> {
+        self.regions.clone()
+    }
+
+    fn write(&mut self, addr: u64, data: &[u8]) -> Result<(), emu_boot::memory::MemoryError> {
+        let inside = self
+            .regions
+            .iter()
+            .any(|r| addr >= r.base && addr.saturating_add(data.len() as u64) <= r.base + r.size);
+        if !inside {
+            return Err(emu_boot::memory::MemoryError::OutOfRange {
+                addr,
+                len: data.len() as u64,
+            });
+        }
+        self.emu
+            .write_memory(addr, data)
+            .map_err(|_| emu_boot::memory::MemoryError::OutOfRange {
+                addr,
+                len: data.len() as u64,
+            })
+    }
+}
+
+/// An ISA interrupt line: as on a PC, it reaches both the 8259 pair and the IOAPIC (IRQ 0
+/// on pin 2, as the MADT's interrupt source override says; every other IRQ on its own
+/// number).
+struct IsaIrq {
+    irq: u8,
+    pic: Arc<Mutex<emu_devices::pic::PicPair>>,
+    pic_output: Arc<dyn IrqLine>,
+    ioapic_pin: Arc<dyn IrqLine>,
+}
+
+impl IrqLine for IsaIrq {
+    fn set_level(&self, high: bool) {
+        let intr = {
+            let mut pic = self.pic.lock().unwrap_or_else(|e| e.into_inner());
+            pic.set_irq(self.irq, high);
+            pic.intr_pending()
+        };
+        self.pic_output.set_level(intr);
+        self.ioapic_pin.set_level(high);
+    }
+}
+
+/// How a local APIC reaches its vCPU.
+struct CpuWake(emu_core::InterruptLine);
+
+impl emu_devices::lapic::CpuSignal for CpuWake {
+    fn interrupt(&self) {
+        self.0.notify();
+    }
+    fn nmi(&self) {
+        self.0.raise_nmi();
+    }
+}
+
+/// The local APIC as the CPU, the MMIO bus and the timer thread each see it.
+struct Apic(emu_devices::lapic::LocalApic);
+
+fn msr_access(r: emu_devices::lapic::MsrResult) -> emu_core::MsrAccess {
+    match r {
+        emu_devices::lapic::MsrResult::NotMine => emu_core::MsrAccess::NotMine,
+        emu_devices::lapic::MsrResult::Ok(v) => emu_core::MsrAccess::Done(v),
+        emu_devices::lapic::MsrResult::Fault => emu_core::MsrAccess::Fault,
+    }
+}
+
+impl emu_core::LocalInterruptController for Apic {
+    fn acknowledge(&mut self) -> Option<u8> {
+        self.0.acknowledge()
+    }
+    fn read_msr(&mut self, msr: u32) -> emu_core::MsrAccess {
+        msr_access(self.0.read_msr(msr))
+    }
+    fn write_msr(&mut self, msr: u32, value: u64) -> emu_core::MsrAccess {
+        msr_access(self.0.write_msr(msr, value))
+    }
+    fn tpr(&mut self) -> u8 {
+        self.0.tpr()
+    }
+    fn set_tpr(&mut self, tpr: u8) {
+        self.0.set_tpr(tpr);
+    }
+}
+
+impl emu_mmu::BusDevice for Apic {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        self.0.read(offset, data);
+    }
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        self.0.write(offset, data);
+    }
+}
+
+impl TimedDevice for Apic {
+    fn next_deadline_ns(&self) -> Option<u64> {
+        self.0.next_deadline_ns()
+    }
+    fn tick(&mut self, now_ns: u64) {
+        self.0.tick(now_ns)
+    }
+}
+
+impl TimedDevice for emu_devices::hpet::Hpet {
+    fn next_deadline_ns(&self) -> Option<u64> {
+        emu_devices::hpet::Hpet::next_deadline_ns(self)
+    }
+    fn tick(&mut self, now_ns: u64) {
+        emu_devices::hpet::Hpet::tick(self, now_ns)
+    }
+}
+
+impl TimedDevice for emu_devices::pit::Pit {
+    fn next_deadline_ns(&self) -> Option<u64> {
+        emu_devices::pit::Pit::next_deadline_ns(self)
+    }
+    fn tick(&mut self, now_ns: u64) {
+        emu_devices::pit::Pit::tick(self, now_ns)
+    }
+}
+
+impl TimedDevice for emu_devices::rtc::Rtc {
+    fn next_deadline_ns(&self) -> Option<u64> {
+        emu_devices::rtc::Rtc::next_deadline_ns(self)
+    }
+    fn tick(&mut self, now_ns: u64) {
+        emu_devices::rtc::Rtc::tick(self, now_ns)
+    }
+}
+
+impl TimedDevice for emu_devices::acpi_pm::AcpiPm {
+    fn next_deadline_ns(&self) -> Option<u64> {
+        emu_devices::acpi_pm::AcpiPm::next_deadline_ns(self)
+    }
+    fn tick(&mut self, now_ns: u64) {
+        emu_devices::acpi_pm::AcpiPm::tick(self, now_ns)
+    }
+}
+
+/// The LINT0 input of the APIC behind `apic` (taken once, at wiring time).
+fn lapic_lint0(apic: &Arc<Mutex<Apic>>) -> Arc<dyn IrqLine> {
+    apic.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .0
+        .input()
+        .lint(0)
+}
+
+/// A built machine, ready to run.
+pub struct Machine {
+    emu: Emulator,
+    exit: Arc<ExitLatch>,
+    serial: Arc<Mutex<emu_devices::serial::Serial>>,
+    timed: Vec<Arc<Mutex<dyn TimedDevice>>>,
+    entry: emu_boot::cpu::EntryState,
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>, MachineError> {
+    std::fs::read(path).map_err(|source| MachineError::Read {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+impl Machine {
+    /// Builds the machine `config` describes and loads its kernel. Serial output goes to
+    /// `console` (the CLI passes standard output, or a file).
+    ///
+    /// # Errors
+    ///
+    /// An unusable configuration, an unreadable or unbootable kernel or initrd.
+    pub fn new(
+        config: &MachineConfig,
+        console: Box<dyn Write + Send>,
+    ) -> Result<Machine, MachineError> {
+        config.validate()?;
+        let kernel_path = config.kernel.as_deref().expect("validated");
+        let kernel = read_file(kernel_path)?;
+        let initrd = match &config.initrd {
+            Some(p) => Some(read_file(p)?),
+            None => None,
+        };
+
+        let mut emu = Emulator::new();
+        emu.set_interrupt_delivery(InterruptDelivery::Guest);
+        let regions = emu_boot::layout::ram_regions(config.memory);
+        for r in &regions {
+            emu.map_memory(r.base, r.size)
+                .map_err(|e| MachineError::Memory(e.to_string()))?;
+        }
+        let boot = {
+            let mut mem = BootMemory {
+                emu: &mut emu,
+                regions,
+            };
+            emu_boot::boot(
+                &mut mem,
+                &emu_boot::BootRequest {
+                    kernel: &kernel,
+                    initrd: initrd.as_deref(),
+                    cmdline: &config.cmdline,
+                    acpi: Some(emu_boot::acpi::AcpiConfig {
+                        cpus: config.cpus,
+                        ..Default::default()
+                    }),
+                },
+            )
+            .map_err(|source| MachineError::Boot {
+                path: kernel_path.display().to_string(),
+                source,
+            })?
+        };
+
+        let exit = Arc::new(ExitLatch::default());
+        let clock = emu.clock();
+        let stop = emu.stop_handle();
+        let signal = |outcome: Outcome| -> emu_devices::legacy::Signal {
+            let exit = exit.clone();
+            let stop = stop.clone();
+            Arc::new(move || {
+                exit.request(outcome.clone());
+                stop.stop();
+            })
+        };
+
+        // Interrupts: the local APIC is the vCPU's controller; the IOAPIC routes device
+        // pins to it; the 8259 pair reaches it through LINT0 (virtual-wire mode, which the
+        // kernel turns off once it switches to the IOAPIC).
+        let mut lapic = emu_devices::lapic::LocalApic::new(
+            0,
+            true,
+            clock.clone(),
+            Arc::new(CpuWake(emu.interrupt_line())),
+        );
+        lapic.set_virtual_wire();
+        let apic_input = lapic.input();
+        let ioapic = Arc::new(Mutex::new(emu_devices::ioapic::IoApic::new(
+            config.cpus as u8,
+            Box::new(move |message| {
+                emu_devices::lapic::route(std::slice::from_ref(&apic_input), message)
+            }),
+        )));
+        let pic = Arc::new(Mutex::new(emu_devices::pic::PicPair::new(
+            lapic.input().lint(0),
+        )));
+        {
+            let pic = pic.clone();
+            lapic.set_extint_acknowledge(Box::new(move || {
+                pic.lock().unwrap_or_else(|e| e.into_inner()).acknowledge()
+            }));
+            let ioapic = ioapic.clone();
+            lapic.set_eoi_broadcast(Box::new(move |vector| {
+                ioapic
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .end_of_interrupt(vector)
+            }));
+        }
+        let apic = Arc::new(Mutex::new(Apic(lapic)));
+        emu.set_interrupt_controller(apic.clone());
+        emu.add_mmio_device(
+            emu_devices::lapic::APIC_BASE_ADDR,
+            emu_devices::lapic::APIC_PAGE_SIZE,
+            apic.clone(),
+        )
+        .map_err(|e| MachineError::Bus(e.to_string()))?;
+        emu.add_mmio_device(
+            emu_devices::ioapic::IOAPIC_BASE_ADDR,
+            emu_devices::ioapic::IOAPIC_MMIO_SIZE,
+            ioapic.clone(),
+        )
+        .map_err(|e| MachineError::Bus(e.to_string()))?;
+        let pic_output = lapic_lint0(&apic);
+        let isa = |irq: u8| -> Arc<dyn IrqLine> {
+            let gsi = if irq == 0 { 2 } else { irq as usize };
+            Arc::new(IsaIrq {
+                irq,
+                pic: pic.clone(),
+                pic_output: pic_output.clone(),
+                ioapic_pin: emu_devices::ioapic::IoApic::pin(&ioapic, gsi),
+            })
+        };
+        let hpet = Arc::new(Mutex::new(emu_devices::hpet::Hpet::new(
+            clock.clone(),
+            (0..emu_devices::ioapic::PINS)
+                .map(|n| emu_devices::ioapic::IoApic::pin(&ioapic, n))
+                .collect(),
+        )));
+        emu.add_mmio_device(
+            emu_devices::hpet::HPET_BASE,
+            emu_devices::hpet::HPET_LEN,
+            hpet.clone(),
+        )
+        .map_err(|e| MachineError::Bus(e.to_string()))?;
+
+        let mut map_ports =
+            |ranges: &[(u16, u16)], device: SharedDevice| -> Result<(), MachineError> {
+                for &(base, len) in ranges {
+                    emu.add_io_device(base, len, device.clone())
+                        .map_err(|e| MachineError::Bus(e.to_string()))?;
+                }
+                Ok(())
+            };
+        for &(base, len) in emu_devices::pic::PicPair::PORT_RANGES {
+            map_ports(
+                &[(base, len)],
+                Arc::new(Mutex::new(PortWindow::new(pic.clone(), base))),
+            )?;
+        }
+        let pit = Arc::new(Mutex::new(emu_devices::pit::Pit::new(
+            clock.clone(),
+            isa(0),
+        )));
+        for &(base, len) in emu_devices::pit::Pit::PORT_RANGES {
+            map_ports(
+                &[(base, len)],
+                Arc::new(Mutex::new(PortWindow::new(pit.clone(), base))),
+            )?;
+        }
+        let console = Box::new(PanicWatch {
+            inner: console,
+            line: Vec::new(),
+            message: None,
+            on_panic: {
+                let exit = exit.clone();
+                let stop = stop.clone();
+                Box::new(move |msg| {
+                    exit.request(Outcome::GuestPanic(msg));
+                    stop.stop();
+                })
+            },
+        });
+        let serial = Arc::new(Mutex::new(emu_devices::serial::Serial::new(
+            isa(4),
+            console,
+        )));
+        map_ports(&[(0x3f8, 8)], serial.clone())?;
+        let rtc = Arc::new(Mutex::new(emu_devices::rtc::Rtc::new(
+            clock.clone(),
+            isa(8),
+        )));
+        map_ports(&[(emu_devices::rtc::RTC_PORT_BASE, 2)], rtc.clone())?;
+        let i8042 = Arc::new(Mutex::new(emu_devices::i8042::I8042::new(
+            isa(1),
+            signal(Outcome::Reset),
+        )));
+        for &(base, len) in emu_devices::i8042::I8042::PORT_RANGES {
+            map_ports(
+                &[(base, len)],
+                Arc::new(Mutex::new(PortWindow::new(i8042.clone(), base))),
+            )?;
+        }
+        let pm = Arc::new(Mutex::new(emu_devices::acpi_pm::AcpiPm::new(
+            clock.clone(),
+            isa(emu_devices::acpi_pm::SCI_IRQ),
+            signal(Outcome::PowerOff),
+            signal(Outcome::Reset),
+        )));
+        for &(base, len) in emu_devices::acpi_pm::AcpiPm::PORT_RANGES {
+            map_ports(
+                &[(base, len)],
+                Arc::new(Mutex::new(PortWindow::new(pm.clone(), base))),
+            )?;
+        }
+        map_ports(
+            &[(emu_devices::legacy::POST_CODE_PORT, 1)],
+            Arc::new(Mutex::new(emu_devices::legacy::PostCode::new())),
+        )?;
+        let debug_exit: emu_devices::legacy::ExitSignal = {
+            let exit = exit.clone();
+            let stop = stop.clone();
+            Arc::new(move |code| {
+                exit.request(Outcome::DebugExit(code));
+                stop.stop();
+            })
+        };
+        map_ports(
+            &[(emu_devices::legacy::DEBUG_EXIT_PORT, 4)],
+            Arc::new(Mutex::new(emu_devices::legacy::DebugExit::new(debug_exit))),
+        )?;
+
+        let timed: Vec<Arc<Mutex<dyn TimedDevice>>> = vec![pit, rtc, pm, hpet, apic];
+        let mut machine = Machine {
+            emu,
+            exit,
+            serial,
+            timed,
+            entry: boot.entry,
+        };
+        machine.apply_entry_state();
+        Ok(machine)
+    }
+
+    /// Puts the boot vCPU in the state emu-boot's protocol asks for.
+    fn apply_entry_state(&mut self) {
+        let e = self.entry;
+        let cpu = self.emu.cpu_mut();
+        cpu.regs = [0; 17];
+        cpu.regs[emu_core::cpu::reg::RAX as usize] = e.rax;
+        cpu.regs[emu_core::cpu::reg::RBX as usize] = e.rbx;
+        cpu.regs[emu_core::cpu::reg::RSI as usize] = e.rsi;
+        cpu.regs[emu_core::cpu::reg::RSP as usize] = e.rsp;
+        cpu.set_rflags(e.rflags);
+        cpu.sys.gdtr = emu_core::sysregs::TableRegister {
+            base: e.gdt_base,
+            limit: e.gdt_limit,
+        };
+        cpu.sys.idtr = emu_core::sysregs::TableRegister { base: 0, limit: 0 };
+        for sreg in 0..6 {
+            let s = if sreg == emu_core::cpu::seg::CS as usize {
+                e.cs
+            } else {
+                e.data
+            };
+            cpu.seg_sel[sreg] = s.selector;
+            cpu.seg_base[sreg] = s.base;
+            cpu.seg_limit[sreg] = s.limit;
+            cpu.seg_attr[sreg] = s.attributes;
+        }
+        cpu.sys.cr0 = e.cr0;
+        cpu.sys.cr3 = e.cr3;
+        cpu.sys.cr4 = e.cr4;
+        cpu.sys.efer = e.efer;
+        cpu.apply_paging(e.cr0, e.cr3, e.cr4, e.efer)
+            .expect("emu-boot's entry paging state is valid");
+        cpu.set_cpl(0);
+        cpu.update_mode();
+        cpu.rip = e.rip;
+    }
+
+    /// A handle that stops [`Machine::run`] from another thread.
+    pub fn stop_handle(&self) -> emu_core::StopHandle {
+        self.emu.stop_handle()
+    }
+
+    /// Gives typed input to the guest's serial port (the terminal thread calls this).
+    pub fn serial_input(&self) -> impl Fn(&[u8]) + Send + Sync + 'static {
+        let serial = self.serial.clone();
+        move |bytes: &[u8]| {
+            serial
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .enqueue_input(bytes);
+        }
+    }
+
+    /// Runs the machine until it powers off, resets, exits through the debug port, dies
+    /// or is stopped.
+    pub fn run(&mut self) -> Outcome {
+        let _timers = TimerThread::start(self.emu.clock(), self.timed.clone());
+        loop {
+            let stop = self.emu.resume(&RunOptions::default());
+            if let Some(outcome) = self.exit.take() {
+                return outcome;
+            }
+            match stop {
+                StopReason::StopRequested => return Outcome::Stopped,
+                StopReason::TripleFault { .. } => return Outcome::TripleFault(self.describe_cpu()),
+                StopReason::Halted => return Outcome::HaltedForever(self.describe_cpu()),
+                StopReason::Unmapped { fault, rip } => {
+                    return Outcome::Unmapped(format!(
+                        "{fault:x?} at RIP {rip:#x}\n{}",
+                        self.describe_cpu()
+                    ))
+                }
+                // Anything else (a timeout, an instruction limit) just continues.
+                _ => continue,
+            }
+        }
+    }
+
+    /// The vCPU's registers, for fatal-error messages.
+    pub fn describe_cpu(&self) -> String {
+        let cpu = self.emu.cpu();
+        let names = [
+            "RAX", "RCX", "RDX", "RBX", "RSP", "RBP", "RSI", "RDI", "R8", "R9", "R10", "R11",
+            "R12", "R13", "R14", "R15",
+        ];
+        let mut s = format!(
+            "RIP={:#018x} RFLAGS={:#x} CS={:#x} CPL={} CR0={:#x} CR2={:#x} CR3={:#x} CR4={:#x} EFER={:#x}\n",
+            cpu.rip,
+            cpu.rflags(),
+            cpu.seg_sel[1],
+            cpu.sys.cpl,
+            cpu.sys.cr0,
+            cpu.sys.cr2,
+            cpu.sys.cr3,
+            cpu.sys.cr4,
+            cpu.sys.efer
+        );
+        for (k, name) in names.iter().enumerate() {
+            s.push_str(&format!("{name:>3}={:#018x}", cpu.regs[k]));
+            s.push(if k % 4 == 3 { '\n' } else { ' ' });
+        }
+        s
+    }
+
+    /// Instructions retired so far.
+    pub fn instructions(&self) -> u64 {
+        self.emu.cpu().icount
+    }
+}
+
+/// Opens the serial backend's output.
+///
+/// # Errors
+///
+/// The file of `SerialBackend::File` cannot be opened.
+pub fn console_output(backend: &SerialBackend) -> std::io::Result<Box<dyn Write + Send>> {
+    Ok(match backend {
+        SerialBackend::Stdio => Box::new(std::io::stdout()),
+        SerialBackend::File(path) => Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?,
+        ),
+        SerialBackend::None => Box::new(std::io::sink()),
+    })
+}

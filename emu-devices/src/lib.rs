@@ -8,15 +8,15 @@
 //! ([`irq::IrqLine`]) and output injected, following `vm-superio`; time comes from the
 //! machine's one `emu_mmu::clock::VirtualClock`. See `../shared/DESIGN.md`, section 4.
 
+pub mod acpi_pm;
+pub mod hpet;
+pub mod i8042;
+pub mod ioapic;
 pub mod irq;
-pub mod ports;
-pub mod serial;
+pub mod lapic;
+pub mod legacy;
 pub mod pic;
 pub mod pit;
-pub mod legacy;
-pub mod i8042;
-pub mod acpi_pm;
+pub mod ports;
 pub mod rtc;
-pub mod hpet;
-pub mod lapic;
-pub mod ioapic;
+pub mod serial;

@@ -100,6 +100,8 @@ pub mod msr {
     pub const TSC: u32 = 0x10;
     /// Local APIC base.
     pub const APIC_BASE: u32 = 0x1b;
+    /// IA32_BIOS_SIGN_ID: the loaded microcode's revision (high 32 bits).
+    pub const BIOS_SIGN_ID: u32 = 0x8b;
     /// MTRR capabilities.
     pub const MTRRCAP: u32 = 0xfe;
     /// SYSENTER target CS.
@@ -148,6 +150,16 @@ pub mod msr {
 
 /// Number of variable-range MTRR pairs advertised in MTRRcap.
 pub const VARIABLE_MTRRS: usize = 8;
+
+/// The microcode revision IA32_BIOS_SIGN_ID reports (in its high 32 bits, EDX of RDMSR).
+///
+/// There is no microcode, but software expects a loaded revision: Linux reads it in
+/// `early_init_intel` (after writing 0 and executing CPUID, the architectural way to
+/// latch it) and prints it, and its errata tables compare it. The value has the shape of
+/// a real Skylake-SP revision (the family 6 model 0x55 part CPUID describes); CPUID's
+/// stepping 0 matches none of Linux's "bad microcode" or "old microcode" entries, so no
+/// mitigation or warning keys off it. Nonzero because zero means "no microcode loaded".
+pub const MICROCODE_REVISION: u32 = 0x0200_0065;
 
 /// A descriptor-table register (GDTR, IDTR).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -438,6 +450,7 @@ impl SystemRegs {
         Ok(match index {
             msr::TSC => host.tsc(),
             msr::APIC_BASE => self.apic_base,
+            msr::BIOS_SIGN_ID => (MICROCODE_REVISION as u64) << 32,
             // Variable MTRRs, fixed MTRRs, write-combining supported.
             msr::MTRRCAP => VARIABLE_MTRRS as u64 | (1 << 8) | (1 << 10),
             msr::SYSENTER_CS..=msr::SYSENTER_EIP => {
@@ -500,6 +513,10 @@ impl SystemRegs {
                 }
                 self.apic_base = (value & !(1 << 8)) | (self.apic_base & (1 << 8));
             }
+            // Software writes 0 before CPUID to latch the revision; the revision reads
+            // back regardless (it is the microcode's, not a register's), so any value is
+            // accepted and dropped, as on hardware.
+            msr::BIOS_SIGN_ID => {}
             msr::SYSENTER_CS => self.sysenter[0] = value & 0xffff,
             msr::SYSENTER_ESP | msr::SYSENTER_EIP => {
                 self.sysenter[(index - msr::SYSENTER_CS) as usize] = canonical()?
@@ -681,6 +698,28 @@ mod tests {
         assert_eq!(s.write_msr(&mut h, msr::TSC_AUX, 1 << 32), Err(GP0));
         s.write_msr(&mut h, msr::TSC, 99).unwrap();
         assert_eq!(s.read_msr(&mut h, msr::TSC), Ok(99));
+    }
+
+    #[test]
+    fn bios_sign_id_takes_writes_and_reads_the_microcode_revision() {
+        let mut s = SystemRegs::default();
+        let mut h = Host {
+            tsc: 0,
+            bases: [0; 4],
+        };
+        // Linux's intel_get_microcode_revision: write 0, CPUID, read EDX.
+        s.write_msr(&mut h, msr::BIOS_SIGN_ID, 0).unwrap();
+        let v = s.read_msr(&mut h, msr::BIOS_SIGN_ID).unwrap();
+        assert_eq!(v as u32, 0, "EAX (low half) reads 0");
+        assert_eq!((v >> 32) as u32, MICROCODE_REVISION);
+        assert_ne!(MICROCODE_REVISION, 0);
+        s.write_msr(&mut h, msr::BIOS_SIGN_ID, 0x1234 << 32)
+            .unwrap();
+        assert_eq!(
+            s.read_msr(&mut h, msr::BIOS_SIGN_ID),
+            Ok(v),
+            "writes do not stick"
+        );
     }
 
     #[test]

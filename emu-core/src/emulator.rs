@@ -149,6 +149,34 @@ pub type CodeHook = Box<dyn FnMut(&mut Cpu, u64, u8) -> HookAction + Send>;
 /// run continues at the CPU's RIP, which the hook may have changed), `false` to stop.
 pub type InterruptHook = Box<dyn FnMut(&mut Cpu, InterruptEvent) -> bool + Send>;
 
+/// An event about to be delivered through the guest's IDT (under
+/// [`InterruptDelivery::Guest`]), as a [`DeliveryHook`] sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    /// The IDT vector.
+    pub vector: u8,
+    /// The error code pushed with it, if any.
+    pub error_code: Option<u32>,
+    /// Exception, external interrupt (NMIs included: vector 2) or software interrupt.
+    pub kind: EventKind,
+    /// The exception, when it is one (a page fault carries its address and code).
+    pub exception: Option<Exception>,
+}
+
+/// Called just before an event is delivered through the guest's IDT, with the CPU still
+/// in the interrupted state (RIP at the faulting instruction for faults, at the next one
+/// for traps and interrupts). Observational: it cannot refuse or change the delivery.
+/// Events raised while delivering another (a #PF pushing the frame, the #DF that
+/// follows) are reported too, each before its own delivery.
+pub type DeliveryHook = Box<dyn FnMut(&mut Cpu, &Delivery) + Send>;
+
+/// Called once per block when it is translated (not when a cached translation runs
+/// again) with the CPU, the block's first instruction's offset in CS and the offset just
+/// past its last one. To see what was translated, fetch `end - start` bytes at
+/// `cpu.code_linear(start)` with `cpu.mmu.fetch_code` and decode them in `cpu.code_bits`
+/// mode.
+pub type BlockHook = Box<dyn FnMut(&mut Cpu, u64, u64) + Send>;
+
 /// Asks a running [`Emulator`] to stop, from any thread.
 #[derive(Clone, Debug)]
 pub struct StopHandle(Arc<Events>);
@@ -170,6 +198,10 @@ pub struct Emulator {
     deadline: Option<Instant>,
     code_hooks: Vec<CodeHook>,
     interrupt_hooks: Vec<InterruptHook>,
+    /// Observers of guest deliveries (looked at only when an event is delivered).
+    delivery_hooks: Vec<DeliveryHook>,
+    /// Observers of translation (looked at only when a block is translated).
+    block_hooks: Vec<BlockHook>,
     delivery: InterruptDelivery,
     /// The MMIO devices (the MMU holds a shared copy).
     mmio: Bus,
@@ -194,6 +226,8 @@ impl Emulator {
             deadline: None,
             code_hooks: Vec::new(),
             interrupt_hooks: Vec::new(),
+            delivery_hooks: Vec::new(),
+            block_hooks: Vec::new(),
             delivery: InterruptDelivery::Embedder,
             mmio: Bus::new(),
         }
@@ -332,6 +366,17 @@ impl Emulator {
         Ok(())
     }
 
+    /// Chooses what data accesses to physical addresses that are neither RAM nor a device
+    /// do. With `None` (the default, Unicorn's contract) the run stops with
+    /// [`StopReason::Unmapped`]. With a handler they complete as on a PC's bus: reads
+    /// return all ones, writes are dropped, and the handler is told of each (platforms log
+    /// them). Instruction fetches from nothing stop the run either way: there is no
+    /// instruction to execute there.
+    pub fn set_unassigned_mmio(&mut self, handler: Option<emu_mmu::UnassignedHandler>) {
+        self.mmio.set_unassigned(handler);
+        self.cpu.mmu.set_mmio_bus(Arc::new(self.mmio.clone()));
+    }
+
     /// The machine's virtual clock, for devices that must agree with the TSC.
     pub fn clock(&self) -> emu_mmu::clock::VirtualClock {
         self.cpu.clock.clone()
@@ -392,10 +437,28 @@ impl Emulator {
         self.interrupt_hooks.push(hook);
     }
 
+    /// Adds a hook told of every event delivered through the guest's IDT (exceptions,
+    /// software interrupts, external interrupts and NMIs) under
+    /// [`InterruptDelivery::Guest`]; see [`DeliveryHook`]. Unlike an interrupt hook it
+    /// cannot handle the event, so it never changes what the guest sees; it costs nothing
+    /// on the execution path (it runs only when an event is delivered). Tracing uses it.
+    pub fn add_delivery_hook(&mut self, hook: DeliveryHook) {
+        self.delivery_hooks.push(hook);
+    }
+
+    /// Adds a hook told of every block as it is translated; see [`BlockHook`]. It runs on
+    /// the translation path only, so cached code runs at full speed (QEMU's `-d in_asm`
+    /// has the same meaning: each block once, when translated).
+    pub fn add_block_hook(&mut self, hook: BlockHook) {
+        self.block_hooks.push(hook);
+    }
+
     /// Removes every hook.
     pub fn clear_hooks(&mut self) {
         self.code_hooks.clear();
         self.interrupt_hooks.clear();
+        self.delivery_hooks.clear();
+        self.block_hooks.clear();
         self.cpu.mmu.clear_hooks();
     }
 
@@ -538,6 +601,9 @@ impl Emulator {
             return Ok(idx);
         }
         let block = translate_block(&mut self.cpu, rip)?;
+        for hook in &mut self.block_hooks {
+            hook(&mut self.cpu, block.rip, block.end_rip);
+        }
         Ok(self.cache.insert(phys, mode, block))
     }
 
@@ -723,6 +789,17 @@ impl Emulator {
         loop {
             if let Some(Exception::PageFault { addr, .. }) = exception {
                 self.cpu.sys.cr2 = addr;
+            }
+            if !self.delivery_hooks.is_empty() {
+                let event = Delivery {
+                    vector,
+                    error_code,
+                    kind,
+                    exception,
+                };
+                for hook in &mut self.delivery_hooks {
+                    hook(&mut self.cpu, &event);
+                }
             }
             let second = match interrupt::deliver(&mut self.cpu, vector, error_code, kind) {
                 Ok(()) => return None,

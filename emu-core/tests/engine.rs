@@ -283,3 +283,59 @@ mod random_code {
         }
     }
 }
+
+#[test]
+fn unassigned_mmio_reads_all_ones_once_asked_and_fetches_still_stop() {
+    let code = assemble(|a| {
+        a.mov(rbx, 0x4000_0000u64)?;
+        a.mov(eax, dword_ptr(rbx))?;
+        a.mov(dword_ptr(rbx + 8), ecx)?;
+        a.hlt()
+    });
+    let mut emu = machine(&code);
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    emu.set_unassigned_mmio(Some(std::sync::Arc::new(
+        move |a: &emu_mmu::UnassignedAccess| log.lock().unwrap().push(*a),
+    )));
+    emu.set_reg(Register::RCX, 0x55).unwrap();
+    assert_eq!(emu.run(CODE, &RunOptions::default()), StopReason::Halted);
+    assert_eq!(emu.reg(Register::RAX).unwrap(), 0xffff_ffff);
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(
+        (seen[0].addr, seen[0].size, seen[0].written),
+        (0x4000_0000, 4, None)
+    );
+    assert_eq!(seen[1].written, Some(0x55));
+    let stop = emu.run(0x4000_0000, &RunOptions::default());
+    assert!(matches!(stop, StopReason::Unmapped { .. }), "{stop:?}");
+}
+
+#[test]
+fn block_hooks_see_each_block_once_when_translated() {
+    let code = assemble(|a| {
+        let mut top = a.create_label();
+        a.mov(ecx, 10u32)?;
+        a.set_label(&mut top)?;
+        a.dec(ecx)?;
+        a.jnz(top)?;
+        a.hlt()
+    });
+    let mut emu = machine(&code);
+    let blocks = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = blocks.clone();
+    emu.add_block_hook(Box::new(move |_, start, end| {
+        log.lock().unwrap().push((start, end))
+    }));
+    assert_eq!(emu.run(CODE, &RunOptions::default()), StopReason::Halted);
+    // mov+dec+jnz, the loop body (dec+jnz) from its label, then hlt.
+    assert_eq!(
+        *blocks.lock().unwrap(),
+        vec![
+            (CODE, CODE + 9),
+            (CODE + 5, CODE + 9),
+            (CODE + 9, CODE + 10)
+        ]
+    );
+}

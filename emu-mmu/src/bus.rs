@@ -39,6 +39,21 @@ pub enum BusError {
     },
 }
 
+/// An access no device claimed, as an [`UnassignedHandler`] sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnassignedAccess {
+    /// The bus address of the first byte.
+    pub addr: u64,
+    /// Access width in bytes.
+    pub size: u8,
+    /// The value written, or `None` for a read.
+    pub written: Option<u64>,
+}
+
+/// Told of each access to an unassigned address once the bus answers them (see
+/// [`Bus::set_unassigned`]); platforms log them.
+pub type UnassignedHandler = Arc<dyn Fn(&UnassignedAccess) + Send + Sync>;
+
 #[derive(Clone)]
 struct Mapping {
     base: u64,
@@ -51,6 +66,8 @@ struct Mapping {
 pub struct Bus {
     /// Sorted by base, non-overlapping.
     mappings: Vec<Mapping>,
+    /// When set, unassigned accesses complete as on a PC (see [`Bus::set_unassigned`]).
+    unassigned: Option<UnassignedHandler>,
 }
 
 impl std::fmt::Debug for Bus {
@@ -89,6 +106,28 @@ impl Bus {
         Ok(())
     }
 
+    /// Makes accesses that no single device covers complete as they do on a PC's bus:
+    /// reads return all ones, writes are dropped, and `handler` is told of each. Without
+    /// this (the default) [`Bus::read`] and [`Bus::write`] report them unserved, so the
+    /// caller decides (a bare CPU stops with an unmapped-access fault).
+    pub fn set_unassigned(&mut self, handler: Option<UnassignedHandler>) {
+        self.unassigned = handler;
+    }
+
+    /// The access did not reach a device: complete it as unassigned, if configured.
+    #[cold]
+    fn unassigned(&self, addr: u64, size: usize, written: Option<u64>) -> bool {
+        let Some(handler) = &self.unassigned else {
+            return false;
+        };
+        handler(&UnassignedAccess {
+            addr,
+            size: size as u8,
+            written,
+        });
+        true
+    }
+
     /// Whether `addr` belongs to some device.
     pub fn contains(&self, addr: u64) -> bool {
         self.find(addr, 1).is_some()
@@ -103,10 +142,14 @@ impl Bus {
     }
 
     /// Reads from the device at `addr`. Returns `false` (leaving `data` alone) if no single
-    /// device covers the whole access.
+    /// device covers the whole access, unless unassigned accesses are answered
+    /// ([`Bus::set_unassigned`]): then `data` is all ones.
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
         let Some(m) = self.find(addr, data.len() as u64) else {
-            return false;
+            if self.unassigned.is_some() {
+                data.fill(0xff);
+            }
+            return self.unassigned(addr, data.len(), None);
         };
         // A device that panicked while holding its lock is a host bug; keep serving it
         // rather than poisoning every later access.
@@ -118,10 +161,14 @@ impl Bus {
     }
 
     /// Writes to the device at `addr`. Returns `false` if no single device covers the whole
-    /// access.
+    /// access, unless unassigned accesses are answered ([`Bus::set_unassigned`]): then the
+    /// write is dropped.
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
         let Some(m) = self.find(addr, data.len() as u64) else {
-            return false;
+            let mut value = [0u8; 8];
+            let n = data.len().min(8);
+            value[..n].copy_from_slice(&data[..n]);
+            return self.unassigned(addr, data.len(), Some(u64::from_le_bytes(value)));
         };
         m.device
             .lock()
@@ -166,6 +213,41 @@ mod tests {
         assert!(
             !bus.read(0x3ff, &mut w),
             "an access running off the device is unassigned"
+        );
+    }
+
+    #[test]
+    fn unassigned_accesses_read_all_ones_once_configured() {
+        let mut bus = Bus::new();
+        bus.insert(0x1000, 0x10, Arc::new(Mutex::new(Probe::default())))
+            .unwrap();
+        let mut b = [0u8; 4];
+        assert!(!bus.read(0x2000, &mut b), "unserved by default");
+        assert_eq!(b, [0; 4], "and left alone");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        bus.set_unassigned(Some(Arc::new(move |a: &UnassignedAccess| {
+            log.lock().unwrap().push(*a)
+        })));
+        assert!(bus.read(0x2000, &mut b));
+        assert_eq!(b, [0xff; 4]);
+        assert!(bus.write(0x2004, &[1, 2]));
+        assert!(bus.read(0x1004, &mut b), "devices still answer");
+        assert_eq!(b, [4; 4]);
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![
+                UnassignedAccess {
+                    addr: 0x2000,
+                    size: 4,
+                    written: None
+                },
+                UnassignedAccess {
+                    addr: 0x2004,
+                    size: 2,
+                    written: Some(0x0201)
+                },
+            ]
         );
     }
 

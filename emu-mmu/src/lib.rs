@@ -33,7 +33,7 @@ pub mod tlb;
 
 use std::collections::HashSet;
 
-pub use bus::{Bus, BusDevice, BusError, SharedDevice};
+pub use bus::{Bus, BusDevice, BusError, SharedDevice, UnassignedAccess, UnassignedHandler};
 pub use paging::{
     PageFault, PagingContext, PagingError, PagingMode, Privilege, Translation, MAXPHYADDR,
 };

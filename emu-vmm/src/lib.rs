@@ -8,3 +8,4 @@
 pub mod config;
 pub mod machine;
 pub mod timers;
+pub mod trace;

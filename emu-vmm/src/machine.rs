@@ -19,7 +19,8 @@ use emu_devices::ports::PortWindow;
 use emu_mmu::SharedDevice;
 
 use crate::config::{MachineConfig, SerialBackend};
-use crate::timers::{TimedDevice, TimerThread};
+use crate::timers::{TimedDevice, TimerThread, TimerWaker, MAX_SLEEP};
+use crate::trace::Tracer;
 
 /// Why a machine stopped running.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,7 +35,8 @@ pub enum Outcome {
     TripleFault(String),
     /// The CPU halted with interrupts disabled: nothing can wake it.
     HaltedForever(String),
-    /// An instruction fetch or access reached memory that is neither RAM nor a device.
+    /// An instruction fetch reached memory that is neither RAM nor a device (data
+    /// accesses there read all ones and drop writes, as on a PC).
     Unmapped(String),
     /// The guest kernel panicked (seen on its console); the panic message.
     GuestPanic(String),
@@ -118,6 +120,14 @@ pub enum MachineError {
     /// A device could not be mapped.
     #[error("cannot map a device: {0}")]
     Bus(String),
+    /// The trace file (`-D`) could not be opened.
+    #[error("cannot open the trace file {path}: {source}")]
+    TraceFile {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// What the devices ask the machine to do; the first request wins.
@@ -290,6 +300,29 @@ impl TimedDevice for emu_devices::acpi_pm::AcpiPm {
     }
 }
 
+/// A device whose writes may reprogram a timer: after each one the timer thread is woken
+/// to look at the new deadline (reads never change one).
+struct WakeOnWrite {
+    inner: SharedDevice,
+    waker: TimerWaker,
+}
+
+impl emu_mmu::BusDevice for WakeOnWrite {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .read(offset, data);
+    }
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .write(offset, data);
+        self.waker.wake();
+    }
+}
+
 /// The LINT0 input of the APIC behind `apic` (taken once, at wiring time).
 fn lapic_lint0(apic: &Arc<Mutex<Apic>>) -> Arc<dyn IrqLine> {
     apic.lock()
@@ -305,6 +338,11 @@ pub struct Machine {
     exit: Arc<ExitLatch>,
     serial: Arc<Mutex<emu_devices::serial::Serial>>,
     timed: Vec<Arc<Mutex<dyn TimedDevice>>>,
+    /// Wakes the timer thread when the guest reprograms a timer.
+    waker: TimerWaker,
+    /// The timer thread's safety-net poll interval.
+    timer_poll: std::time::Duration,
+    tracer: Option<Arc<Tracer>>,
     entry: emu_boot::cpu::EntryState,
 }
 
@@ -334,8 +372,44 @@ impl Machine {
             None => None,
         };
 
+        let tracer = if config.trace == crate::config::TraceFlags::default() {
+            None
+        } else {
+            let t = Tracer::open(config.trace, config.trace_file.as_deref()).map_err(|source| {
+                MachineError::TraceFile {
+                    path: config
+                        .trace_file
+                        .as_deref()
+                        .unwrap_or(Path::new("(stderr)"))
+                        .display()
+                        .to_string(),
+                    source,
+                }
+            })?;
+            Some(Arc::new(t))
+        };
+
         let mut emu = Emulator::new();
         emu.set_interrupt_delivery(InterruptDelivery::Guest);
+        // As on a PC, data accesses to physical addresses nothing decodes read all ones
+        // and drop writes (QEMU logs them under -d guest_errors; so do we).
+        emu.set_unassigned_mmio(Some(match &tracer {
+            Some(t) => {
+                let t = t.clone();
+                Arc::new(move |a: &emu_mmu::UnassignedAccess| t.unassigned(a))
+            }
+            None => Arc::new(|_: &emu_mmu::UnassignedAccess| {}),
+        }));
+        if let Some(t) = &tracer {
+            t.install(&mut emu);
+        }
+        let waker = TimerWaker::new();
+        let wake_on_write = |inner: SharedDevice| -> SharedDevice {
+            Arc::new(Mutex::new(WakeOnWrite {
+                inner,
+                waker: waker.clone(),
+            }))
+        };
         let regions = emu_boot::layout::ram_regions(config.memory);
         for r in &regions {
             emu.map_memory(r.base, r.size)
@@ -386,6 +460,12 @@ impl Machine {
             Arc::new(CpuWake(emu.interrupt_line())),
         );
         lapic.set_virtual_wire();
+        {
+            // A deadline sooner than the timer thread's current sleep must not wait for
+            // its next poll: a one-shot of 100 us fires after 100 us, not 1 ms.
+            let waker = waker.clone();
+            lapic.set_timer_listener(Box::new(move |_| waker.wake()));
+        }
         let apic_input = lapic.input();
         let ioapic = Arc::new(Mutex::new(emu_devices::ioapic::IoApic::new(
             config.cpus as u8,
@@ -442,7 +522,7 @@ impl Machine {
         emu.add_mmio_device(
             emu_devices::hpet::HPET_BASE,
             emu_devices::hpet::HPET_LEN,
-            hpet.clone(),
+            wake_on_write(hpet.clone()),
         )
         .map_err(|e| MachineError::Bus(e.to_string()))?;
 
@@ -467,7 +547,7 @@ impl Machine {
         for &(base, len) in emu_devices::pit::Pit::PORT_RANGES {
             map_ports(
                 &[(base, len)],
-                Arc::new(Mutex::new(PortWindow::new(pit.clone(), base))),
+                wake_on_write(Arc::new(Mutex::new(PortWindow::new(pit.clone(), base)))),
             )?;
         }
         let console = Box::new(PanicWatch {
@@ -492,7 +572,10 @@ impl Machine {
             clock.clone(),
             isa(8),
         )));
-        map_ports(&[(emu_devices::rtc::RTC_PORT_BASE, 2)], rtc.clone())?;
+        map_ports(
+            &[(emu_devices::rtc::RTC_PORT_BASE, 2)],
+            wake_on_write(rtc.clone()),
+        )?;
         let i8042 = Arc::new(Mutex::new(emu_devices::i8042::I8042::new(
             isa(1),
             signal(Outcome::Reset),
@@ -538,6 +621,9 @@ impl Machine {
             exit,
             serial,
             timed,
+            waker,
+            timer_poll: MAX_SLEEP,
+            tracer,
             entry: boot.entry,
         };
         machine.apply_entry_state();
@@ -581,6 +667,13 @@ impl Machine {
         cpu.rip = e.rip;
     }
 
+    /// Sets how often the timer thread looks at the devices' deadlines when nothing woke
+    /// it ([`crate::timers::MAX_SLEEP`] by default). Every timer the guest programs wakes
+    /// the thread itself, so this is only a safety net; tests lengthen it to show that.
+    pub fn set_timer_poll(&mut self, poll: std::time::Duration) {
+        self.timer_poll = poll;
+    }
+
     /// A handle that stops [`Machine::run`] from another thread.
     pub fn stop_handle(&self) -> emu_core::StopHandle {
         self.emu.stop_handle()
@@ -600,7 +693,20 @@ impl Machine {
     /// Runs the machine until it powers off, resets, exits through the debug port, dies
     /// or is stopped.
     pub fn run(&mut self) -> Outcome {
-        let _timers = TimerThread::start(self.emu.clock(), self.timed.clone());
+        let outcome = self.run_until_outcome();
+        if let Some(t) = &self.tracer {
+            t.flush();
+        }
+        outcome
+    }
+
+    fn run_until_outcome(&mut self) -> Outcome {
+        let _timers = TimerThread::start_with(
+            self.emu.clock(),
+            self.timed.clone(),
+            self.waker.clone(),
+            self.timer_poll,
+        );
         loop {
             let stop = self.emu.resume(&RunOptions::default());
             if let Some(outcome) = self.exit.take() {
@@ -611,10 +717,11 @@ impl Machine {
                 StopReason::TripleFault { .. } => return Outcome::TripleFault(self.describe_cpu()),
                 StopReason::Halted => return Outcome::HaltedForever(self.describe_cpu()),
                 StopReason::Unmapped { fault, rip } => {
-                    return Outcome::Unmapped(format!(
-                        "{fault:x?} at RIP {rip:#x}\n{}",
-                        self.describe_cpu()
-                    ))
+                    let what = format!("{fault} (instruction at RIP {rip:#x})");
+                    if let Some(t) = self.tracer.as_ref().filter(|t| t.flags().guest_errors) {
+                        t.line(&format!("guest_errors: {what}"));
+                    }
+                    return Outcome::Unmapped(format!("{what}\n{}", self.describe_cpu()));
                 }
                 // Anything else (a timeout, an instruction limit) just continues.
                 _ => continue,

@@ -90,6 +90,17 @@ fn run(config: &MachineConfig) -> ExitCode {
     } else {
         None
     };
+    // One trace per run of quetzal, as QEMU's -D: start the file empty here; the
+    // machines of the reboot loop append to it.
+    if let Some(path) = &config.trace_file {
+        if let Err(e) = std::fs::File::create(path) {
+            eprintln!(
+                "quetzal: cannot open the trace file {}: {e}",
+                path.display()
+            );
+            return ExitCode::from(1);
+        }
+    }
     loop {
         let console = match console_output(&config.serial) {
             Ok(c) => c,
@@ -124,7 +135,9 @@ fn run(config: &MachineConfig) -> ExitCode {
             Outcome::GuestPanic(msg) => fatal("the guest kernel panicked", &msg),
             Outcome::TripleFault(cpu) => fatal("the guest CPU shut down (triple fault)", &cpu),
             Outcome::HaltedForever(cpu) => fatal("the guest halted with interrupts disabled", &cpu),
-            Outcome::Unmapped(what) => fatal("the guest touched memory that does not exist", &what),
+            Outcome::Unmapped(what) => {
+                fatal("the guest executed from memory that does not exist", &what)
+            }
         };
     }
 }

@@ -9,7 +9,8 @@
 //! unbootable kernel; 2 when the guest dies (kernel panic, triple fault, a halt nothing
 //! can wake, an access to nothing).
 
-use std::io::Read;
+use std::io::{Read, Write};
+use std::ops::ControlFlow;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
@@ -101,8 +102,28 @@ fn run(config: &MachineConfig) -> ExitCode {
             return ExitCode::from(1);
         }
     }
+    let started = |machine: &Machine| {
+        *sink.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((Box::new(machine.serial_input()), machine.stop_handle()));
+        ControlFlow::Continue(())
+    };
+    let finished = || *sink.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    run_machines(config, || console_output(&config.serial), started, finished)
+}
+
+/// The reboot loop: builds a machine for `config` (its serial output from `console`),
+/// runs it, and on a guest reset builds a fresh one and starts over, unless
+/// `-no-reboot` was given. `started` sees each machine before it runs (and may end the
+/// loop with a status instead); `finished` is told when it stopped. Returns the exit
+/// status for how the last machine ended.
+fn run_machines(
+    config: &MachineConfig,
+    mut console: impl FnMut() -> std::io::Result<Box<dyn Write + Send>>,
+    mut started: impl FnMut(&Machine) -> ControlFlow<ExitCode>,
+    mut finished: impl FnMut(),
+) -> ExitCode {
     loop {
-        let console = match console_output(&config.serial) {
+        let console = match console() {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("quetzal: cannot open the serial output: {e}");
@@ -116,10 +137,11 @@ fn run(config: &MachineConfig) -> ExitCode {
                 return ExitCode::from(1);
             }
         };
-        *sink.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some((Box::new(machine.serial_input()), machine.stop_handle()));
+        if let ControlFlow::Break(status) = started(&machine) {
+            return status;
+        }
         let outcome = machine.run();
-        *sink.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        finished();
         // Leave the guest's last line alone: start our messages on a fresh line.
         let fatal = |what: &str, detail: &str| {
             eprintln!("\r\nquetzal: {what}\r\n{}", detail.replace('\n', "\r\n"));
@@ -130,7 +152,7 @@ fn run(config: &MachineConfig) -> ExitCode {
             Outcome::Reset if config.no_reboot => ExitCode::SUCCESS,
             Outcome::Reset => continue,
             Outcome::DebugExit(code) => ExitCode::from(code.min(255) as u8),
-            Outcome::Stopped if quit.load(std::sync::atomic::Ordering::SeqCst) => ExitCode::SUCCESS,
+            // Ctrl-A x (or an embedder's stop): a clean exit.
             Outcome::Stopped => ExitCode::SUCCESS,
             Outcome::GuestPanic(msg) => fatal("the guest kernel panicked", &msg),
             Outcome::TripleFault(cpu) => fatal("the guest CPU shut down (triple fault)", &cpu),
@@ -139,5 +161,111 @@ fn run(config: &MachineConfig) -> ExitCode {
                 fatal("the guest executed from memory that does not exist", &what)
             }
         };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A multiboot a.out-kludge kernel that prints `B` on COM1 and resets the machine
+    /// through port 0xCF9 (hand-assembled 32-bit code).
+    fn resetting_kernel() -> Vec<u8> {
+        const MAGIC: u32 = 0x1bad_b002;
+        const LOAD: u32 = 0x10_0000;
+        let code: &[u8] = &[
+            0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+            0xb0, b'B', // mov al, 'B'
+            0xee, // out dx, al
+            0x66, 0xba, 0xf9, 0x0c, // mov dx, 0xcf9
+            0xb0, 0x06, // mov al, 6
+            0xee, // out dx, al
+            0xf4, // hlt
+        ];
+        let flags = (1 << 16) | (1 << 1) | 1;
+        let end = LOAD + 32 + code.len() as u32;
+        let mut img = Vec::new();
+        for w in [
+            MAGIC,
+            flags,
+            0u32.wrapping_sub(MAGIC).wrapping_sub(flags),
+            LOAD,
+            LOAD,
+            end,
+            end,
+            LOAD + 32,
+        ] {
+            img.extend_from_slice(&w.to_le_bytes());
+        }
+        img.extend_from_slice(code);
+        img
+    }
+
+    #[derive(Clone, Default)]
+    struct Console(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Console {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Runs the reboot loop over the resetting kernel, ending it with status 7 when the
+    /// third machine is about to start; returns the status, the machines built and the
+    /// guest's serial output.
+    fn reboot_loop(no_reboot: bool) -> (String, u32, Vec<u8>) {
+        let dir =
+            std::env::temp_dir().join(format!("quetzal-reboot-{}-{no_reboot}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let kernel = dir.join("kernel.bin");
+        std::fs::write(&kernel, resetting_kernel()).unwrap();
+        let config = MachineConfig {
+            memory: 32 << 20,
+            kernel: Some(kernel),
+            serial: SerialBackend::None,
+            no_reboot,
+            ..Default::default()
+        };
+        let out = Console::default();
+        let mut boots = 0;
+        let status = run_machines(
+            &config,
+            || Ok(Box::new(out.clone()) as Box<dyn Write + Send>),
+            |_| {
+                boots += 1;
+                if boots == 3 {
+                    ControlFlow::Break(ExitCode::from(7))
+                } else {
+                    ControlFlow::Continue(())
+                }
+            },
+            || {},
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+        let output = out.0.lock().unwrap().clone();
+        (format!("{status:?}"), boots, output)
+    }
+
+    #[test]
+    fn a_guest_reset_restarts_the_machine_from_scratch() {
+        let (status, boots, output) = reboot_loop(false);
+        assert_eq!(status, format!("{:?}", ExitCode::from(7)));
+        assert_eq!(boots, 3);
+        assert_eq!(
+            output, b"BB",
+            "two whole boots ran before the third was cut off"
+        );
+    }
+
+    #[test]
+    fn no_reboot_exits_cleanly_on_the_first_reset() {
+        let (status, boots, output) = reboot_loop(true);
+        assert_eq!(status, format!("{:?}", ExitCode::SUCCESS));
+        assert_eq!(boots, 1);
+        assert_eq!(output, b"B");
     }
 }

@@ -82,6 +82,10 @@ pub const LEAF1_ECX: u32 =
     ecx1::CX16 | ecx1::MOVBE | ecx1::POPCNT | ecx1::XSAVE | ecx1::HYPERVISOR | SSE_ECX;
 /// Leaf 7 subleaf 0 EBX as advertised: FSGSBASE, BMI1, SMEP, SMAP.
 pub const LEAF7_EBX: u32 = (1 << 0) | (1 << 3) | (1 << 7) | (1 << 20);
+/// Leaf 7 subleaf 0 EDX as advertised: IA32_SPEC_CTRL/PRED_CMD (IBRS and IBPB, bit 26) and
+/// IA32_ARCH_CAPABILITIES (bit 29), which says this CPU has none of the speculation
+/// flaws (see [`crate::sysregs::ARCH_CAPABILITIES`]).
+pub const LEAF7_EDX: u32 = (1 << 26) | (1 << 29);
 /// Leaf 0xD subleaf 1 EAX: XSAVEOPT (bit 0, executed as XSAVE, which the architecture
 /// allows: its optimizations are optional) and XGETBV with ECX = 1 (bit 2). XSAVEC and
 /// XSAVES (bits 1 and 3) are not implemented.
@@ -178,7 +182,7 @@ pub fn cpuid(leaf: u32, subleaf: u32) -> [u32; 4] {
         // Family 6, model 0x55 (a Skylake-class family 6 part), stepping 0; CLFLUSH line
         // size 8 qwords; one logical processor.
         1 => [0x0005_0650, 0x0001_0800, LEAF1_ECX, LEAF1_EDX],
-        7 if subleaf == 0 => [0, LEAF7_EBX, 0, 0],
+        7 if subleaf == 0 => [0, LEAF7_EBX, 0, LEAF7_EDX],
         // XSAVE: supported XCR0 bits in EDX:EAX, the area size for the components XCR0
         // enables in EBX and for all supported ones in ECX (the same here).
         0xd if subleaf == 0 => {

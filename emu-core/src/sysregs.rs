@@ -102,6 +102,12 @@ pub mod msr {
     pub const APIC_BASE: u32 = 0x1b;
     /// IA32_BIOS_SIGN_ID: the loaded microcode's revision (high 32 bits).
     pub const BIOS_SIGN_ID: u32 = 0x8b;
+    /// IA32_SPEC_CTRL: speculation controls (IBRS, STIBP, SSBD).
+    pub const SPEC_CTRL: u32 = 0x48;
+    /// IA32_PRED_CMD: write-only IBPB command.
+    pub const PRED_CMD: u32 = 0x49;
+    /// IA32_ARCH_CAPABILITIES: which speculative-execution flaws the CPU does not have.
+    pub const ARCH_CAPABILITIES: u32 = 0x10a;
     /// MTRR capabilities.
     pub const MTRRCAP: u32 = 0xfe;
     /// SYSENTER target CS.
@@ -147,6 +153,33 @@ pub mod msr {
     /// Value RDTSCP returns in ECX.
     pub const TSC_AUX: u32 = 0xc000_0103;
 }
+
+/// IA32_ARCH_CAPABILITIES as reported. An emulated CPU does not speculate, so it has none
+/// of the side channels these bits rule out, and saying so truthfully spares the guest
+/// their mitigations (page-table isolation with a CR3 write on every system call, VERW on
+/// every return to user mode, retpolines, return thunks): RDCL_NO (0), IBRS_ALL (1),
+/// SKIP_L1DFL_VMENTRY (3), SSB_NO (4), MDS_NO (5), PSCHANGE_MC_NO (6), TAA_NO (8),
+/// SBDR_SSDP_NO (13), FBSDP_NO (14), PSDP_NO (15), BHI_NO (20), PBRSB_NO (24), GDS_NO (26),
+/// RFDS_NO (27), ITS_NO (62).
+pub const ARCH_CAPABILITIES: u64 = (1 << 0)
+    | (1 << 1)
+    | (1 << 3)
+    | (1 << 4)
+    | (1 << 5)
+    | (1 << 6)
+    | (1 << 8)
+    | (1 << 13)
+    | (1 << 14)
+    | (1 << 15)
+    | (1 << 20)
+    | (1 << 24)
+    | (1 << 26)
+    | (1 << 27)
+    | (1 << 62);
+
+/// IA32_SPEC_CTRL bits software may set: IBRS (0), STIBP (1), SSBD (2). They change
+/// nothing here (there is no speculation to control) but read back as written.
+const SPEC_CTRL_WRITABLE: u64 = 0b111;
 
 /// Number of variable-range MTRR pairs advertised in MTRRcap.
 pub const VARIABLE_MTRRS: usize = 8;
@@ -245,6 +278,8 @@ pub struct SystemRegs {
     pub apic_base: u64,
     /// IA32_MISC_ENABLE.
     pub misc_enable: u64,
+    /// IA32_SPEC_CTRL.
+    pub spec_ctrl: u64,
     /// IA32_TSC_DEADLINE.
     pub tsc_deadline: u64,
     /// PAT and MTRRs.
@@ -290,6 +325,7 @@ impl Default for SystemRegs {
             // BSP flag, xAPIC enabled, default base.
             apic_base: 0xfee0_0000 | (1 << 8) | (1 << 11),
             misc_enable: 1, // fast strings
+            spec_ctrl: 0,
             tsc_deadline: 0,
             memory_types: MemoryTypeRegs::default(),
         }
@@ -451,6 +487,8 @@ impl SystemRegs {
             msr::TSC => host.tsc(),
             msr::APIC_BASE => self.apic_base,
             msr::BIOS_SIGN_ID => (MICROCODE_REVISION as u64) << 32,
+            msr::SPEC_CTRL => self.spec_ctrl,
+            msr::ARCH_CAPABILITIES => ARCH_CAPABILITIES,
             // Variable MTRRs, fixed MTRRs, write-combining supported.
             msr::MTRRCAP => VARIABLE_MTRRS as u64 | (1 << 8) | (1 << 10),
             msr::SYSENTER_CS..=msr::SYSENTER_EIP => {
@@ -517,6 +555,18 @@ impl SystemRegs {
             // back regardless (it is the microcode's, not a register's), so any value is
             // accepted and dropped, as on hardware.
             msr::BIOS_SIGN_ID => {}
+            msr::SPEC_CTRL => {
+                if value & !SPEC_CTRL_WRITABLE != 0 {
+                    return Err(GP0);
+                }
+                self.spec_ctrl = value;
+            }
+            // IBPB (bit 0) is the only command; there are no predictors to flush.
+            msr::PRED_CMD => {
+                if value & !1 != 0 {
+                    return Err(GP0);
+                }
+            }
             msr::SYSENTER_CS => self.sysenter[0] = value & 0xffff,
             msr::SYSENTER_ESP | msr::SYSENTER_EIP => {
                 self.sysenter[(index - msr::SYSENTER_CS) as usize] = canonical()?

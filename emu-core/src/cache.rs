@@ -26,8 +26,16 @@ pub struct CodeCache {
     free: Vec<u32>,
     by_key: HashMap<BlockKey, u32>,
     by_page: HashMap<u64, Vec<u32>>,
-    /// `(rip, block index)`; `rip == u64::MAX` marks an empty slot.
+    /// `(rip, block index)` for the current privilege class; `rip == u64::MAX` marks an
+    /// empty slot. A hit skips the fetch translation, including its user/supervisor
+    /// check, so user and supervisor code each have their own jump cache: a CPL change
+    /// swaps them instead of flushing (system calls and interrupts would otherwise empty
+    /// it every time).
     jump_cache: Box<[(u64, u32)]>,
+    /// The jump cache of the other privilege class.
+    other_jump_cache: Box<[(u64, u32)]>,
+    /// Whether `jump_cache` is user mode's.
+    user_active: bool,
     /// Blocks translated since creation (a statistic).
     pub translated: u64,
 }
@@ -40,6 +48,8 @@ impl Default for CodeCache {
             by_key: HashMap::new(),
             by_page: HashMap::new(),
             jump_cache: vec![(u64::MAX, 0); JUMP_CACHE_ENTRIES].into_boxed_slice(),
+            other_jump_cache: vec![(u64::MAX, 0); JUMP_CACHE_ENTRIES].into_boxed_slice(),
+            user_active: false,
             translated: 0,
         }
     }
@@ -124,13 +134,27 @@ impl CodeCache {
             self.remove(idx);
         }
         // Stale indices may sit in the jump cache; dropping all of it is cheap and rare.
-        self.jump_cache.fill((u64::MAX, 0));
+        self.clear_jump_caches();
     }
 
     /// Forgets every RIP-to-block shortcut (after paging or privilege changes, when the
     /// same RIP may now mean other code or may no longer be executable). The blocks stay.
     pub fn flush_jump_cache(&mut self) {
+        self.clear_jump_caches();
+    }
+
+    /// Makes user mode's (`true`) or supervisor mode's jump cache the active one.
+    #[inline]
+    pub fn set_user_mode(&mut self, user: bool) {
+        if user != self.user_active {
+            std::mem::swap(&mut self.jump_cache, &mut self.other_jump_cache);
+            self.user_active = user;
+        }
+    }
+
+    fn clear_jump_caches(&mut self) {
         self.jump_cache.fill((u64::MAX, 0));
+        self.other_jump_cache.fill((u64::MAX, 0));
     }
 
     /// Drops every block.
@@ -139,7 +163,7 @@ impl CodeCache {
         self.free.clear();
         self.by_key.clear();
         self.by_page.clear();
-        self.jump_cache.fill((u64::MAX, 0));
+        self.clear_jump_caches();
     }
 
     /// Number of live blocks.
@@ -165,6 +189,6 @@ impl CodeCache {
             }
         }
         self.free.push(idx);
-        self.jump_cache.fill((u64::MAX, 0));
+        self.clear_jump_caches();
     }
 }

@@ -134,6 +134,9 @@ pub struct Cpu {
     /// instruction fetches may have changed (paging registers, INVLPG, CPL): the run loop
     /// then drops its RIP-indexed jump cache, whose hits skip the fetch translation.
     pub fetch_mapping_changed: bool,
+    /// Set when the CPL changed: the run loop switches to the jump cache of the new
+    /// privilege class (user or supervisor).
+    pub privilege_changed: bool,
     /// Interrupts are held off until the next instruction completes (after STI set IF).
     pub interrupt_shadow: bool,
     /// The local APIC, when one is attached
@@ -191,6 +194,7 @@ impl Cpu {
                 ..SystemRegs::default()
             },
             fetch_mapping_changed: false,
+            privilege_changed: false,
             interrupt_shadow: false,
             apic: None,
             apic_id: 0,
@@ -276,7 +280,7 @@ impl Cpu {
             self.sys.cpl = cpl;
             self.mmu
                 .set_privilege(cpl, self.rflags_other & flags::AC != 0);
-            self.fetch_mapping_changed = true;
+            self.privilege_changed = true;
         }
     }
 

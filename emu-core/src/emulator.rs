@@ -516,6 +516,10 @@ impl Emulator {
                 self.cpu.fetch_mapping_changed = false;
                 self.cache.flush_jump_cache();
             }
+            if self.cpu.privilege_changed {
+                self.cpu.privilege_changed = false;
+                self.cache.set_user_mode(self.cpu.sys.cpl == 3);
+            }
             let rip = self.cpu.rip;
             if Some(rip) == until {
                 return StopReason::ReachedEnd;
@@ -885,7 +889,7 @@ fn run_block(cpu: &mut Cpu, block: &Block, limit: usize) -> BlockOutcome {
     let insns = &block.insns[..limit];
     for (n, insn) in insns.iter().enumerate() {
         if let Err(trap) = (insn.exec)(cpu, insn) {
-            return settle_trap(cpu, insn, trap, n);
+            return settle_trap(cpu, insn, *trap, n);
         }
         if cpu.mmu.code_written() {
             // The instruction stored into translated code: the rest of this block may be
@@ -930,7 +934,7 @@ fn run_block_hooked(
             return Some((n, Ok(())));
         }
         if let Err(trap) = (insn.exec)(cpu, insn) {
-            return Some(settle_trap(cpu, insn, trap, n));
+            return Some(settle_trap(cpu, insn, *trap, n));
         }
         if cpu.mmu.code_written() {
             let sets_rip = n + 1 == block.insns.len() && block.ends_in_branch;

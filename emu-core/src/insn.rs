@@ -40,8 +40,25 @@ impl From<Exception> for Trap {
     }
 }
 
-/// What a handler returns.
-pub type Step = Result<(), Trap>;
+/// What a handler returns. The trap is boxed so that the whole result is one pointer,
+/// returned in a register: the run loop checks it after every instruction, and a
+/// 24-byte `Result<(), Trap>` would go through memory each time. Traps are rare
+/// (faults, HLT, yields of long REP loops), so their allocation does not matter.
+pub type Step = Result<(), Box<Trap>>;
+
+impl From<MemFault> for Box<Trap> {
+    #[inline]
+    fn from(f: MemFault) -> Self {
+        Box::new(Trap::Memory(f))
+    }
+}
+
+impl From<Exception> for Box<Trap> {
+    #[inline]
+    fn from(e: Exception) -> Self {
+        Box::new(Trap::Exception(e))
+    }
+}
 
 /// An instruction handler: executes one translated instruction.
 pub type Handler = fn(&mut Cpu, &Insn) -> Step;

@@ -39,11 +39,10 @@ pub mod translate;
 
 pub use cpu::Cpu;
 pub use emulator::{
-    BlockHook, CodeHook, Delivery, DeliveryHook, EmuError, Emulator, HookAction,
-    InterruptDelivery, InterruptEvent, InterruptHook, RunOptions, SegmentState, StopHandle,
-    StopReason,
+    BlockHook, CodeHook, Delivery, DeliveryHook, EmuError, Emulator, HookAction, InterruptDelivery,
+    InterruptEvent, InterruptHook, RunOptions, SegmentState, StopHandle, StopReason,
 };
 pub use events::{InterruptLine, LocalInterruptController, MsrAccess};
 pub use exception::Exception;
-pub use interrupt::EventKind;
 pub use iced_x86::Register;
+pub use interrupt::EventKind;

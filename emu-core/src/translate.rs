@@ -108,7 +108,7 @@ fn fetch_fault(cpu: &mut Cpu, addr: u64) -> Trap {
 }
 
 fn raise_ud(_: &mut Cpu, _: &Insn) -> Step {
-    Err(Trap::Exception(Exception::InvalidOpcode))
+    Err(Trap::Exception(Exception::InvalidOpcode).into())
 }
 
 fn raise_ud_record(rip: u64, len: usize) -> Insn {

@@ -109,20 +109,20 @@ fn jrcxz<const W: usize>(cpu: &mut Cpu, i: &Insn) -> Step {
 }
 
 fn int3(_: &mut Cpu, _: &Insn) -> Step {
-    Err(Trap::SoftwareInterrupt(3))
+    Err(Trap::SoftwareInterrupt(3).into())
 }
 
 fn int_n(_: &mut Cpu, i: &Insn) -> Step {
-    Err(Trap::SoftwareInterrupt(i.imm as u8))
+    Err(Trap::SoftwareInterrupt(i.imm as u8).into())
 }
 
 fn ud(_: &mut Cpu, _: &Insn) -> Step {
-    Err(Trap::Exception(Exception::InvalidOpcode))
+    Err(Trap::Exception(Exception::InvalidOpcode).into())
 }
 
 fn hlt(cpu: &mut Cpu, _: &Insn) -> Step {
     super::privileged::require_cpl0(cpu)?;
-    Err(Trap::Halt)
+    Err(Trap::Halt.into())
 }
 
 pub(crate) fn register(t: &mut OpTable) {

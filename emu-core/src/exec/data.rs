@@ -32,11 +32,11 @@ fn mov_rm<const N: usize>(cpu: &mut Cpu, i: &Insn) -> Step {
 /// `mov [mem], reg`.
 fn mov_mr<const N: usize>(cpu: &mut Cpu, i: &Insn) -> Step {
     let v = cpu.reg::<N>(i.dst);
-    super::store::<N>(cpu, i, v)
+    Ok(super::store::<N>(cpu, i, v)?)
 }
 
 fn mov_mi<const N: usize>(cpu: &mut Cpu, i: &Insn) -> Step {
-    super::store::<N>(cpu, i, i.imm)
+    Ok(super::store::<N>(cpu, i, i.imm)?)
 }
 
 /// MOVZX/MOVSX/MOVSXD from an `S`-byte source into a `D`-byte destination.
@@ -203,7 +203,7 @@ fn movbe_rm<const N: usize>(cpu: &mut Cpu, i: &Insn) -> Step {
 
 fn movbe_mr<const N: usize>(cpu: &mut Cpu, i: &Insn) -> Step {
     let v = swap_n::<N>(cpu.reg::<N>(i.dst));
-    super::store::<N>(cpu, i, v)
+    Ok(super::store::<N>(cpu, i, v)?)
 }
 
 /// CMOVcc: the condition code is in `imm2`. A 32-bit CMOV zero-extends its destination
@@ -237,7 +237,7 @@ fn setcc_r(cpu: &mut Cpu, i: &Insn) -> Step {
 
 fn setcc_m(cpu: &mut Cpu, i: &Insn) -> Step {
     let v = cpu.flags.condition(i.imm2 as u8) as u64;
-    super::store::<1>(cpu, i, v)
+    Ok(super::store::<1>(cpu, i, v)?)
 }
 
 /// CBW/CWDE/CDQE: sign-extend the low half of the accumulator into all of it.

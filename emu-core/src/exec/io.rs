@@ -75,7 +75,7 @@ fn out_acc<const N: usize, const DX: bool>(cpu: &mut Cpu, i: &Insn) -> Step {
         i.imm as u8 as u16
     };
     let v = cpu.reg::<N>(reg::RAX);
-    port_out::<N>(cpu, port, v)
+    Ok(port_out::<N>(cpu, port, v)?)
 }
 
 /// INS (`OUT` = false) / OUTS, optionally repeated. Each iteration completes before the
@@ -118,7 +118,7 @@ fn string_io<const N: usize, const OUT: bool>(cpu: &mut Cpu, i: &Insn) -> Step {
         done += 1;
         if done == super::string::REP_CHUNK && addr_reg(cpu, reg::RCX, amask) != 0 {
             cpu.rip = i.rip;
-            return Err(Trap::EndBlock);
+            return Err(Trap::EndBlock.into());
         }
     }
 }

@@ -181,7 +181,7 @@ fn arpl<const MEM: bool>(cpu: &mut Cpu, i: &Insn) -> Step {
 /// INTO: the overflow trap (#OF, vector 4) when OF is set.
 fn into(cpu: &mut Cpu, i: &Insn) -> Step {
     if cpu.flags.of() {
-        return Err(Trap::SoftwareInterrupt(4));
+        return Err(Trap::SoftwareInterrupt(4).into());
     }
     cpu.rip = i.next_rip();
     Ok(())

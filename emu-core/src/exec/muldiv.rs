@@ -139,12 +139,12 @@ fn div<const SIGNED: bool, const N: usize>(cpu: &mut Cpu, divisor: u64) -> Resul
 
 fn div_r<const SIGNED: bool, const N: usize>(cpu: &mut Cpu, i: &Insn) -> Step {
     let d = cpu.reg::<N>(i.dst);
-    div::<SIGNED, N>(cpu, d)
+    Ok(div::<SIGNED, N>(cpu, d)?)
 }
 
 fn div_m<const SIGNED: bool, const N: usize>(cpu: &mut Cpu, i: &Insn) -> Step {
     let d = super::load::<N>(cpu, i)?;
-    div::<SIGNED, N>(cpu, d)
+    Ok(div::<SIGNED, N>(cpu, d)?)
 }
 
 pub(crate) fn register(t: &mut OpTable) {

@@ -66,13 +66,13 @@ fn mov_to_cr<const N: usize>(cpu: &mut Cpu, i: &Insn) -> Step {
             // long mode may be entered only with a CS whose L bit is clear. (The bare CPU's
             // starting state, long mode with paging off, may turn paging on.)
             if paging_off && cpu.in_64bit_mode() {
-                return Err(GP0);
+                return Err(GP0.into());
             }
             if paging_on
                 && efer & (efer::LME | efer::LMA) == efer::LME
                 && cpu.seg_attr[seg::CS as usize] & crate::cpu::attr::LONG != 0
             {
-                return Err(GP0);
+                return Err(GP0.into());
             }
             let efer = if paging_on && efer & efer::LME != 0 {
                 efer | efer::LMA
@@ -264,7 +264,7 @@ fn load_table<const IDT: bool, const N: usize>(cpu: &mut Cpu, i: &Insn) -> Step 
         _ => cpu.mmu.read::<4>(addr.wrapping_add(2))? & 0xff_ffff,
     };
     if !is_canonical(base) {
-        return Err(GP0);
+        return Err(GP0.into());
     }
     let table = TableRegister { base, limit };
     if IDT {
@@ -299,7 +299,7 @@ fn smsw<const N: usize>(cpu: &mut Cpu, i: &Insn) -> Step {
 }
 
 fn smsw_mem(cpu: &mut Cpu, i: &Insn) -> Step {
-    super::store::<2>(cpu, i, cpu.sys.cr0 & 0xffff)
+    Ok(super::store::<2>(cpu, i, cpu.sys.cr0 & 0xffff)?)
 }
 
 /// LMSW: loads CR0's PE, MP, EM and TS; it can set PE but never clear it.
@@ -320,7 +320,7 @@ fn lmsw<const MEM: bool>(cpu: &mut Cpu, i: &Insn) -> Step {
 /// CLI/STI: `#GP(0)` when CPL > IOPL (no VME/PVI).
 fn set_interrupt_flag<const ON: bool>(cpu: &mut Cpu, _: &Insn) -> Step {
     if cpu.sys.cpl > cpu.iopl() {
-        return Err(GP0);
+        return Err(GP0.into());
     }
     if ON {
         // STI holds interrupts off for one more instruction (so `sti; hlt` cannot lose
@@ -367,7 +367,7 @@ fn set_ac<const ON: bool>(cpu: &mut Cpu, _: &Insn) -> Step {
 
 /// WBINVD/INVD: there are no caches to write back or drop.
 fn cache_control(cpu: &mut Cpu, _: &Insn) -> Step {
-    require_cpl0(cpu)
+    Ok(require_cpl0(cpu)?)
 }
 
 /// The selector operand of LTR/LLDT: a 16-bit register or memory word.
@@ -405,21 +405,21 @@ fn ltr<const MEM: bool>(cpu: &mut Cpu, i: &Insn) -> Step {
     require_cpl0(cpu)?;
     let sel = selector_operand::<MEM>(cpu, i)?;
     if sel.is_null() {
-        return Err(GP0);
+        return Err(GP0.into());
     }
     let gp_sel = Trap::Exception(Exception::GeneralProtection(sel.error_code()));
     if sel.in_ldt() {
-        return Err(gp_sel);
+        return Err(gp_sel.into());
     }
     let (desc, base) = system_descriptor(cpu, sel)?;
     if desc.is_code_or_data() || desc.kind() != system_type::TSS_AVAILABLE {
-        return Err(gp_sel);
+        return Err(gp_sel.into());
     }
     if !desc.present() {
         return Err(Exception::SegmentNotPresent(sel.error_code()).into());
     }
     if !is_canonical(base) {
-        return Err(gp_sel);
+        return Err(gp_sel.into());
     }
     // Mark the descriptor busy in the GDT (type 9 -> 11).
     let addr = descriptor_address(cpu, sel, 8)?;
@@ -447,17 +447,17 @@ fn lldt<const MEM: bool>(cpu: &mut Cpu, i: &Insn) -> Step {
     }
     let gp_sel = Trap::Exception(Exception::GeneralProtection(sel.error_code()));
     if sel.in_ldt() {
-        return Err(gp_sel);
+        return Err(gp_sel.into());
     }
     let (desc, base) = system_descriptor(cpu, sel)?;
     if desc.is_code_or_data() || desc.kind() != system_type::LDT {
-        return Err(gp_sel);
+        return Err(gp_sel.into());
     }
     if !desc.present() {
         return Err(Exception::SegmentNotPresent(sel.error_code()).into());
     }
     if !is_canonical(base) {
-        return Err(gp_sel);
+        return Err(gp_sel.into());
     }
     cpu.sys.ldtr = SystemSegment {
         selector: sel.0,
@@ -487,7 +487,7 @@ fn store_selector_mem<const TR: bool>(cpu: &mut Cpu, i: &Insn) -> Step {
     } else {
         cpu.sys.ldtr.selector
     } as u64;
-    super::store::<2>(cpu, i, sel)
+    Ok(super::store::<2>(cpu, i, sel)?)
 }
 
 /// SYSCALL in 64-bit mode. With EFER.SCE clear the bare CPU reports it to the embedder
@@ -498,7 +498,7 @@ fn syscall(cpu: &mut Cpu, i: &Insn) -> Step {
         return Err(Exception::InvalidOpcode.into());
     }
     if cpu.sys.efer & efer::SCE == 0 {
-        return Err(Trap::Syscall);
+        return Err(Trap::Syscall.into());
     }
     let rflags = cpu.rflags() & !(1 << 16);
     cpu.regs[reg::RCX as usize] = i.next_rip();
@@ -529,7 +529,7 @@ fn sysret<const LONG: bool>(cpu: &mut Cpu, _: &Insn) -> Step {
         cpu.regs[reg::RCX as usize] & 0xffff_ffff
     };
     if !is_canonical(target) {
-        return Err(GP0);
+        return Err(GP0.into());
     }
     let base = ((cpu.sys.star >> 48) & 0xffff) as u16;
     let (cs, cs_attr) = if LONG {
@@ -549,7 +549,7 @@ fn sysret<const LONG: bool>(cpu: &mut Cpu, _: &Insn) -> Step {
 fn sysenter(cpu: &mut Cpu, _: &Insn) -> Step {
     let cs = (cpu.sys.sysenter[0] & 0xfffc) as u16;
     if cpu.real_mode() || cs == 0 {
-        return Err(GP0);
+        return Err(GP0.into());
     }
     let long = cpu.sys.long_mode();
     let (esp, eip) = (cpu.sys.sysenter[1], cpu.sys.sysenter[2]);
@@ -570,11 +570,11 @@ fn sysenter(cpu: &mut Cpu, _: &Insn) -> Step {
 fn sysexit<const LONG: bool>(cpu: &mut Cpu, _: &Insn) -> Step {
     let base = (cpu.sys.sysenter[0] & 0xfffc) as u16;
     if cpu.real_mode() || base == 0 || cpu.sys.cpl != 0 {
-        return Err(GP0);
+        return Err(GP0.into());
     }
     let (rip, rsp) = (cpu.regs[reg::RDX as usize], cpu.regs[reg::RCX as usize]);
     if LONG && !(is_canonical(rip) && is_canonical(rsp)) {
-        return Err(GP0);
+        return Err(GP0.into());
     }
     if LONG {
         load_flat_code_and_stack(

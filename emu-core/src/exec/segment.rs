@@ -54,12 +54,12 @@ fn mov_from_sreg_reg<const N: usize>(cpu: &mut Cpu, i: &Insn) -> Step {
 fn mov_from_sreg_mem(cpu: &mut Cpu, i: &Insn) -> Step {
     // The memory form keeps its register operand in `dst`.
     let sel = cpu.seg_sel[i.dst as usize % 6] as u64;
-    super::store::<2>(cpu, i, sel)
+    Ok(super::store::<2>(cpu, i, sel)?)
 }
 
 fn push_sreg<const SREG: u8, const N: usize>(cpu: &mut Cpu, _: &Insn) -> Step {
     let sel = cpu.seg_sel[SREG as usize] as u64;
-    push_value::<N>(cpu, sel)
+    Ok(push_value::<N>(cpu, sel)?)
 }
 
 /// POP Sreg: the segment is loaded (and checked) before the stack pointer moves.
@@ -187,7 +187,7 @@ fn ret_far<const N: usize>(cpu: &mut Cpu, i: &Insn) -> Step {
     let (desc, new_cpl) = check_code_target(cpu, selector, FarKind::Return)?;
     let to_64bit = cpu.sys.long_mode() && desc.long();
     if to_64bit && !is_canonical(offset) {
-        return Err(GP0);
+        return Err(GP0.into());
     }
     if new_cpl == cpl {
         commit_code_segment(cpu, selector, desc, new_cpl);
@@ -216,9 +216,9 @@ fn iret<const N: usize>(cpu: &mut Cpu, _: &Insn) -> Step {
         return iret_real::<N>(cpu);
     }
     if cpu.sys.long_mode() {
-        return crate::interrupt::iret_long::<N>(cpu);
+        return Ok(crate::interrupt::iret_long::<N>(cpu)?);
     }
-    crate::interrupt::iret_protected::<N>(cpu)
+    Ok(crate::interrupt::iret_protected::<N>(cpu)?)
 }
 
 /// IRET in real mode: IP, CS and FLAGS come off the stack; every flag is writable.

@@ -55,8 +55,9 @@ fn shift<const OP: u8, const N: usize>(cpu: &Cpu, a: u64, count: u64) -> Option<
         return None;
     }
     let msb = |v: u64| v >> (bits - 1) & 1 != 0;
-    let old = cpu.flags.compute();
-    let old_cf = old & flags::CF != 0;
+    // Only the rotates keep (or read) flags from before; the shifts set all of them, so
+    // they must not pay for materializing the old ones.
+    let old = || cpu.flags.compute();
     match OP {
         SHL => {
             let r = if count < bits { a << count } else { 0 } & mask::<N>();
@@ -86,11 +87,13 @@ fn shift<const OP: u8, const N: usize>(cpu: &Cpu, a: u64, count: u64) -> Option<
             } else {
                 (msb(r), msb(r) ^ (r >> (bits - 2) & 1 != 0))
             };
-            let mut f = old & !(flags::CF | flags::OF);
+            let mut f = old() & !(flags::CF | flags::OF);
             f |= if cf { flags::CF } else { 0 } | if of { flags::OF } else { 0 };
             Some((r, f))
         }
         _ => {
+            let old = old();
+            let old_cf = old & flags::CF != 0;
             // RCL/RCR rotate through CF: a (bits + 1)-bit rotation.
             let width = bits + 1;
             let rot = match N {

@@ -58,16 +58,16 @@ pub(crate) fn check_push_room(cpu: &mut Cpu, bytes: u64) -> Result<(), Trap> {
 
 fn push_reg<const N: usize>(cpu: &mut Cpu, i: &Insn) -> Step {
     let v = cpu.reg::<N>(i.dst);
-    push_value::<N>(cpu, v)
+    Ok(push_value::<N>(cpu, v)?)
 }
 
 fn push_mem<const N: usize>(cpu: &mut Cpu, i: &Insn) -> Step {
     let v = super::load::<N>(cpu, i)?;
-    push_value::<N>(cpu, v)
+    Ok(push_value::<N>(cpu, v)?)
 }
 
 fn push_imm<const N: usize>(cpu: &mut Cpu, i: &Insn) -> Step {
-    push_value::<N>(cpu, i.imm)
+    Ok(push_value::<N>(cpu, i.imm)?)
 }
 
 fn pop_reg<const N: usize>(cpu: &mut Cpu, i: &Insn) -> Step {
@@ -82,7 +82,7 @@ fn pop_mem<const N: usize>(cpu: &mut Cpu, i: &Insn) -> Step {
     let v = pop_value::<N>(cpu)?;
     if let Err(e) = super::store::<N>(cpu, i, v) {
         cpu.regs[reg::RSP as usize] = old_rsp;
-        return Err(e);
+        return Err(e.into());
     }
     Ok(())
 }
@@ -94,7 +94,7 @@ fn flags_image(cpu: &Cpu) -> u64 {
 
 fn pushf<const N: usize>(cpu: &mut Cpu, _: &Insn) -> Step {
     let v = flags_image(cpu);
-    push_value::<N>(cpu, v)
+    Ok(push_value::<N>(cpu, v)?)
 }
 
 /// POPF: outside real mode IOPL changes only at CPL 0 and IF only when CPL <= IOPL (as

@@ -129,7 +129,7 @@ fn string_op<const OP: u8, const N: usize>(cpu: &mut Cpu, i: &Insn) -> Step {
         done += 1;
         if done == REP_CHUNK && count > 1 {
             cpu.rip = i.rip;
-            return Err(Trap::EndBlock);
+            return Err(Trap::EndBlock.into());
         }
     }
 }

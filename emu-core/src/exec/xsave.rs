@@ -103,7 +103,7 @@ fn xgetbv(cpu: &mut Cpu, _: &Insn) -> Step {
     let value = match cpu.reg::<4>(reg::RCX) {
         0 => cpu.sys.xcr0,
         1 => cpu.sys.xcr0 & xinuse(cpu),
-        _ => return Err(GP0),
+        _ => return Err(GP0.into()),
     };
     set_edx_eax(cpu, value);
     Ok(())
@@ -165,7 +165,7 @@ fn xrstor<const REX_W: bool>(cpu: &mut Cpu, i: &Insn) -> Step {
     bv.copy_from_slice(&header[..8]);
     let xstate_bv = u64::from_le_bytes(bv);
     if xstate_bv & !cpu.sys.xcr0 != 0 || header[8..].iter().any(|&b| b != 0) {
-        return Err(GP0);
+        return Err(GP0.into());
     }
     if rfbm == 0 {
         return Ok(());
@@ -237,7 +237,7 @@ fn wrbase<const GS: bool, const N: usize>(cpu: &mut Cpu, i: &Insn) -> Step {
     require_fsgsbase(cpu)?;
     let value = cpu.reg::<N>(i.dst);
     if !is_canonical(value) {
-        return Err(GP0);
+        return Err(GP0.into());
     }
     cpu.seg_base[base_slot(GS)] = value;
     Ok(())

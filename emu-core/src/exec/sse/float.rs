@@ -479,7 +479,7 @@ mod tests {
         let i = insn(packed::<F32, DIV, false>, 1, 2, 0, 0);
         assert_eq!(
             (i.exec)(&mut cpu, &i),
-            Err(Trap::Exception(Exception::SimdFloatingPoint))
+            Err(Trap::Exception(Exception::SimdFloatingPoint).into())
         );
         assert_eq!(cpu.xmm[1], splat32(0x3f80_0000));
         assert_eq!(cpu.mxcsr & softfp::ALL_FLAGS, softfp::ZE);

@@ -30,7 +30,7 @@ fn mov_load<const MEM: bool, const ALIGNED: bool>(cpu: &mut Cpu, i: &Insn) -> St
 /// Full-register store (MOVAPS m128, xmm, MOVNTPS, ...): the register is in `dst`.
 fn mov_store<const ALIGNED: bool>(cpu: &mut Cpu, i: &Insn) -> Step {
     let v = xmm(cpu, i.dst);
-    store128::<ALIGNED>(cpu, i, v)
+    Ok(store128::<ALIGNED>(cpu, i, v)?)
 }
 
 /// MOVSS/MOVSD between registers: only the low lane moves.
@@ -51,13 +51,13 @@ fn load_zext<const N: usize>(cpu: &mut Cpu, i: &Insn) -> Step {
 /// Store of the low `N` bytes of XMM `dst`.
 fn store_low<const N: usize>(cpu: &mut Cpu, i: &Insn) -> Step {
     let v = xmm(cpu, i.dst) as u64;
-    super::super::store::<N>(cpu, i, v)
+    Ok(super::super::store::<N>(cpu, i, v)?)
 }
 
 /// Store of the high quadword of XMM `dst` (MOVHPS/MOVHPD m64, xmm).
 fn store_high64(cpu: &mut Cpu, i: &Insn) -> Step {
     let v = (xmm(cpu, i.dst) >> 64) as u64;
-    super::super::store::<8>(cpu, i, v)
+    Ok(super::super::store::<8>(cpu, i, v)?)
 }
 
 /// MOVLPS/MOVLPD xmm, m64: replaces the low quadword.
@@ -156,7 +156,7 @@ fn movs_dup<const ODD: bool, const MEM: bool>(cpu: &mut Cpu, i: &Insn) -> Step {
 /// MOVNTI: a plain store of a general register (non-temporal hints change nothing here).
 fn movnti<const N: usize>(cpu: &mut Cpu, i: &Insn) -> Step {
     let v = cpu.reg::<N>(i.dst);
-    super::super::store::<N>(cpu, i, v)
+    Ok(super::super::store::<N>(cpu, i, v)?)
 }
 
 /// MASKMOVDQU: stores the bytes of `dst` whose mask byte (in `src`) has its top bit set,
@@ -188,7 +188,7 @@ fn maskmovdqu(cpu: &mut Cpu, i: &Insn) -> Step {
 fn ldmxcsr(cpu: &mut Cpu, i: &Insn) -> Step {
     let v = super::super::load::<4>(cpu, i)? as u32;
     if v & !MXCSR_WRITABLE != 0 {
-        return Err(gp0());
+        return Err(gp0().into());
     }
     cpu.mxcsr = v;
     Ok(())
@@ -196,7 +196,7 @@ fn ldmxcsr(cpu: &mut Cpu, i: &Insn) -> Step {
 
 fn stmxcsr(cpu: &mut Cpu, i: &Insn) -> Step {
     let v = cpu.mxcsr as u64;
-    super::super::store::<4>(cpu, i, v)
+    Ok(super::super::store::<4>(cpu, i, v)?)
 }
 
 /// Fences and prefetches: this CPU executes in order and has no caches to warm, so they
@@ -391,7 +391,7 @@ mod tests {
         let i = insn(mov_store::<true>, 1, 0, 0, MEM + 8);
         assert_eq!(
             (i.exec)(&mut cpu, &i),
-            Err(Trap::Exception(Exception::GeneralProtection(0)))
+            Err(Trap::Exception(Exception::GeneralProtection(0)).into())
         );
         assert_eq!(cpu.mmu.read::<8>(MEM + 8), Ok(0));
         let i = insn(mov_store::<false>, 1, 0, 0, MEM + 8);
@@ -408,7 +408,7 @@ mod tests {
         let i = insn(ldmxcsr, 0, 0, 0, MEM);
         assert_eq!(
             (i.exec)(&mut cpu, &i),
-            Err(Trap::Exception(Exception::GeneralProtection(0)))
+            Err(Trap::Exception(Exception::GeneralProtection(0)).into())
         );
         assert_eq!(cpu.mxcsr, 0x1f80);
         cpu.mmu.write::<4>(MEM, 0xffff).expect("write");

@@ -249,7 +249,7 @@ fn extract_reg<const N: usize, const R: usize>(cpu: &mut Cpu, i: &Insn) -> Step 
 fn extract_mem<const N: usize>(cpu: &mut Cpu, i: &Insn) -> Step {
     let idx = (i.imm as usize) & (16 / N - 1);
     let v = (xmm(cpu, i.dst) >> (idx * N * 8)) as u64 & mask::<N>();
-    super::super::store::<N>(cpu, i, v)
+    Ok(super::super::store::<N>(cpu, i, v)?)
 }
 
 /// PINSRB/PINSRW/PINSRD/PINSRQ: an `N`-byte element from a general register or memory.

@@ -26,14 +26,14 @@ fn fstsw_ax(cpu: &mut Cpu, _: &Insn) -> Step {
 fn fstsw_mem(cpu: &mut Cpu, i: &Insn) -> Step {
     check_available(cpu)?;
     let sw = cpu.x87.status_word();
-    crate::exec::store::<2>(cpu, i, sw as u64)
+    Ok(crate::exec::store::<2>(cpu, i, sw as u64)?)
 }
 
 /// FNSTCW m16.
 fn fstcw(cpu: &mut Cpu, i: &Insn) -> Step {
     check_available(cpu)?;
     let cw = cpu.x87.fcw;
-    crate::exec::store::<2>(cpu, i, cw as u64)
+    Ok(crate::exec::store::<2>(cpu, i, cw as u64)?)
 }
 
 /// FLDCW m16: unmasking a raised flag makes it pending (ES).
@@ -71,14 +71,14 @@ fn finit(cpu: &mut Cpu, _: &Insn) -> Step {
 /// #MF.
 fn fwait(cpu: &mut Cpu, _: &Insn) -> Step {
     if cpu.sys.cr0 & (cr0::TS | cr0::MP) == cr0::TS | cr0::MP {
-        return Err(Trap::Exception(Exception::DeviceNotAvailable));
+        return Err(Trap::Exception(Exception::DeviceNotAvailable).into());
     }
-    cpu.x87.check_pending()
+    Ok(cpu.x87.check_pending()?)
 }
 
 /// FNOP.
 fn fnop(cpu: &mut Cpu, i: &Insn) -> Step {
-    begin(cpu, i, false)
+    Ok(begin(cpu, i, false)?)
 }
 
 /// FFREE ST(i) (and FFREEP, which also pops).

@@ -94,10 +94,10 @@ fn fxsave<const REX_W: bool>(cpu: &mut Cpu, i: &Insn) -> Step {
     super::check_available(cpu)?;
     let addr = i.ea(cpu);
     if addr & 15 != 0 {
-        return Err(gp0());
+        return Err(gp0().into());
     }
     let b = image(cpu, REX_W);
-    super::write_mem(cpu, addr, &b)
+    Ok(super::write_mem(cpu, addr, &b)?)
 }
 
 /// FXRSTOR / FXRSTOR64 m512.
@@ -105,7 +105,7 @@ fn fxrstor<const REX_W: bool>(cpu: &mut Cpu, i: &Insn) -> Step {
     super::check_available(cpu)?;
     let addr = i.ea(cpu);
     if addr & 15 != 0 {
-        return Err(gp0());
+        return Err(gp0().into());
     }
     let mut b = [0u8; IMAGE_LEN];
     super::read_mem(cpu, addr, &mut b)?;

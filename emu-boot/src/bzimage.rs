@@ -236,8 +236,11 @@ fn choose_load_addr(mem: &dyn GuestMemory, hdr: &SetupHeader, size: u64) -> Resu
     if !hdr.relocatable {
         return Err(err);
     }
+    // A relocatable 64-bit kernel still decompresses itself at or above its
+    // LOAD_PHYSICAL_ADDR (which is what pref_address holds), so a lower load address would
+    // only move the failure into the guest: relocate upwards only.
     for r in &regions {
-        let Some(a) = align_up(r.base.max(HIGH_MEMORY_START), align) else {
+        let Some(a) = align_up(r.base.max(HIGH_MEMORY_START).max(pref), align) else {
             continue;
         };
         if r.contains(a, size) && below_4g(a) {
@@ -337,16 +340,30 @@ mod tests {
     }
 
     #[test]
-    fn relocatable_kernel_moves_when_pref_does_not_fit() {
+    fn relocatable_kernel_moves_up_but_never_below_pref() {
         let mut img = bzimage(0x3000, 0x40_0000);
-        // Preferred address above the end of a 32 MiB machine.
-        img[0x258..0x260].copy_from_slice(&0x400_0000u64.to_le_bytes());
-        let mut mem = SparseMemory::new(32 << 20);
+        // Preferred 16 MiB, but the RAM there is taken by a hole: 16..20 MiB are not RAM.
+        img[0x258..0x260].copy_from_slice(&0x100_0000u64.to_le_bytes());
+        let mut mem = SparseMemory::with_regions(vec![
+            crate::layout::RamRegion {
+                base: 0,
+                size: 0x100_0000,
+            },
+            crate::layout::RamRegion {
+                base: 0x140_0000,
+                size: 0x100_0000,
+            },
+        ]);
         let k = load(&mut mem, &img).unwrap();
-        assert_eq!(
-            k.load_addr, 0x20_0000,
-            "lowest 2 MiB-aligned address above 1 MiB"
-        );
+        assert_eq!(k.load_addr, 0x140_0000, "the next aligned address above pref");
+        // A machine too small to hold the kernel above its preferred address refuses it
+        // (the kernel would decompress itself up there anyway).
+        img[0x258..0x260].copy_from_slice(&0x400_0000u64.to_le_bytes());
+        let mut small = SparseMemory::new(32 << 20);
+        assert!(matches!(
+            load(&mut small, &img),
+            Err(Error::DoesNotFit { .. })
+        ));
     }
 
     #[test]

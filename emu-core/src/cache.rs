@@ -1,7 +1,7 @@
 //! The block cache: translated blocks keyed by where their code came from, a per-vCPU
 //! direct-mapped jump cache in front, and invalidation by physical page.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 use crate::translate::Block;
 
@@ -36,6 +36,13 @@ pub struct CodeCache {
     other_jump_cache: Box<[(u64, u32)]>,
     /// Whether `jump_cache` is user mode's.
     user_active: bool,
+    /// Jump-cache tags are `rip ^ salt`; a new salt empties both caches at once (the
+    /// guest writes CR3 on every context switch). The salt is `epoch << 48` with a 15-bit
+    /// epoch: canonical addresses and legacy-mode offsets differ from each other only by
+    /// all-zero or all-one top 16 bits, so tags of different epochs can never meet.
+    salt: u64,
+    /// The current epoch (1..0x8000); wrapping around clears the caches for real.
+    epoch: u64,
     /// Blocks translated since creation (a statistic).
     pub translated: u64,
 }
@@ -45,11 +52,13 @@ impl Default for CodeCache {
         CodeCache {
             blocks: Vec::new(),
             free: Vec::new(),
-            by_key: HashMap::new(),
-            by_page: HashMap::new(),
+            by_key: HashMap::default(),
+            by_page: HashMap::default(),
             jump_cache: vec![(u64::MAX, 0); JUMP_CACHE_ENTRIES].into_boxed_slice(),
             other_jump_cache: vec![(u64::MAX, 0); JUMP_CACHE_ENTRIES].into_boxed_slice(),
             user_active: false,
+            salt: 1 << 48,
+            epoch: 1,
             translated: 0,
         }
     }
@@ -65,7 +74,7 @@ impl CodeCache {
     #[inline(always)]
     pub fn lookup_fast(&self, rip: u64) -> Option<u32> {
         let (tag, idx) = self.jump_cache[Self::jump_slot(rip)];
-        (tag == rip).then_some(idx)
+        (tag == rip ^ self.salt).then_some(idx)
     }
 
     /// The block translated from physical `phys` at offset `rip` in mode `mode`, if
@@ -77,7 +86,7 @@ impl CodeCache {
             virt: rip,
             mode,
         })?;
-        self.jump_cache[Self::jump_slot(rip)] = (rip, idx);
+        self.jump_cache[Self::jump_slot(rip)] = (rip ^ self.salt, idx);
         Some(idx)
     }
 
@@ -106,7 +115,7 @@ impl CodeCache {
         for page in pages {
             self.by_page.entry(page).or_default().push(idx);
         }
-        self.jump_cache[Self::jump_slot(rip)] = (rip, idx);
+        self.jump_cache[Self::jump_slot(rip)] = (rip ^ self.salt, idx);
         self.translated += 1;
         idx
     }
@@ -153,8 +162,13 @@ impl CodeCache {
     }
 
     fn clear_jump_caches(&mut self) {
-        self.jump_cache.fill((u64::MAX, 0));
-        self.other_jump_cache.fill((u64::MAX, 0));
+        self.epoch += 1;
+        if self.epoch == 0x8000 {
+            self.epoch = 1;
+            self.jump_cache.fill((u64::MAX, 0));
+            self.other_jump_cache.fill((u64::MAX, 0));
+        }
+        self.salt = self.epoch << 48;
     }
 
     /// Drops every block.

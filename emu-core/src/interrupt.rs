@@ -147,6 +147,20 @@ fn write_frame(
     Ok(sp.wrapping_sub(width * frame.len() as u64) & mask)
 }
 
+/// The linear address of the `size`-byte IDT gate for `vector`.
+///
+/// # Errors
+///
+/// `#GP` with the IDT error code when the gate lies beyond the IDT's limit.
+fn gate_address(cpu: &Cpu, vector: u8, size: u64, kind: EventKind) -> Result<u64, Trap> {
+    let idtr = cpu.sys.idtr;
+    let offset = vector as u64 * size;
+    if offset + size - 1 > idtr.limit as u64 {
+        return Err(Exception::GeneralProtection(idt_error(vector, kind)).into());
+    }
+    Ok(idtr.base.wrapping_add(offset))
+}
+
 /// Protected mode (not long mode): 8-byte gates and the 32-bit TSS.
 fn deliver_protected(
     cpu: &mut Cpu,
@@ -155,15 +169,8 @@ fn deliver_protected(
     kind: EventKind,
 ) -> Result<(), Trap> {
     let gp_idt = || Trap::Exception(Exception::GeneralProtection(idt_error(vector, kind)));
-    let idtr = cpu.sys.idtr;
-    let offset = vector as u64 * 8;
-    if offset + 7 > idtr.limit as u64 {
-        return Err(gp_idt());
-    }
-    let raw = as_supervisor(cpu, |cpu| {
-        cpu.mmu
-            .read::<8>(idtr.base.wrapping_add(offset) & 0xffff_ffff)
-    })?;
+    let gate_at = gate_address(cpu, vector, 8, kind)? & 0xffff_ffff;
+    let raw = as_supervisor(cpu, |cpu| cpu.mmu.read::<8>(gate_at))?;
     let gate = Descriptor(raw);
     let gate_type = gate.kind();
     // 0x6/0x7: 16-bit interrupt/trap gate; 0xE/0xF: 32-bit. Task gates (0x5) would need
@@ -286,14 +293,10 @@ fn deliver_long(
     kind: EventKind,
 ) -> Result<(), Trap> {
     let gp_idt = || Trap::Exception(Exception::GeneralProtection(idt_error(vector, kind)));
-    let idtr = cpu.sys.idtr;
-    let offset = vector as u64 * 16;
-    if offset + 15 > idtr.limit as u64 {
-        return Err(gp_idt());
-    }
+    let gate_at = gate_address(cpu, vector, 16, kind)?;
     let (lo, hi) = as_supervisor(cpu, |cpu| -> Result<(u64, u64), Trap> {
-        let lo = cpu.mmu.read::<8>(idtr.base.wrapping_add(offset))?;
-        let hi = cpu.mmu.read::<8>(idtr.base.wrapping_add(offset + 8))?;
+        let lo = cpu.mmu.read::<8>(gate_at)?;
+        let hi = cpu.mmu.read::<8>(gate_at.wrapping_add(8))?;
         Ok((lo, hi))
     })?;
     let gate = Descriptor(lo);

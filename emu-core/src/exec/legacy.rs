@@ -37,53 +37,40 @@ fn al(cpu: &Cpu) -> u8 {
     cpu.regs[reg::RAX as usize] as u8
 }
 
-/// DAA: decimal adjust AL after an addition.
-fn daa(cpu: &mut Cpu, _: &Insn) -> Step {
+/// DAA (`SUB` = false) / DAS: decimal adjust AL after an addition or a subtraction.
+/// The SDM's algorithm: adjust the low digit by 6 if it is above 9 or AF is set, then
+/// the high digit by 0x60 if the original AL was above 0x99 or CF was set.
+fn decimal_adjust<const SUB: bool>(cpu: &mut Cpu, _: &Insn) -> Step {
     let old_al = al(cpu);
     let old_cf = cpu.flags.cf();
     let f = cpu.flags.compute();
     let mut v = old_al;
     let mut out = 0;
     if v & 0xf > 9 || f & AF != 0 {
-        let (sum, carry) = v.overflowing_add(6);
-        v = sum;
+        let (adjusted, carry) = if SUB {
+            v.overflowing_sub(6)
+        } else {
+            v.overflowing_add(6)
+        };
+        v = adjusted;
         out |= AF;
         if old_cf || carry {
             out |= CF;
         }
     }
     if old_al > 0x99 || old_cf {
-        v = v.wrapping_add(0x60);
+        v = if SUB {
+            v.wrapping_sub(0x60)
+        } else {
+            v.wrapping_add(0x60)
+        };
         out |= CF;
-    } else {
+    } else if !SUB {
+        // DAA clears CF here; DAS keeps what the low-digit step produced.
         out &= !CF;
     }
     cpu.set_reg::<1>(reg::RAX, v as u64);
     // OF is undefined; it is cleared here.
-    set_flags(cpu, CF | AF | SF | ZF | PF | OF, out | szp(v));
-    Ok(())
-}
-
-/// DAS: decimal adjust AL after a subtraction.
-fn das(cpu: &mut Cpu, _: &Insn) -> Step {
-    let old_al = al(cpu);
-    let old_cf = cpu.flags.cf();
-    let f = cpu.flags.compute();
-    let mut v = old_al;
-    let mut out = 0;
-    if v & 0xf > 9 || f & AF != 0 {
-        let (diff, borrow) = v.overflowing_sub(6);
-        v = diff;
-        out |= AF;
-        if old_cf || borrow {
-            out |= CF;
-        }
-    }
-    if old_al > 0x99 || old_cf {
-        v = v.wrapping_sub(0x60);
-        out |= CF;
-    }
-    cpu.set_reg::<1>(reg::RAX, v as u64);
     set_flags(cpu, CF | AF | SF | ZF | PF | OF, out | szp(v));
     Ok(())
 }
@@ -190,8 +177,8 @@ fn into(cpu: &mut Cpu, i: &Insn) -> Step {
 pub(crate) fn register(t: &mut OpTable) {
     use alu_op::*;
     use Code::*;
-    t.set(Daa, OpEntry::reg(daa));
-    t.set(Das, OpEntry::reg(das));
+    t.set(Daa, OpEntry::reg(decimal_adjust::<false>));
+    t.set(Das, OpEntry::reg(decimal_adjust::<true>));
     t.set(Aaa, OpEntry::reg(aaa::<false>));
     t.set(Aas, OpEntry::reg(aaa::<true>));
     t.set(Aam_imm8, OpEntry::reg(aam));

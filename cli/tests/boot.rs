@@ -332,7 +332,18 @@ fn bad_input_gives_a_one_line_error_and_exit_status_1() {
         &missing_initrd.display().to_string(),
     );
 
-    // 100 MiB of (sparse) zeros: more than the whole 64 MiB machine.
+    // The kernel alone needs its init_size above its 16 MiB load address: about 67 MiB.
+    let run = quetzal(&[
+        "-kernel".as_ref(),
+        image.kernel.as_os_str(),
+        "-m".as_ref(),
+        "64".as_ref(),
+        "-nographic".as_ref(),
+    ]);
+    assert_one_line_error("kernel larger than RAM", &run, "kernel needs");
+
+    // 100 MiB of (sparse) zeros: more than what is left of a 128 MiB machine above the
+    // kernel.
     let big = dir.join("big-initrd");
     std::fs::File::create(&big)
         .and_then(|f| f.set_len(100 << 20))
@@ -343,7 +354,7 @@ fn bad_input_gives_a_one_line_error_and_exit_status_1() {
         "-initrd".as_ref(),
         big.as_os_str(),
         "-m".as_ref(),
-        "64".as_ref(),
+        "128".as_ref(),
         "-nographic".as_ref(),
     ]);
     assert_one_line_error("initrd larger than RAM", &run, "initrd");

@@ -355,7 +355,10 @@ mod tests {
             },
         ]);
         let k = load(&mut mem, &img).unwrap();
-        assert_eq!(k.load_addr, 0x140_0000, "the next aligned address above pref");
+        assert_eq!(
+            k.load_addr, 0x140_0000,
+            "the next aligned address above pref"
+        );
         // A machine too small to hold the kernel above its preferred address refuses it
         // (the kernel would decompress itself up there anyway).
         img[0x258..0x260].copy_from_slice(&0x400_0000u64.to_le_bytes());

@@ -20,3 +20,4 @@ pub mod pit;
 pub mod ports;
 pub mod rtc;
 pub mod serial;
+pub mod virtio;

@@ -186,21 +186,19 @@ impl emu_boot::memory::GuestMemory for BootMemory<'_> {
 /// An ISA interrupt line: as on a PC, it reaches both the 8259 pair and the IOAPIC (IRQ 0
 /// on pin 2, as the MADT's interrupt source override says; every other IRQ on its own
 /// number).
+/// (The 8259 drives its own INTR output, wired to the APIC's LINT0.)
 struct IsaIrq {
     irq: u8,
     pic: Arc<Mutex<emu_devices::pic::PicPair>>,
-    pic_output: Arc<dyn IrqLine>,
     ioapic_pin: Arc<dyn IrqLine>,
 }
 
 impl IrqLine for IsaIrq {
     fn set_level(&self, high: bool) {
-        let intr = {
-            let mut pic = self.pic.lock().unwrap_or_else(|e| e.into_inner());
-            pic.set_irq(self.irq, high);
-            pic.intr_pending()
-        };
-        self.pic_output.set_level(intr);
+        self.pic
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_irq(self.irq, high);
         self.ioapic_pin.set_level(high);
     }
 }
@@ -321,15 +319,6 @@ impl emu_mmu::BusDevice for WakeOnWrite {
             .write(offset, data);
         self.waker.wake();
     }
-}
-
-/// The LINT0 input of the APIC behind `apic` (taken once, at wiring time).
-fn lapic_lint0(apic: &Arc<Mutex<Apic>>) -> Arc<dyn IrqLine> {
-    apic.lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .0
-        .input()
-        .lint(0)
 }
 
 /// A built machine, ready to run.
@@ -503,13 +492,11 @@ impl Machine {
             ioapic.clone(),
         )
         .map_err(|e| MachineError::Bus(e.to_string()))?;
-        let pic_output = lapic_lint0(&apic);
         let isa = |irq: u8| -> Arc<dyn IrqLine> {
             let gsi = if irq == 0 { 2 } else { irq as usize };
             Arc::new(IsaIrq {
                 irq,
                 pic: pic.clone(),
-                pic_output: pic_output.clone(),
                 ioapic_pin: emu_devices::ioapic::IoApic::pin(&ioapic, gsi),
             })
         };

@@ -637,30 +637,42 @@ pub(crate) fn register(t: &mut OpTable) {
     for code in [Code::Lldt_rm16, Code::Lldt_r32m16, Code::Lldt_r64m16] {
         t.set(code, OpEntry::rm(lldt::<false>, lldt::<true>));
     }
-    t.set(
-        Code::Str_rm16,
-        OpEntry::rm(store_selector::<true, 2>, store_selector_mem::<true>),
-    );
-    t.set(
-        Code::Str_r32m16,
-        OpEntry::rm(store_selector::<true, 4>, store_selector_mem::<true>),
-    );
-    t.set(
-        Code::Str_r64m16,
-        OpEntry::rm(store_selector::<true, 8>, store_selector_mem::<true>),
-    );
-    t.set(
-        Code::Sldt_rm16,
-        OpEntry::rm(store_selector::<false, 2>, store_selector_mem::<false>),
-    );
-    t.set(
-        Code::Sldt_r32m16,
-        OpEntry::rm(store_selector::<false, 4>, store_selector_mem::<false>),
-    );
-    t.set(
-        Code::Sldt_r64m16,
-        OpEntry::rm(store_selector::<false, 8>, store_selector_mem::<false>),
-    );
+    // STR/SLDT: a register destination of 16, 32 or 64 bits; memory always gets 16.
+    let selector_stores: [(Code, crate::insn::Handler, crate::insn::Handler); 6] = [
+        (
+            Code::Str_rm16,
+            store_selector::<true, 2>,
+            store_selector_mem::<true>,
+        ),
+        (
+            Code::Str_r32m16,
+            store_selector::<true, 4>,
+            store_selector_mem::<true>,
+        ),
+        (
+            Code::Str_r64m16,
+            store_selector::<true, 8>,
+            store_selector_mem::<true>,
+        ),
+        (
+            Code::Sldt_rm16,
+            store_selector::<false, 2>,
+            store_selector_mem::<false>,
+        ),
+        (
+            Code::Sldt_r32m16,
+            store_selector::<false, 4>,
+            store_selector_mem::<false>,
+        ),
+        (
+            Code::Sldt_r64m16,
+            store_selector::<false, 8>,
+            store_selector_mem::<false>,
+        ),
+    ];
+    for (code, reg_form, mem_form) in selector_stores {
+        t.set(code, OpEntry::rm(reg_form, mem_form));
+    }
     t.set(Code::Mov_r64_cr, OpEntry::reg(mov_from_cr::<8>));
     t.set(Code::Mov_r32_cr, OpEntry::reg(mov_from_cr::<4>));
     t.set(Code::Mov_cr_r64, OpEntry::reg(mov_to_cr::<8>).ends_block());

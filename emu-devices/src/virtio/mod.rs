@@ -4,9 +4,10 @@
 //! the device status state machine, the queues (`virtio-queue`'s [`Queue`]) and the
 //! interrupt line; a device model only implements [`VirtioDevice`]: what it is, what it
 //! offers, its configuration space and what happens when the driver kicks a queue. One
-//! folder per device (`rng/`, later `block/`, `net/`, ...) with the same file names.
+//! folder per device (`rng/`, `block/`, later `net/`, ...) with the same file names.
 //! Register facts come from the VirtIO 1.2 specification, section 4.2.2.
 
+pub mod block;
 pub mod mmio;
 pub mod rng;
 
@@ -40,6 +41,8 @@ pub mod status {
 pub mod features {
     /// The device complies with VirtIO 1.0 or later (required for a modern transport).
     pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+    /// The driver may use indirect descriptor tables (`virtio-queue` follows them).
+    pub const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
 }
 
 /// Interrupt status bits (virtio-mmio InterruptStatus).
@@ -52,6 +55,8 @@ pub mod interrupt {
 
 /// Device type numbers (VirtIO 1.2 §5).
 pub mod device_id {
+    /// Block device.
+    pub const BLOCK: u32 = 2;
     /// Entropy source.
     pub const RNG: u32 = 4;
 }

@@ -120,6 +120,26 @@ impl CodeCache {
         idx
     }
 
+    /// The block at `idx`, for updating its compiled tier.
+    ///
+    /// # Panics
+    ///
+    /// As [`CodeCache::block`].
+    #[inline(always)]
+    pub fn block_mut(&mut self, idx: u32) -> &mut Block {
+        &mut self.blocks[idx as usize]
+            .as_mut()
+            .expect("live block index")
+            .1
+    }
+
+    /// Calls `f` on every live block.
+    pub fn for_each_block_mut(&mut self, mut f: impl FnMut(&mut Block)) {
+        for (_, block) in self.blocks.iter_mut().flatten() {
+            f(block);
+        }
+    }
+
     /// The block at `idx`.
     ///
     /// # Panics

@@ -30,6 +30,7 @@ use crate::events::{self, AttachedController, Events, InterruptLine, LocalInterr
 use crate::exception::Exception;
 use crate::insn::Trap;
 use crate::interrupt::{self, escalate, fault_class, Escalation, EventKind, FaultClass};
+use crate::jit::{self, BlockTier, Jit, JitConfig, JitStats};
 use crate::translate::{translate_block, Block};
 
 /// Errors from the embedding API (never from guest behaviour, which ends a run with a
@@ -205,6 +206,8 @@ pub struct Emulator {
     delivery: InterruptDelivery,
     /// The MMIO devices (the MMU holds a shared copy).
     mmio: Bus,
+    /// The compiling tier, when enabled and supported on this host.
+    jit: Option<Jit>,
 }
 
 impl Default for Emulator {
@@ -230,6 +233,37 @@ impl Emulator {
             block_hooks: Vec::new(),
             delivery: InterruptDelivery::Embedder,
             mmio: Bus::new(),
+            jit: Self::make_jit(JitConfig::from_env()),
+        }
+    }
+
+    fn make_jit(config: JitConfig) -> Option<Jit> {
+        if config.enabled {
+            Jit::new(config)
+        } else {
+            None
+        }
+    }
+
+    /// Configures the compiling tier ([`crate::jit`]). By default hot blocks are compiled
+    /// (unless the `QUETZAL_JIT` environment variable says otherwise, see
+    /// [`JitConfig::from_env`]); `enabled: false` leaves everything to the interpreter.
+    pub fn set_jit_config(&mut self, config: JitConfig) {
+        self.forget_compiled_code();
+        self.jit = Self::make_jit(config);
+    }
+
+    /// Counters of the compiling tier, if it is enabled.
+    pub fn jit_stats(&self) -> Option<JitStats> {
+        self.jit.as_ref().map(|j| j.stats)
+    }
+
+    /// Drops every compiled block and frees their code.
+    fn forget_compiled_code(&mut self) {
+        self.cache.for_each_block_mut(|b| b.tier = BlockTier::Cold);
+        if let Some(jit) = self.jit.as_mut() {
+            // SAFETY: no block refers to compiled code any more.
+            unsafe { jit.flush() };
         }
     }
 
@@ -573,7 +607,28 @@ impl Emulator {
                     }
                 }
             }
-            let (executed, result) = if self.code_hooks.is_empty() {
+            // Whole-block runs without code hooks may use (and warm up) compiled code.
+            let compiled = match self.jit.as_mut() {
+                Some(jit) if limit == block.insns.len() && self.code_hooks.is_empty() => {
+                    if jit.wants_flush() {
+                        self.cache.for_each_block_mut(|b| b.tier = BlockTier::Cold);
+                        // SAFETY: no block refers to compiled code any more.
+                        unsafe { jit.flush() };
+                    }
+                    jit.enter(&mut self.cpu, self.cache.block_mut(idx))
+                }
+                _ => None,
+            };
+            let block = self.cache.block(idx);
+            let (executed, result) = if let Some(code) = compiled {
+                // SAFETY: `code` was compiled from `block`, which is still cached, and
+                // the code region has not been flushed since (flushes reset every block).
+                let (n, trap) = unsafe { jit::run_compiled(&mut self.cpu, code) };
+                match trap {
+                    None => (n, Ok(())),
+                    Some(trap) => settle_trap(&mut self.cpu, &block.insns[n], *trap, n),
+                }
+            } else if self.code_hooks.is_empty() {
                 run_block(&mut self.cpu, block, limit)
             } else {
                 match run_block_hooked(&mut self.cpu, block, limit, &mut self.code_hooks) {

@@ -33,6 +33,7 @@ pub mod exec;
 pub mod flags;
 pub mod insn;
 pub mod interrupt;
+pub mod jit;
 pub mod segment;
 pub mod sysregs;
 pub mod translate;

@@ -30,6 +30,8 @@ pub struct Block {
     /// Physical pages the block's bytes came from (one, or two if an instruction
     /// straddles a page boundary).
     pub pages: Vec<u64>,
+    /// Where the block stands with the compiling tier ([`crate::jit`]).
+    pub tier: crate::jit::BlockTier,
 }
 
 /// Translates the block starting at offset `rip` of the current code segment, decoding
@@ -94,6 +96,7 @@ pub fn translate_block(cpu: &mut Cpu, rip: u64) -> Result<Block, Trap> {
         insns: insns.into_boxed_slice(),
         ends_in_branch,
         pages,
+        tier: crate::jit::BlockTier::Cold,
     })
 }
 

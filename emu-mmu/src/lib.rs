@@ -136,6 +136,19 @@ pub struct MemAccessEvent {
 /// A callback run on every data access while installed.
 pub type MemHook = Box<dyn FnMut(&MemAccessEvent) + Send>;
 
+/// Byte offsets, inside an [`Mmu`], of the pointers to the current privilege class's read
+/// and write [`TlbEntry`] arrays ([`TLB_ENTRIES`] entries each, indexed by virtual page
+/// number modulo their length). Compiled code reads them to inline the TLB hit path:
+/// the pointer itself must be loaded again after anything that may switch the privilege
+/// class, because a switch swaps whole arrays.
+#[derive(Clone, Copy, Debug)]
+pub struct TlbLayout {
+    /// Offset of the read array's pointer.
+    pub read_entries: usize,
+    /// Offset of the write array's pointer.
+    pub write_entries: usize,
+}
+
 /// One vCPU's path to guest memory.
 ///
 /// For now an `Mmu` also owns the machine's RAM and code-page marks; when several vCPUs
@@ -416,6 +429,21 @@ impl Mmu {
             std::mem::swap(&mut self.tlb, &mut self.parked[class]);
             self.class = class;
         }
+    }
+
+    /// Where generated code finds this `Mmu`'s TLB arrays (see [`TlbLayout`]).
+    pub fn tlb_layout() -> TlbLayout {
+        use std::mem::offset_of;
+        let tlb = offset_of!(Mmu, tlb);
+        TlbLayout {
+            read_entries: tlb + offset_of!(SoftTlb, read) + TlbArray::ENTRIES_OFFSET,
+            write_entries: tlb + offset_of!(SoftTlb, write) + TlbArray::ENTRIES_OFFSET,
+        }
+    }
+
+    /// Whether memory hooks are installed (the TLB is bypassed while they are).
+    pub fn has_hooks(&self) -> bool {
+        !self.hooks.is_empty()
     }
 
     /// Installs a memory hook. While any hook is installed the TLB is bypassed.

@@ -57,6 +57,9 @@ impl Default for TlbArray {
 }
 
 impl TlbArray {
+    /// Offset of the pointer to the entries inside a `TlbArray`.
+    pub const ENTRIES_OFFSET: usize = std::mem::offset_of!(TlbArray, entries);
+
     #[inline(always)]
     fn slot(vaddr: u64) -> usize {
         (vaddr >> crate::PAGE_SHIFT) as usize & (TLB_ENTRIES - 1)

@@ -1,0 +1,1326 @@
+//! Lowering one translated block to Cranelift IR (see the module docs of [`super`]).
+//!
+//! The ordering rule every instruction's lowering keeps: all of an instruction's memory
+//! accesses come before any of its register or flag updates. A memory access that misses
+//! the TLB writes the register cache and pending flags back before calling the `Mmu`, so
+//! if it faults the CPU state is exactly the state before the instruction.
+
+use std::mem::offset_of;
+
+use cranelift_codegen::ir::condcodes::IntCC;
+use cranelift_codegen::ir::{
+    types, AbiParam, Block as IrBlock, Function, InstBuilder, MemFlags, SigRef, Signature, Type,
+    Value,
+};
+use cranelift_codegen::isa::CallConv;
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
+use emu_mmu::{Mmu, TlbEntry, PAGE_MASK, TLB_ENTRIES};
+use iced_x86::{Code, Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
+
+use super::helpers::{self, JitCtx, STATUS_TRAP};
+use crate::cpu::{reg, seg, Cpu};
+use crate::flags::{self, FlagOp, LazyFlags};
+use crate::insn::{Insn, ADDR16, ADDR32, LOCKED};
+use crate::translate::{register_number, Block};
+
+/// How a block's instructions were lowered.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Counts {
+    /// Lowered to host code.
+    pub native: usize,
+    /// Left to their interpreter handler.
+    pub fallback: usize,
+}
+
+/// Decodes `block`'s bytes again (in 64-bit mode), checking that every instruction
+/// starts and ends where the block's records say. `None` if the bytes cannot be fetched or
+/// do not match.
+pub fn decode_again(cpu: &mut Cpu, block: &Block) -> Option<Vec<Instruction>> {
+    let len = block.end_rip.wrapping_sub(block.rip) as usize;
+    if len == 0 || len > 64 * 15 {
+        return None;
+    }
+    let mut buf = vec![0u8; len];
+    let linear = cpu.code_linear(block.rip);
+    if cpu.mmu.fetch_code(linear, &mut buf) != len {
+        return None;
+    }
+    let mut decoder = Decoder::with_ip(64, &buf, block.rip, DecoderOptions::NONE);
+    let mut out = Vec::with_capacity(block.insns.len());
+    for insn in block.insns.iter() {
+        let instr = decoder.decode();
+        if instr.ip() != insn.rip || instr.len() != insn.len as usize {
+            return None;
+        }
+        out.push(instr);
+    }
+    Some(out)
+}
+
+/// Byte offsets of what compiled code touches inside a [`Cpu`].
+struct Layout {
+    regs: i32,
+    rip: i32,
+    flags_kind: i32,
+    flags_res: i32,
+    flags_a: i32,
+    flags_b: i32,
+    seg_base: i32,
+    tlb_read: i32,
+    tlb_write: i32,
+}
+
+impl Layout {
+    fn new() -> Self {
+        let flags = offset_of!(Cpu, flags);
+        let mmu = offset_of!(Cpu, mmu);
+        let tlb = Mmu::tlb_layout();
+        Layout {
+            regs: offset_of!(Cpu, regs) as i32,
+            rip: offset_of!(Cpu, rip) as i32,
+            flags_kind: (flags + offset_of!(LazyFlags, kind)) as i32,
+            flags_res: (flags + offset_of!(LazyFlags, res)) as i32,
+            flags_a: (flags + offset_of!(LazyFlags, a)) as i32,
+            flags_b: (flags + offset_of!(LazyFlags, b)) as i32,
+            seg_base: offset_of!(Cpu, seg_base) as i32,
+            tlb_read: (mmu + tlb.read_entries) as i32,
+            tlb_write: (mmu + tlb.write_entries) as i32,
+        }
+    }
+}
+
+/// The flag state at a point of the block, known at compile time.
+#[derive(Clone, Copy)]
+enum Pending {
+    /// `Cpu::flags` holds the current flags.
+    Memory,
+    /// The last flag-producing operation, not yet written to `Cpu::flags`.
+    Lazy {
+        op: FlagOp,
+        /// log2 of the operand width in bytes.
+        width: u8,
+        a: Value,
+        b: Value,
+        res: Value,
+    },
+}
+
+/// Our flag bits from iced's.
+fn flag_bits(rflags: u32) -> u64 {
+    use iced_x86::RflagsBits as R;
+    let mut f = 0;
+    for (iced, ours) in [
+        (R::OF, flags::OF),
+        (R::SF, flags::SF),
+        (R::ZF, flags::ZF),
+        (R::AF, flags::AF),
+        (R::CF, flags::CF),
+        (R::PF, flags::PF),
+    ] {
+        if rflags & iced != 0 {
+            f |= ours;
+        }
+    }
+    f
+}
+
+fn is_shift_or_rotate(m: Mnemonic) -> bool {
+    matches!(
+        m,
+        Mnemonic::Shl
+            | Mnemonic::Sal
+            | Mnemonic::Shr
+            | Mnemonic::Sar
+            | Mnemonic::Rol
+            | Mnemonic::Ror
+            | Mnemonic::Rcl
+            | Mnemonic::Rcr
+            | Mnemonic::Shld
+            | Mnemonic::Shrd
+    )
+}
+
+/// Flags an instruction certainly overwrites (for liveness: a write that may not happen,
+/// such as a shift by CL, which leaves the flags alone when CL is 0, kills nothing).
+fn flags_killed(instr: &Instruction) -> u64 {
+    if is_shift_or_rotate(instr.mnemonic()) {
+        let count_kind = instr.op_kind(instr.op_count() - 1);
+        if count_kind != OpKind::Immediate8 {
+            return 0;
+        }
+        let mask = if instr.op0_register().size() == 8 || instr.memory_size().size() == 8 {
+            0x3f
+        } else {
+            0x1f
+        };
+        if instr.immediate8() & mask == 0 {
+            return 0;
+        }
+    }
+    flag_bits(instr.rflags_modified())
+}
+
+/// For each instruction, the arithmetic flags that may be read after it before being
+/// overwritten. Everything is live at the end of the block.
+fn live_flags_after(decoded: &[Instruction]) -> Vec<u64> {
+    let mut live = flags::ARITH;
+    let mut out = vec![0; decoded.len()];
+    for (i, instr) in decoded.iter().enumerate().rev() {
+        out[i] = live;
+        live = (live & !flags_killed(instr)) | flag_bits(instr.rflags_read());
+    }
+    out
+}
+
+/// The GPR operands of an instruction: number (as in records) and width in bytes.
+fn gpr(r: Register) -> Option<(u8, u8)> {
+    if r.is_gpr() {
+        Some((register_number(r), r.size() as u8))
+    } else {
+        None
+    }
+}
+
+/// Width in bytes of operand `i` (a GPR or memory).
+fn operand_size(instr: &Instruction, i: u32) -> u8 {
+    match instr.op_kind(i) {
+        OpKind::Register => instr.op_register(i).size() as u8,
+        OpKind::Memory => instr.memory_size().size() as u8,
+        _ => 0,
+    }
+}
+
+fn width_mask(size: u8) -> u64 {
+    if size >= 8 {
+        u64::MAX
+    } else {
+        (1u64 << (size * 8)) - 1
+    }
+}
+
+fn int_type(size: u8) -> Type {
+    match size {
+        1 => types::I8,
+        2 => types::I16,
+        4 => types::I32,
+        _ => types::I64,
+    }
+}
+
+fn log2(size: u8) -> u8 {
+    size.trailing_zeros() as u8
+}
+
+/// What the lowering does with one instruction.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Plan {
+    Nop,
+    Mov,
+    Movzx,
+    Movsx,
+    Lea,
+    Alu,
+    IncDec,
+    Neg,
+    Not,
+    Shift,
+    Imul,
+    Push,
+    Pop,
+    Jmp,
+    Jcc,
+    Call,
+    Ret,
+    Cmov,
+    Setcc,
+    Xchg,
+    Bswap,
+    Cdqe,
+    Cdq,
+    Cqo,
+    /// Through the interpreter handler.
+    Fallback,
+}
+
+/// Whether every explicit operand is a GPR, a plain memory operand or an immediate.
+fn plain_operands(instr: &Instruction) -> bool {
+    (0..instr.op_count()).all(|i| match instr.op_kind(i) {
+        OpKind::Register => instr.op_register(i).is_gpr(),
+        OpKind::Memory => true,
+        OpKind::Immediate8
+        | OpKind::Immediate16
+        | OpKind::Immediate32
+        | OpKind::Immediate64
+        | OpKind::Immediate8to16
+        | OpKind::Immediate8to32
+        | OpKind::Immediate8to64
+        | OpKind::Immediate32to64 => true,
+        _ => false,
+    })
+}
+
+fn plan(instr: &Instruction, insn: &Insn, live_after: u64) -> Plan {
+    if insn.flags & LOCKED != 0 || instr.is_invalid() {
+        return Plan::Fallback;
+    }
+    let code = instr.code();
+    match code {
+        Code::Jmp_rel8_64 | Code::Jmp_rel32_64 => return Plan::Jmp,
+        Code::Call_rel32_64 => return Plan::Call,
+        Code::Retnq => return Plan::Ret,
+        Code::Push_r64 | Code::Pushq_imm8 | Code::Pushq_imm32 => return Plan::Push,
+        Code::Pop_r64 => return Plan::Pop,
+        Code::Cdqe => return Plan::Cdqe,
+        Code::Cdq => return Plan::Cdq,
+        Code::Cqo => return Plan::Cqo,
+        Code::Nopw | Code::Nopd | Code::Nopq | Code::Nop_rm16 | Code::Nop_rm32 | Code::Nop_rm64 => {
+            return Plan::Nop
+        }
+        _ => {}
+    }
+    if instr.is_jcc_short_or_near() {
+        return if instr.op0_kind() == OpKind::NearBranch64 {
+            Plan::Jcc
+        } else {
+            Plan::Fallback
+        };
+    }
+    if !plain_operands(instr) || instr.op_count() == 0 {
+        return Plan::Fallback;
+    }
+    let flags_dead = flags_killed(instr) & live_after == 0
+        && flag_bits(instr.rflags_modified()) & live_after == 0;
+    let m = instr.mnemonic();
+    match m {
+        Mnemonic::Mov => Plan::Mov,
+        Mnemonic::Movzx => Plan::Movzx,
+        Mnemonic::Movsx | Mnemonic::Movsxd => Plan::Movsx,
+        Mnemonic::Lea => Plan::Lea,
+        Mnemonic::Add
+        | Mnemonic::Adc
+        | Mnemonic::Sub
+        | Mnemonic::Sbb
+        | Mnemonic::And
+        | Mnemonic::Or
+        | Mnemonic::Xor
+        | Mnemonic::Cmp
+        | Mnemonic::Test
+            if instr.op_count() == 2 =>
+        {
+            Plan::Alu
+        }
+        Mnemonic::Inc | Mnemonic::Dec => Plan::IncDec,
+        Mnemonic::Neg => Plan::Neg,
+        Mnemonic::Not => Plan::Not,
+        Mnemonic::Shl
+        | Mnemonic::Sal
+        | Mnemonic::Shr
+        | Mnemonic::Sar
+        | Mnemonic::Rol
+        | Mnemonic::Ror
+            if flags_dead && instr.op_count() == 2 =>
+        {
+            Plan::Shift
+        }
+        Mnemonic::Imul if flags_dead && instr.op_count() >= 2 => Plan::Imul,
+        Mnemonic::Cmovo
+        | Mnemonic::Cmovno
+        | Mnemonic::Cmovb
+        | Mnemonic::Cmovae
+        | Mnemonic::Cmove
+        | Mnemonic::Cmovne
+        | Mnemonic::Cmovbe
+        | Mnemonic::Cmova
+        | Mnemonic::Cmovs
+        | Mnemonic::Cmovns
+        | Mnemonic::Cmovp
+        | Mnemonic::Cmovnp
+        | Mnemonic::Cmovl
+        | Mnemonic::Cmovge
+        | Mnemonic::Cmovle
+        | Mnemonic::Cmovg => Plan::Cmov,
+        Mnemonic::Seto
+        | Mnemonic::Setno
+        | Mnemonic::Setb
+        | Mnemonic::Setae
+        | Mnemonic::Sete
+        | Mnemonic::Setne
+        | Mnemonic::Setbe
+        | Mnemonic::Seta
+        | Mnemonic::Sets
+        | Mnemonic::Setns
+        | Mnemonic::Setp
+        | Mnemonic::Setnp
+        | Mnemonic::Setl
+        | Mnemonic::Setge
+        | Mnemonic::Setle
+        | Mnemonic::Setg => Plan::Setcc,
+        // XCHG with memory is implicitly locked: left to the handler.
+        Mnemonic::Xchg
+            if instr.op0_kind() == OpKind::Register && instr.op1_kind() == OpKind::Register =>
+        {
+            Plan::Xchg
+        }
+        Mnemonic::Bswap if instr.op0_register().size() >= 4 => Plan::Bswap,
+        _ => Plan::Fallback,
+    }
+}
+
+/// Signatures of the helpers, imported into the function.
+struct Helpers {
+    read: SigRef,
+    write: SigRef,
+    exec: SigRef,
+    condition: SigRef,
+}
+
+/// Per-block lowering state.
+struct Lower<'f> {
+    b: FunctionBuilder<'f>,
+    cpu: Value,
+    ctx: Value,
+    lay: Layout,
+    helpers: Helpers,
+    /// Register cache: `regs[i]` holds GPR `i` once `loaded[i]`.
+    regs: [Variable; 16],
+    loaded: [bool; 16],
+    /// Registers written since they were last stored to `Cpu::regs`.
+    dirty: [bool; 16],
+    flags: Pending,
+    /// 1 once a store reached a page holding translated code.
+    code_written: Variable,
+    /// The current instruction stored through the slow path (so may have written code).
+    slow_store: bool,
+    /// Trap exits to emit once the straight-line code is done: (block, count returned).
+    deferred_exits: Vec<(IrBlock, usize)>,
+}
+
+const TRUSTED: MemFlags = MemFlags::trusted();
+
+impl Lower<'_> {
+    fn iconst(&mut self, v: u64) -> Value {
+        self.b.ins().iconst(types::I64, v as i64)
+    }
+
+    /// GPR `r` (0..15), all 64 bits.
+    fn reg(&mut self, r: u8) -> Value {
+        let r = (r & 15) as usize;
+        if !self.loaded[r] {
+            let v = self
+                .b
+                .ins()
+                .load(types::I64, TRUSTED, self.cpu, self.lay.regs + 8 * r as i32);
+            self.b.def_var(self.regs[r], v);
+            self.loaded[r] = true;
+        }
+        self.b.use_var(self.regs[r])
+    }
+
+    fn set_reg64(&mut self, r: u8, v: Value) {
+        let r = (r & 15) as usize;
+        self.b.def_var(self.regs[r], v);
+        self.loaded[r] = true;
+        self.dirty[r] = true;
+    }
+
+    /// Reads a `size`-byte register operand (record numbering), zero-extended.
+    fn read_gpr(&mut self, r: u8, size: u8) -> Value {
+        if size == 1 && r & reg::HIGH_BYTE != 0 {
+            let full = self.reg(r & 3);
+            let v = self.b.ins().ushr_imm(full, 8);
+            return self.b.ins().band_imm(v, 0xff);
+        }
+        let full = self.reg(r);
+        if size >= 8 {
+            full
+        } else {
+            self.b.ins().band_imm(full, width_mask(size) as i64)
+        }
+    }
+
+    /// Writes a `size`-byte register operand with x86-64 semantics.
+    fn write_gpr(&mut self, r: u8, size: u8, v: Value) {
+        match size {
+            8 => self.set_reg64(r, v),
+            4 => {
+                let z = self.b.ins().band_imm(v, 0xffff_ffff);
+                self.set_reg64(r, z);
+            }
+            _ => {
+                let (slot, shift) = if size == 1 && r & reg::HIGH_BYTE != 0 {
+                    (r & 3, 8)
+                } else {
+                    (r & 15, 0)
+                };
+                let field = width_mask(size) << shift;
+                let old = self.reg(slot);
+                let kept = self.b.ins().band_imm(old, !field as i64);
+                let low = self.b.ins().band_imm(v, width_mask(size) as i64);
+                let new = if shift != 0 {
+                    self.b.ins().ishl_imm(low, shift)
+                } else {
+                    low
+                };
+                let merged = self.b.ins().bor(kept, new);
+                self.set_reg64(slot, merged);
+            }
+        }
+    }
+
+    /// The offset part of a memory operand (no segment base), masked to the address size.
+    fn offset(&mut self, insn: &Insn) -> Value {
+        let mut v = self.iconst(insn.disp);
+        if insn.base != reg::ZERO {
+            let base = self.reg(insn.base);
+            v = self.b.ins().iadd(v, base);
+        }
+        if insn.index != reg::ZERO {
+            let index = self.reg(insn.index);
+            let scaled = self.b.ins().ishl_imm(index, insn.scale as i64);
+            v = self.b.ins().iadd(v, scaled);
+        }
+        if insn.flags & ADDR16 != 0 {
+            v = self.b.ins().band_imm(v, 0xffff);
+        } else if insn.flags & ADDR32 != 0 {
+            v = self.b.ins().band_imm(v, 0xffff_ffff);
+        }
+        v
+    }
+
+    /// The linear address of a memory operand (64-bit code: only FS and GS have bases).
+    fn address(&mut self, insn: &Insn) -> Value {
+        let offset = self.offset(insn);
+        if insn.seg == seg::FLAT {
+            return offset;
+        }
+        let base = self.b.ins().load(
+            types::I64,
+            TRUSTED,
+            self.cpu,
+            self.lay.seg_base + 8 * (insn.seg as i32 & 7),
+        );
+        self.b.ins().iadd(offset, base)
+    }
+
+    /// Writes every dirty register and the pending flags to the `Cpu`, leaving the
+    /// compile-time state as it is (used on cold paths that may leave the block).
+    fn write_back(&mut self) {
+        for r in 0..16 {
+            if self.dirty[r] {
+                let v = self.b.use_var(self.regs[r]);
+                self.b
+                    .ins()
+                    .store(TRUSTED, v, self.cpu, self.lay.regs + 8 * r as i32);
+            }
+        }
+        if let Pending::Lazy {
+            op,
+            width,
+            a,
+            b,
+            res,
+        } = self.flags
+        {
+            let kind = self
+                .b
+                .ins()
+                .iconst(types::I8, (((op as u8) << 2) | width) as i64);
+            self.b
+                .ins()
+                .store(TRUSTED, kind, self.cpu, self.lay.flags_kind);
+            self.b
+                .ins()
+                .store(TRUSTED, res, self.cpu, self.lay.flags_res);
+            self.b.ins().store(TRUSTED, a, self.cpu, self.lay.flags_a);
+            self.b.ins().store(TRUSTED, b, self.cpu, self.lay.flags_b);
+        }
+    }
+
+    /// Leaves the block from the current IR block: state written back, RIP set if given,
+    /// `count` instructions reported complete.
+    fn exit(&mut self, count: usize, rip: Option<Value>) {
+        self.write_back();
+        if let Some(rip) = rip {
+            self.b.ins().store(TRUSTED, rip, self.cpu, self.lay.rip);
+        }
+        let n = self.iconst(count as u64);
+        self.b.ins().return_(&[n]);
+    }
+
+    /// A cold block that returns `count` (state already written back by its predecessor).
+    /// Emitted after the block's code, so the current block need not be finished.
+    fn trap_exit_block(&mut self, count: usize) -> IrBlock {
+        let exit = self.b.create_block();
+        self.b.set_cold_block(exit);
+        self.deferred_exits.push((exit, count));
+        exit
+    }
+
+    /// Host address of `size` bytes at `addr` through the TLB array at `array_offset`,
+    /// branching to `slow` on a miss; continues in the hit block.
+    fn tlb_hit(&mut self, addr: Value, size: u8, array_offset: i32, slow: IrBlock) -> Value {
+        let entries = self
+            .b
+            .ins()
+            .load(types::I64, TRUSTED, self.cpu, array_offset);
+        let page = self.b.ins().ushr_imm(addr, emu_mmu::PAGE_SHIFT as i64);
+        let slot = self.b.ins().band_imm(page, (TLB_ENTRIES - 1) as i64);
+        let offset = self
+            .b
+            .ins()
+            .imul_imm(slot, std::mem::size_of::<TlbEntry>() as i64);
+        let entry = self.b.ins().iadd(entries, offset);
+        let tag = self
+            .b
+            .ins()
+            .load(types::I64, TRUSTED, entry, offset_of!(TlbEntry, tag) as i32);
+        // The entry maps the page of the last byte: then it also maps the first (an
+        // access crossing into the next page can never match the first page's slot).
+        let last = if size > 1 {
+            self.b.ins().iadd_imm(addr, size as i64 - 1)
+        } else {
+            addr
+        };
+        let want = self.b.ins().band_imm(last, PAGE_MASK as i64);
+        let hit = self.b.ins().icmp(IntCC::Equal, tag, want);
+        let fast = self.b.create_block();
+        self.b.ins().brif(hit, fast, &[], slow, &[]);
+        self.b.switch_to_block(fast);
+        let addend = self.b.ins().load(
+            types::I64,
+            TRUSTED,
+            entry,
+            offset_of!(TlbEntry, addend) as i32,
+        );
+        self.b.ins().iadd(addr, addend)
+    }
+
+    /// Loads `size` bytes at `addr` for instruction `n`, zero-extended.
+    fn load(&mut self, addr: Value, size: u8, n: usize) -> Value {
+        let slow = self.b.create_block();
+        self.b.set_cold_block(slow);
+        let join = self.b.create_block();
+        self.b.append_block_param(join, types::I64);
+        let host = self.tlb_hit(addr, size, self.lay.tlb_read, slow);
+        let flags = MemFlags::trusted();
+        let v = match size {
+            1 => self.b.ins().uload8(types::I64, flags, host, 0),
+            2 => self.b.ins().uload16(types::I64, flags, host, 0),
+            4 => self.b.ins().uload32(flags, host, 0),
+            _ => self.b.ins().load(types::I64, flags, host, 0),
+        };
+        self.b.ins().jump(join, &[v]);
+
+        self.b.switch_to_block(slow);
+        self.write_back();
+        let size_v = self.iconst(size as u64);
+        let callee = self.iconst(helpers::helper_read as *const () as u64);
+        let call = self.b.ins().call_indirect(
+            self.helpers.read,
+            callee,
+            &[self.cpu, self.ctx, addr, size_v],
+        );
+        let value = self.b.inst_results(call)[0];
+        let status = self
+            .b
+            .ins()
+            .load(types::I64, TRUSTED, self.ctx, JitCtx::STATUS_OFFSET);
+        let exit = self.trap_exit_block(n);
+        self.b.ins().brif(status, exit, &[], join, &[value]);
+
+        self.b.switch_to_block(join);
+        self.b.block_params(join)[0]
+    }
+
+    /// Stores the low `size` bytes of `value` at `addr` for instruction `n`.
+    fn store(&mut self, addr: Value, size: u8, value: Value, n: usize) {
+        let slow = self.b.create_block();
+        self.b.set_cold_block(slow);
+        let join = self.b.create_block();
+        let host = self.tlb_hit(addr, size, self.lay.tlb_write, slow);
+        let flags = MemFlags::trusted();
+        match size {
+            1 => self.b.ins().istore8(flags, value, host, 0),
+            2 => self.b.ins().istore16(flags, value, host, 0),
+            4 => self.b.ins().istore32(flags, value, host, 0),
+            _ => self.b.ins().store(flags, value, host, 0),
+        };
+        self.b.ins().jump(join, &[]);
+
+        self.b.switch_to_block(slow);
+        self.write_back();
+        let size_v = self.iconst(size as u64);
+        let callee = self.iconst(helpers::helper_write as *const () as u64);
+        let call = self.b.ins().call_indirect(
+            self.helpers.write,
+            callee,
+            &[self.cpu, self.ctx, addr, size_v, value],
+        );
+        let status = self.b.inst_results(call)[0];
+        let not_ok = self.b.create_block();
+        self.b.set_cold_block(not_ok);
+        self.b.ins().brif(status, not_ok, &[], join, &[]);
+        self.b.switch_to_block(not_ok);
+        let trapped = self
+            .b
+            .ins()
+            .icmp_imm(IntCC::Equal, status, STATUS_TRAP as i64);
+        let exit = self.trap_exit_block(n);
+        let code_written = self.b.create_block();
+        self.b.set_cold_block(code_written);
+        self.b.ins().brif(trapped, exit, &[], code_written, &[]);
+        self.b.switch_to_block(code_written);
+        let one = self.iconst(1);
+        self.b.def_var(self.code_written, one);
+        self.b.ins().jump(join, &[]);
+        self.slow_store = true;
+
+        self.b.switch_to_block(join);
+    }
+
+    /// Reads operand `i` at `size` bytes (immediates truncated to it), zero-extended.
+    /// `addr` caches the memory operand's address across operands.
+    fn read_operand(
+        &mut self,
+        instr: &Instruction,
+        insn: &Insn,
+        i: u32,
+        size: u8,
+        addr: &mut Option<Value>,
+        n: usize,
+    ) -> Value {
+        match instr.op_kind(i) {
+            OpKind::Register => {
+                let r = register_number(instr.op_register(i));
+                self.read_gpr(r, size)
+            }
+            OpKind::Memory => {
+                let a = match *addr {
+                    Some(a) => a,
+                    None => {
+                        let a = self.address(insn);
+                        *addr = Some(a);
+                        a
+                    }
+                };
+                self.load(a, size, n)
+            }
+            _ => self.iconst(instr.immediate(i) & width_mask(size)),
+        }
+    }
+
+    /// Writes operand `i` (a GPR or memory) at `size` bytes.
+    fn write_operand(
+        &mut self,
+        instr: &Instruction,
+        insn: &Insn,
+        i: u32,
+        size: u8,
+        value: Value,
+        addr: &mut Option<Value>,
+        n: usize,
+    ) {
+        match instr.op_kind(i) {
+            OpKind::Register => {
+                let r = register_number(instr.op_register(i));
+                self.write_gpr(r, size, value);
+            }
+            _ => {
+                let a = match *addr {
+                    Some(a) => a,
+                    None => {
+                        let a = self.address(insn);
+                        *addr = Some(a);
+                        a
+                    }
+                };
+                self.store(a, size, value, n);
+            }
+        }
+    }
+
+    fn set_flags(&mut self, op: FlagOp, size: u8, a: Value, b: Value, res: Value) {
+        self.flags = Pending::Lazy {
+            op,
+            width: log2(size),
+            a,
+            b,
+            res,
+        };
+    }
+
+    fn narrow(&mut self, v: Value, size: u8) -> Value {
+        if size >= 8 {
+            v
+        } else {
+            self.b.ins().ireduce(int_type(size), v)
+        }
+    }
+
+    /// Bit `s` of `v` as an i8 0/1.
+    fn bit(&mut self, v: Value, s: u32) -> Value {
+        let shifted = self.b.ins().ushr_imm(v, s as i64);
+        let one = self.b.ins().band_imm(shifted, 1);
+        self.b.ins().ireduce(types::I8, one)
+    }
+
+    /// Condition `cc` (0 = O .. 15 = G) as an i8 0/1.
+    fn condition(&mut self, cc: u8) -> Value {
+        match self.flags {
+            Pending::Memory => {
+                let callee = self.iconst(helpers::helper_condition as *const () as u64);
+                let cc_v = self.iconst(cc as u64);
+                let call =
+                    self.b
+                        .ins()
+                        .call_indirect(self.helpers.condition, callee, &[self.cpu, cc_v]);
+                let r = self.b.inst_results(call)[0];
+                self.b.ins().icmp_imm(IntCC::NotEqual, r, 0)
+            }
+            Pending::Lazy {
+                op,
+                width,
+                a,
+                b,
+                res,
+            } => {
+                let even = self.condition_even(cc & !1, op, 1 << width, a, b, res);
+                if cc & 1 != 0 {
+                    self.b.ins().bxor_imm(even, 1)
+                } else {
+                    even
+                }
+            }
+        }
+    }
+
+    fn condition_even(
+        &mut self,
+        cc: u8,
+        op: FlagOp,
+        size: u8,
+        a: Value,
+        b: Value,
+        res: Value,
+    ) -> Value {
+        let ty = int_type(size);
+        if op == FlagOp::Sub {
+            let cmp = match cc {
+                2 => Some(IntCC::UnsignedLessThan),
+                4 => Some(IntCC::Equal),
+                6 => Some(IntCC::UnsignedLessThanOrEqual),
+                12 => Some(IntCC::SignedLessThan),
+                14 => Some(IntCC::SignedLessThanOrEqual),
+                _ => None,
+            };
+            if let Some(cmp) = cmp {
+                let na = self.narrow(a, size);
+                let nb = self.narrow(b, size);
+                return self.b.ins().icmp(cmp, na, nb);
+            }
+        } else if op == FlagOp::Logic {
+            match cc {
+                0 | 2 => return self.b.ins().iconst(types::I8, 0),
+                4 | 6 | 8 | 12 | 14 => {
+                    let nr = self.narrow(res, size);
+                    let cmp = match cc {
+                        4 | 6 => IntCC::Equal,
+                        14 => IntCC::SignedLessThanOrEqual,
+                        _ => IntCC::SignedLessThan,
+                    };
+                    return self.b.ins().icmp_imm(cmp, nr, 0);
+                }
+                _ => {}
+            }
+        }
+        let _ = ty;
+        match cc {
+            0 => self.of(op, size, a, b, res),
+            2 => self.cf(op, size, a, b, res),
+            4 => self.zf(size, res),
+            6 => {
+                let cf = self.cf(op, size, a, b, res);
+                let zf = self.zf(size, res);
+                self.b.ins().bor(cf, zf)
+            }
+            8 => self.sf(size, res),
+            10 => {
+                let low = self.b.ins().band_imm(res, 0xff);
+                let count = self.b.ins().popcnt(low);
+                let odd = self.b.ins().band_imm(count, 1);
+                self.b.ins().icmp_imm(IntCC::Equal, odd, 0)
+            }
+            12 => {
+                let sf = self.sf(size, res);
+                let of = self.of(op, size, a, b, res);
+                self.b.ins().bxor(sf, of)
+            }
+            _ => {
+                let sf = self.sf(size, res);
+                let of = self.of(op, size, a, b, res);
+                let l = self.b.ins().bxor(sf, of);
+                let zf = self.zf(size, res);
+                self.b.ins().bor(l, zf)
+            }
+        }
+    }
+
+    fn zf(&mut self, size: u8, res: Value) -> Value {
+        let nr = self.narrow(res, size);
+        self.b.ins().icmp_imm(IntCC::Equal, nr, 0)
+    }
+
+    fn sf(&mut self, size: u8, res: Value) -> Value {
+        let nr = self.narrow(res, size);
+        self.b.ins().icmp_imm(IntCC::SignedLessThan, nr, 0)
+    }
+
+    fn cf(&mut self, op: FlagOp, size: u8, a: Value, b: Value, res: Value) -> Value {
+        let s = size as u32 * 8 - 1;
+        match op {
+            FlagOp::Add | FlagOp::Adc => {
+                let ab = self.b.ins().band(a, b);
+                let x = self.b.ins().bxor(a, b);
+                let nres = self.b.ins().bnot(res);
+                let t = self.b.ins().band(x, nres);
+                let c = self.b.ins().bor(ab, t);
+                self.bit(c, s)
+            }
+            FlagOp::Sub | FlagOp::Sbb => {
+                let na = self.b.ins().bnot(a);
+                let t1 = self.b.ins().band(na, b);
+                let x = self.b.ins().bxor(a, b);
+                let nx = self.b.ins().bnot(x);
+                let t2 = self.b.ins().band(nx, res);
+                let c = self.b.ins().bor(t1, t2);
+                self.bit(c, s)
+            }
+            FlagOp::Logic | FlagOp::Materialized => self.b.ins().iconst(types::I8, 0),
+            FlagOp::Inc | FlagOp::Dec => self.bit(b, 0),
+        }
+    }
+
+    fn of(&mut self, op: FlagOp, size: u8, a: Value, b: Value, res: Value) -> Value {
+        let s = size as u32 * 8 - 1;
+        let m = width_mask(size);
+        match op {
+            FlagOp::Add | FlagOp::Adc => {
+                let x = self.b.ins().bxor(a, res);
+                let y = self.b.ins().bxor(b, res);
+                let t = self.b.ins().band(x, y);
+                self.bit(t, s)
+            }
+            FlagOp::Sub | FlagOp::Sbb => {
+                let x = self.b.ins().bxor(a, b);
+                let y = self.b.ins().bxor(a, res);
+                let t = self.b.ins().band(x, y);
+                self.bit(t, s)
+            }
+            FlagOp::Inc => {
+                let r = self.b.ins().band_imm(res, m as i64);
+                self.b.ins().icmp_imm(IntCC::Equal, r, (1u64 << s) as i64)
+            }
+            FlagOp::Dec => {
+                let r = self.b.ins().band_imm(a, m as i64);
+                self.b.ins().icmp_imm(IntCC::Equal, r, (1u64 << s) as i64)
+            }
+            FlagOp::Logic | FlagOp::Materialized => self.b.ins().iconst(types::I8, 0),
+        }
+    }
+
+    /// CF before the current instruction, as an i64 0/1.
+    fn carry_in(&mut self) -> Value {
+        let c = self.condition(2);
+        self.b.ins().uextend(types::I64, c)
+    }
+
+    /// Runs instruction `n` through its handler.
+    fn fallback(&mut self, insn: &Insn, n: usize, last: bool, block: &Block) {
+        self.write_back();
+        self.loaded = [false; 16];
+        self.dirty = [false; 16];
+        self.flags = Pending::Memory;
+        let callee = self.iconst(helpers::helper_exec as *const () as u64);
+        let record = self.iconst(insn as *const Insn as u64);
+        let call =
+            self.b
+                .ins()
+                .call_indirect(self.helpers.exec, callee, &[self.cpu, self.ctx, record]);
+        let status = self.b.inst_results(call)[0];
+        let trapped = self
+            .b
+            .ins()
+            .icmp_imm(IntCC::Equal, status, STATUS_TRAP as i64);
+        let exit = self.trap_exit_block(n);
+        let cont = self.b.create_block();
+        self.b.ins().brif(trapped, exit, &[], cont, &[]);
+        self.b.switch_to_block(cont);
+        if last {
+            // The handler set RIP if it is a branch; otherwise fall through to the end.
+            let rip = (!block.ends_in_branch).then(|| self.iconst(block.end_rip));
+            self.exit(n + 1, rip);
+            return;
+        }
+        // Stored into translated code: leave after it, as the interpreter does.
+        let code_written = self.b.create_block();
+        self.b.set_cold_block(code_written);
+        let next = self.b.create_block();
+        self.b.ins().brif(status, code_written, &[], next, &[]);
+        self.b.switch_to_block(code_written);
+        let rip = self.iconst(insn.next_rip());
+        self.exit(n + 1, Some(rip));
+        self.b.switch_to_block(next);
+    }
+}
+
+fn helper_signature(call_conv: CallConv, params: usize) -> Signature {
+    let mut sig = Signature::new(call_conv);
+    for _ in 0..params {
+        sig.params.push(AbiParam::new(types::I64));
+    }
+    sig.returns.push(AbiParam::new(types::I64));
+    sig
+}
+
+/// Builds `func` (signature already set: cpu, ctx -> count) from `block`.
+pub fn lower_block(
+    func: &mut Function,
+    builder_ctx: &mut FunctionBuilderContext,
+    call_conv: CallConv,
+    block: &Block,
+    decoded: &[Instruction],
+) -> Counts {
+    let mut b = FunctionBuilder::new(func, builder_ctx);
+    let helpers = Helpers {
+        read: b.import_signature(helper_signature(call_conv, 4)),
+        write: b.import_signature(helper_signature(call_conv, 5)),
+        exec: b.import_signature(helper_signature(call_conv, 3)),
+        condition: b.import_signature(helper_signature(call_conv, 2)),
+    };
+    let entry = b.create_block();
+    b.append_block_params_for_function_params(entry);
+    b.switch_to_block(entry);
+    let cpu = b.block_params(entry)[0];
+    let ctx = b.block_params(entry)[1];
+    let regs: [Variable; 16] = std::array::from_fn(|i| Variable::from_u32(i as u32));
+    for &v in &regs {
+        b.declare_var(v, types::I64);
+    }
+    let code_written = Variable::from_u32(16);
+    b.declare_var(code_written, types::I64);
+    let zero = b.ins().iconst(types::I64, 0);
+    b.def_var(code_written, zero);
+    let mut l = Lower {
+        b,
+        cpu,
+        ctx,
+        lay: Layout::new(),
+        helpers,
+        regs,
+        loaded: [false; 16],
+        dirty: [false; 16],
+        flags: Pending::Memory,
+        code_written,
+        slow_store: false,
+        deferred_exits: Vec::new(),
+    };
+    let live = live_flags_after(decoded);
+    let mut counts = Counts::default();
+    let count = block.insns.len();
+    for (n, (instr, insn)) in decoded.iter().zip(block.insns.iter()).enumerate() {
+        let last = n + 1 == count;
+        let mut plan = plan(instr, insn, live[n]);
+        let branch = matches!(plan, Plan::Jmp | Plan::Jcc | Plan::Call | Plan::Ret);
+        if branch && !last {
+            plan = Plan::Fallback;
+        }
+        if plan == Plan::Fallback {
+            counts.fallback += 1;
+            l.fallback(insn, n, last, block);
+            continue;
+        }
+        counts.native += 1;
+        l.slow_store = false;
+        let ended = lower_native(&mut l, plan, instr, insn, n, live[n], count);
+        if ended {
+            continue;
+        }
+        if last {
+            let rip = l.iconst(block.end_rip);
+            l.exit(count, Some(rip));
+        } else if l.slow_store {
+            // A slow-path store may have hit translated code: leave after this
+            // instruction, as the interpreter does.
+            let flag = l.b.use_var(l.code_written);
+            let out = l.b.create_block();
+            l.b.set_cold_block(out);
+            let next = l.b.create_block();
+            l.b.ins().brif(flag, out, &[], next, &[]);
+            l.b.switch_to_block(out);
+            let rip = l.iconst(insn.next_rip());
+            l.exit(n + 1, Some(rip));
+            l.b.switch_to_block(next);
+        }
+    }
+    for (exit, n) in std::mem::take(&mut l.deferred_exits) {
+        l.b.switch_to_block(exit);
+        let n = l.iconst(n as u64);
+        l.b.ins().return_(&[n]);
+    }
+    l.b.seal_all_blocks();
+    l.b.finalize();
+    counts
+}
+
+/// Emits a natively lowered instruction. Returns whether it ended the block (branches).
+fn lower_native(
+    l: &mut Lower,
+    plan: Plan,
+    instr: &Instruction,
+    insn: &Insn,
+    n: usize,
+    live_after: u64,
+    count: usize,
+) -> bool {
+    let mut addr = None;
+    match plan {
+        Plan::Nop | Plan::Fallback => {}
+        Plan::Mov => {
+            let size = operand_size(instr, 0);
+            let v = l.read_operand(instr, insn, 1, size, &mut addr, n);
+            l.write_operand(instr, insn, 0, size, v, &mut addr, n);
+        }
+        Plan::Movzx | Plan::Movsx => {
+            let dst = operand_size(instr, 0);
+            let src = operand_size(instr, 1);
+            let mut v = l.read_operand(instr, insn, 1, src, &mut addr, n);
+            if plan == Plan::Movsx && src < 8 {
+                let narrow = l.narrow(v, src);
+                v = l.b.ins().sextend(types::I64, narrow);
+            }
+            l.write_operand(instr, insn, 0, dst, v, &mut addr, n);
+        }
+        Plan::Lea => {
+            let size = operand_size(instr, 0);
+            let v = l.offset(insn);
+            l.write_operand(instr, insn, 0, size, v, &mut addr, n);
+        }
+        Plan::Alu => {
+            let size = operand_size(instr, 0);
+            let m = instr.mnemonic();
+            let carry = matches!(m, Mnemonic::Adc | Mnemonic::Sbb).then(|| l.carry_in());
+            let a = l.read_operand(instr, insn, 0, size, &mut addr, n);
+            let b = l.read_operand(instr, insn, 1, size, &mut addr, n);
+            let (res, op) = match m {
+                Mnemonic::Add => (l.b.ins().iadd(a, b), FlagOp::Add),
+                Mnemonic::Adc => {
+                    let s = l.b.ins().iadd(a, b);
+                    (l.b.ins().iadd(s, carry.expect("carry read")), FlagOp::Adc)
+                }
+                Mnemonic::Sub | Mnemonic::Cmp => (l.b.ins().isub(a, b), FlagOp::Sub),
+                Mnemonic::Sbb => {
+                    let d = l.b.ins().isub(a, b);
+                    (l.b.ins().isub(d, carry.expect("carry read")), FlagOp::Sbb)
+                }
+                Mnemonic::And | Mnemonic::Test => (l.b.ins().band(a, b), FlagOp::Logic),
+                Mnemonic::Or => (l.b.ins().bor(a, b), FlagOp::Logic),
+                _ => (l.b.ins().bxor(a, b), FlagOp::Logic),
+            };
+            if !matches!(m, Mnemonic::Cmp | Mnemonic::Test) {
+                l.write_operand(instr, insn, 0, size, res, &mut addr, n);
+            }
+            l.set_flags(op, size, a, b, res);
+        }
+        Plan::IncDec => {
+            let size = operand_size(instr, 0);
+            // The preserved CF rides in `b`; only computed if something reads it.
+            let carry = if live_after & flags::CF != 0 {
+                l.carry_in()
+            } else {
+                l.iconst(0)
+            };
+            let a = l.read_operand(instr, insn, 0, size, &mut addr, n);
+            let inc = instr.mnemonic() == Mnemonic::Inc;
+            let res = if inc {
+                l.b.ins().iadd_imm(a, 1)
+            } else {
+                l.b.ins().iadd_imm(a, -1)
+            };
+            l.write_operand(instr, insn, 0, size, res, &mut addr, n);
+            let op = if inc { FlagOp::Inc } else { FlagOp::Dec };
+            l.set_flags(op, size, a, carry, res);
+        }
+        Plan::Neg => {
+            let size = operand_size(instr, 0);
+            let a = l.read_operand(instr, insn, 0, size, &mut addr, n);
+            let zero = l.iconst(0);
+            let res = l.b.ins().isub(zero, a);
+            l.write_operand(instr, insn, 0, size, res, &mut addr, n);
+            l.set_flags(FlagOp::Sub, size, zero, a, res);
+        }
+        Plan::Not => {
+            let size = operand_size(instr, 0);
+            let a = l.read_operand(instr, insn, 0, size, &mut addr, n);
+            let res = l.b.ins().bnot(a);
+            l.write_operand(instr, insn, 0, size, res, &mut addr, n);
+        }
+        Plan::Shift => {
+            let size = operand_size(instr, 0);
+            let mask = if size == 8 { 0x3f } else { 0x1f };
+            let count = match instr.op1_kind() {
+                OpKind::Register => {
+                    let c = l.read_gpr(reg::RCX, 1);
+                    l.b.ins().band_imm(c, mask)
+                }
+                _ => l.iconst(instr.immediate(1) & mask as u64),
+            };
+            let a = l.read_operand(instr, insn, 0, size, &mut addr, n);
+            let res = match instr.mnemonic() {
+                Mnemonic::Shl | Mnemonic::Sal => l.b.ins().ishl(a, count),
+                Mnemonic::Shr => l.b.ins().ushr(a, count),
+                Mnemonic::Sar => {
+                    let narrow = l.narrow(a, size);
+                    let wide = if size < 8 {
+                        l.b.ins().sextend(types::I64, narrow)
+                    } else {
+                        narrow
+                    };
+                    l.b.ins().sshr(wide, count)
+                }
+                m => {
+                    let narrow = l.narrow(a, size);
+                    let rotated = if m == Mnemonic::Rol {
+                        l.b.ins().rotl(narrow, count)
+                    } else {
+                        l.b.ins().rotr(narrow, count)
+                    };
+                    if size < 8 {
+                        l.b.ins().uextend(types::I64, rotated)
+                    } else {
+                        rotated
+                    }
+                }
+            };
+            l.write_operand(instr, insn, 0, size, res, &mut addr, n);
+        }
+        Plan::Imul => {
+            let size = operand_size(instr, 0);
+            let (x, y) = if instr.op_count() == 3 {
+                let x = l.read_operand(instr, insn, 1, size, &mut addr, n);
+                let y = l.read_operand(instr, insn, 2, size, &mut addr, n);
+                (x, y)
+            } else {
+                let y = l.read_operand(instr, insn, 1, size, &mut addr, n);
+                let x = l.read_operand(instr, insn, 0, size, &mut addr, n);
+                (x, y)
+            };
+            let res = l.b.ins().imul(x, y);
+            l.write_operand(instr, insn, 0, size, res, &mut addr, n);
+        }
+        Plan::Push => {
+            let v = match instr.op0_kind() {
+                OpKind::Register => l.read_gpr(register_number(instr.op0_register()), 8),
+                _ => l.iconst(instr.immediate(0)),
+            };
+            let rsp = l.reg(reg::RSP);
+            let new = l.b.ins().iadd_imm(rsp, -8);
+            l.store(new, 8, v, n);
+            l.set_reg64(reg::RSP, new);
+        }
+        Plan::Pop => {
+            let rsp = l.reg(reg::RSP);
+            let v = l.load(rsp, 8, n);
+            let new = l.b.ins().iadd_imm(rsp, 8);
+            l.set_reg64(reg::RSP, new);
+            l.write_gpr(register_number(instr.op0_register()), 8, v);
+        }
+        Plan::Cdqe => {
+            let eax = l.read_gpr(reg::RAX, 4);
+            let narrow = l.narrow(eax, 4);
+            let v = l.b.ins().sextend(types::I64, narrow);
+            l.set_reg64(reg::RAX, v);
+        }
+        Plan::Cdq => {
+            let eax = l.read_gpr(reg::RAX, 4);
+            let narrow = l.narrow(eax, 4);
+            let sign = l.b.ins().sshr_imm(narrow, 31);
+            let v = l.b.ins().uextend(types::I64, sign);
+            l.write_gpr(reg::RDX, 4, v);
+        }
+        Plan::Cqo => {
+            let rax = l.reg(reg::RAX);
+            let v = l.b.ins().sshr_imm(rax, 63);
+            l.set_reg64(reg::RDX, v);
+        }
+        Plan::Cmov => {
+            let size = operand_size(instr, 0);
+            let cc = insn.imm2 as u8;
+            let src = l.read_operand(instr, insn, 1, size, &mut addr, n);
+            let old = l.read_operand(instr, insn, 0, size, &mut addr, n);
+            let cond = l.condition(cc);
+            let v = l.b.ins().select(cond, src, old);
+            l.write_operand(instr, insn, 0, size, v, &mut addr, n);
+        }
+        Plan::Setcc => {
+            let cc = insn.imm2 as u8;
+            let cond = l.condition(cc);
+            let v = l.b.ins().uextend(types::I64, cond);
+            l.write_operand(instr, insn, 0, 1, v, &mut addr, n);
+        }
+        Plan::Xchg => {
+            let size = operand_size(instr, 0);
+            let (r0, _) = gpr(instr.op0_register()).expect("GPR operand");
+            let (r1, _) = gpr(instr.op1_register()).expect("GPR operand");
+            let v0 = l.read_gpr(r0, size);
+            let v1 = l.read_gpr(r1, size);
+            l.write_gpr(r0, size, v1);
+            l.write_gpr(r1, size, v0);
+        }
+        Plan::Bswap => {
+            let size = operand_size(instr, 0);
+            let r = register_number(instr.op0_register());
+            let v = l.read_gpr(r, size);
+            let narrow = l.narrow(v, size);
+            let swapped = l.b.ins().bswap(narrow);
+            let wide = if size < 8 {
+                l.b.ins().uextend(types::I64, swapped)
+            } else {
+                swapped
+            };
+            l.write_gpr(r, size, wide);
+        }
+        Plan::Jmp => {
+            let target = l.iconst(insn.imm);
+            l.exit(count, Some(target));
+            return true;
+        }
+        Plan::Jcc => {
+            let cc = insn.imm2 as u8;
+            let cond = l.condition(cc);
+            let taken = l.iconst(insn.imm);
+            let not_taken = l.iconst(insn.next_rip());
+            let rip = l.b.ins().select(cond, taken, not_taken);
+            l.exit(count, Some(rip));
+            return true;
+        }
+        Plan::Call => {
+            let rsp = l.reg(reg::RSP);
+            let new = l.b.ins().iadd_imm(rsp, -8);
+            let ret = l.iconst(insn.next_rip());
+            l.store(new, 8, ret, n);
+            l.set_reg64(reg::RSP, new);
+            let target = l.iconst(insn.imm);
+            l.exit(count, Some(target));
+            return true;
+        }
+        Plan::Ret => {
+            let rsp = l.reg(reg::RSP);
+            let target = l.load(rsp, 8, n);
+            let new = l.b.ins().iadd_imm(rsp, 8);
+            l.set_reg64(reg::RSP, new);
+            l.exit(count, Some(target));
+            return true;
+        }
+    }
+    false
+}

@@ -9,6 +9,9 @@ pub const MAX_CPUS: u32 = 1;
 pub const MIN_MEMORY: u64 = 16 << 20;
 /// Largest guest memory the default machine accepts.
 pub const MAX_MEMORY: u64 = 64 << 30;
+/// Most VirtIO devices the machine has room for: each gets its own IOAPIC pin, and the
+/// pins above the ISA range (GSIs 16..=23) number eight.
+pub const MAX_VIRTIO_DEVICES: usize = 8;
 
 /// Where the guest's first serial port goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,6 +37,22 @@ pub struct TraceFlags {
     pub guest_errors: bool,
 }
 
+/// A VirtIO device, attached through its own virtio-mmio transport (described to the
+/// guest in the ACPI DSDT, so the stock `virtio_mmio` driver finds it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VirtioDeviceConfig {
+    /// virtio-blk over a raw disk image (QEMU's `-drive file=PATH,format=raw,if=virtio`).
+    Block {
+        /// The image file; it must exist (its size, in whole 512-byte sectors, is the
+        /// disk's capacity).
+        path: PathBuf,
+        /// Open the image read-only and tell the guest the disk is read-only.
+        read_only: bool,
+    },
+    /// virtio-rng fed from the host's random source (`-device virtio-rng-device`).
+    Rng,
+}
+
 /// A machine to build.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MachineConfig {
@@ -55,6 +74,9 @@ pub struct MachineConfig {
     pub trace: TraceFlags,
     /// Where trace output goes (`-D`); standard error when unset.
     pub trace_file: Option<PathBuf>,
+    /// VirtIO devices, in order: device `i` is the guest's `i`-th virtio-mmio transport
+    /// (so the first disk in this list is `/dev/vda`).
+    pub virtio: Vec<VirtioDeviceConfig>,
 }
 
 impl Default for MachineConfig {
@@ -69,6 +91,7 @@ impl Default for MachineConfig {
             no_reboot: false,
             trace: TraceFlags::default(),
             trace_file: None,
+            virtio: Vec::new(),
         }
     }
 }
@@ -103,6 +126,14 @@ pub enum ConfigError {
     /// No kernel to boot.
     #[error("no kernel given (use -kernel FILE)")]
     NoKernel,
+    /// More VirtIO devices than the machine has interrupt pins for.
+    #[error("{got} VirtIO devices requested, but the machine has room for at most {max}")]
+    TooManyVirtioDevices {
+        /// Requested.
+        got: usize,
+        /// Supported.
+        max: usize,
+    },
 }
 
 /// Parses a memory size as QEMU's `-m` does: a plain number is MiB; suffixes K, M, G, T
@@ -161,6 +192,12 @@ impl MachineConfig {
         if self.kernel.is_none() {
             return Err(ConfigError::NoKernel);
         }
+        if self.virtio.len() > MAX_VIRTIO_DEVICES {
+            return Err(ConfigError::TooManyVirtioDevices {
+                got: self.virtio.len(),
+                max: MAX_VIRTIO_DEVICES,
+            });
+        }
         Ok(())
     }
 }
@@ -205,6 +242,19 @@ mod tests {
             tiny.validate(),
             Err(ConfigError::MemoryOutOfRange { .. })
         ));
+        let crowded = MachineConfig {
+            virtio: vec![VirtioDeviceConfig::Rng; MAX_VIRTIO_DEVICES + 1],
+            ..ok.clone()
+        };
+        assert_eq!(
+            crowded.validate(),
+            Err(ConfigError::TooManyVirtioDevices { got: 9, max: 8 })
+        );
+        let full = MachineConfig {
+            virtio: vec![VirtioDeviceConfig::Rng; MAX_VIRTIO_DEVICES],
+            ..ok.clone()
+        };
+        assert_eq!(full.validate(), Ok(()));
         let none = MachineConfig { kernel: None, ..ok };
         assert_eq!(none.validate(), Err(ConfigError::NoKernel));
     }

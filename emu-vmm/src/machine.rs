@@ -8,6 +8,14 @@
 //! i8042, ACPI PM block at 0x600 with the PM timer and S5 power-off, the reset register
 //! at 0xCF9, POST port 0x80 and the debug-exit port 0xF4, all described to the guest by
 //! ACPI tables (MADT, FADT, HPET, DSDT). ISA IRQs reach both the 8259 and the IOAPIC.
+//!
+//! VirtIO devices ([`MachineConfig::virtio`]) sit behind virtio-mmio transports in a window
+//! below the IOAPIC, laid out as QEMU's microvm lays out its own: transport `i` decodes
+//! [`VIRTIO_MMIO_STRIDE`] bytes at `VIRTIO_MMIO_BASE + i * VIRTIO_MMIO_STRIDE` and drives
+//! IOAPIC pin `VIRTIO_FIRST_GSI + i`, level triggered and active high. Each is a
+//! `LNRO0005` device in the DSDT (Debian's kernels build `virtio_mmio` as a module and
+//! ignore `virtio_mmio.device=`, so ACPI is how they find them). A queue notification is
+//! served synchronously by the vCPU thread that writes QueueNotify.
 
 use std::io::Write;
 use std::path::Path;
@@ -18,9 +26,67 @@ use emu_devices::irq::IrqLine;
 use emu_devices::ports::PortWindow;
 use emu_mmu::SharedDevice;
 
-use crate::config::{MachineConfig, SerialBackend};
+use emu_devices::virtio::block::{Block, BlockError};
+use emu_devices::virtio::mmio::MmioTransport;
+use emu_devices::virtio::rng::Rng;
+
+use crate::config::{MachineConfig, SerialBackend, VirtioDeviceConfig, MAX_VIRTIO_DEVICES};
 use crate::timers::{TimedDevice, TimerThread, TimerWaker, MAX_SLEEP};
 use crate::trace::Tracer;
+
+/// Base of the virtio-mmio window (QEMU microvm's address): free of RAM (inside the
+/// 3..4 GiB hole) and below the IOAPIC (0xFEC00000), HPET and local APIC.
+pub const VIRTIO_MMIO_BASE: u64 = 0xfeb0_0000;
+/// Bytes each virtio-mmio transport decodes: the register file (0x000..0x100) and the
+/// device configuration space after it.
+pub const VIRTIO_MMIO_STRIDE: u64 = 0x200;
+/// IOAPIC pin (GSI) of the first virtio-mmio transport; the next ones follow in order.
+pub const VIRTIO_FIRST_GSI: u32 = 16;
+
+/// Where VirtIO device `index` lives: its MMIO base and its IOAPIC pin.
+pub fn virtio_slot(index: usize) -> (u64, u32) {
+    (
+        VIRTIO_MMIO_BASE + index as u64 * VIRTIO_MMIO_STRIDE,
+        VIRTIO_FIRST_GSI + index as u32,
+    )
+}
+
+// The window must end below the IOAPIC and every pin must exist.
+const _: () = assert!(
+    VIRTIO_MMIO_BASE + MAX_VIRTIO_DEVICES as u64 * VIRTIO_MMIO_STRIDE
+        <= emu_devices::ioapic::IOAPIC_BASE_ADDR
+);
+const _: () = assert!(VIRTIO_FIRST_GSI as usize + MAX_VIRTIO_DEVICES <= emu_devices::ioapic::PINS);
+
+/// A VirtIO device model, opened (its backing files checked) before anything else is
+/// built, so a missing disk image is reported before the kernel is loaded.
+enum VirtioModel {
+    Block(Block),
+    Rng(Rng),
+}
+
+impl VirtioModel {
+    fn open(config: &VirtioDeviceConfig) -> Result<Self, MachineError> {
+        Ok(match config {
+            VirtioDeviceConfig::Block { path, read_only } => {
+                VirtioModel::Block(Block::open(path, *read_only)?)
+            }
+            VirtioDeviceConfig::Rng => VirtioModel::Rng(Rng::new()),
+        })
+    }
+
+    /// Puts the model behind a transport that signals on `irq`.
+    fn into_transport(
+        self,
+        mem: emu_devices::virtio::GuestMemory,
+        irq: Arc<dyn IrqLine>,
+    ) -> SharedDevice {
+        match self {
+            VirtioModel::Block(d) => Arc::new(Mutex::new(MmioTransport::new(d, mem, irq))),
+            VirtioModel::Rng(d) => Arc::new(Mutex::new(MmioTransport::new(d, mem, irq))),
+        }
+    }
+}
 
 /// Why a machine stopped running.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -120,6 +186,9 @@ pub enum MachineError {
     /// A device could not be mapped.
     #[error("cannot map a device: {0}")]
     Bus(String),
+    /// A disk image could not be used (the message names the file).
+    #[error(transparent)]
+    Disk(#[from] BlockError),
     /// The trace file (`-D`) could not be opened.
     #[error("cannot open the trace file {path}: {source}")]
     TraceFile {
@@ -360,6 +429,21 @@ impl Machine {
             Some(p) => Some(read_file(p)?),
             None => None,
         };
+        let virtio_models = config
+            .virtio
+            .iter()
+            .map(VirtioModel::open)
+            .collect::<Result<Vec<_>, _>>()?;
+        let virtio_acpi = (0..virtio_models.len())
+            .map(|i| {
+                let (base, gsi) = virtio_slot(i);
+                emu_boot::acpi::VirtioMmioDevice {
+                    base,
+                    size: VIRTIO_MMIO_STRIDE,
+                    irq: gsi,
+                }
+            })
+            .collect();
 
         let tracer = if config.trace == crate::config::TraceFlags::default() {
             None
@@ -417,6 +501,7 @@ impl Machine {
                     cmdline: &config.cmdline,
                     acpi: Some(emu_boot::acpi::AcpiConfig {
                         cpus: config.cpus,
+                        virtio_mmio: virtio_acpi,
                         ..Default::default()
                     }),
                 },
@@ -512,6 +597,26 @@ impl Machine {
             wake_on_write(hpet.clone()),
         )
         .map_err(|e| MachineError::Bus(e.to_string()))?;
+
+        if !virtio_models.is_empty() {
+            let mem = emu
+                .cpu()
+                .mmu
+                .ram()
+                .memory()
+                .cloned()
+                .ok_or_else(|| MachineError::Memory("no RAM for VirtIO devices".into()))?;
+            for (i, model) in virtio_models.into_iter().enumerate() {
+                let (base, gsi) = virtio_slot(i);
+                let irq = emu_devices::ioapic::IoApic::pin(&ioapic, gsi as usize);
+                emu.add_mmio_device(
+                    base,
+                    VIRTIO_MMIO_STRIDE,
+                    model.into_transport(mem.clone(), irq),
+                )
+                .map_err(|e| MachineError::Bus(e.to_string()))?;
+            }
+        }
 
         let mut map_ports =
             |ranges: &[(u16, u16)], device: SharedDevice| -> Result<(), MachineError> {

@@ -1,12 +1,13 @@
 //! Whole machines running tiny bare-metal kernels (multiboot a.out-kludge images
 //! assembled here): how each way of ending becomes an [`Outcome`], unassigned physical
-//! addresses reading all ones, the LAPIC timer waking the timer thread, and `-d` tracing.
+//! addresses reading all ones, the LAPIC timer waking the timer thread, `-d` tracing, and
+//! the virtio-mmio window (placement, a request served on notify, its IOAPIC interrupt).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use emu_vmm::config::{MachineConfig, SerialBackend, TraceFlags};
+use emu_vmm::config::{MachineConfig, SerialBackend, TraceFlags, VirtioDeviceConfig};
 use emu_vmm::machine::{Machine, Outcome};
 use iced_x86::code_asm::*;
 
@@ -519,5 +520,163 @@ fn serial_output_reaches_the_console() {
     let mut m = Machine::new(&config_for(&dir, &image), Box::new(console.clone())).unwrap();
     assert_eq!(m.run(), Outcome::DebugExit(1));
     assert_eq!(&*console.0.lock().unwrap(), b"ok\n");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Where the virtio-mmio transports are: slot `i` of the machine's window.
+fn virtio(slot: u32, reg: u32) -> u32 {
+    (emu_vmm::machine::VIRTIO_MMIO_BASE + u64::from(slot) * emu_vmm::machine::VIRTIO_MMIO_STRIDE)
+        as u32
+        + reg
+}
+
+/// A raw disk image of `sectors` 512-byte sectors in `dir`.
+fn disk(dir: &Path, sectors: u64) -> PathBuf {
+    let path = dir.join("disk.raw");
+    std::fs::write(&path, vec![0u8; (sectors * 512) as usize]).unwrap();
+    path
+}
+
+#[test]
+fn virtio_devices_sit_in_the_mmio_window_in_config_order() {
+    // Slot 0: the rng (device ID 4); slot 1: the disk (ID 2, capacity 8 sectors in its
+    // configuration space); slot 2: nothing, so it reads all ones.
+    let image = kernel(
+        |a| {
+            let mut bad = a.create_label();
+            a.cmp(dword_ptr(virtio(0, 0)), 0x7472_6976u32)?; // "virt"
+            a.jne(bad)?;
+            a.cmp(dword_ptr(virtio(1, 4)), 2u32)?; // version 2 (modern)
+            a.jne(bad)?;
+            a.mov(eax, dword_ptr(virtio(0, 8)))?;
+            a.mov(ebx, dword_ptr(virtio(1, 8)))?;
+            a.shl(ebx, 4u32)?;
+            a.or(eax, ebx)?;
+            a.mov(ebx, dword_ptr(virtio(1, 0x100)))?; // capacity, low word
+            a.shl(ebx, 8u32)?;
+            a.or(eax, ebx)?;
+            a.cmp(dword_ptr(virtio(2, 0)), -1i32)?;
+            a.jne(bad)?;
+            exit_with_eax(a)?;
+            a.set_label(&mut bad)?;
+            a.mov(eax, 0xbadu32)?;
+            exit_with_eax(a)
+        },
+        vec![],
+    );
+    let dir = scratch("virtio-window");
+    let config = MachineConfig {
+        virtio: vec![
+            VirtioDeviceConfig::Rng,
+            VirtioDeviceConfig::Block {
+                path: disk(&dir, 8),
+                read_only: true,
+            },
+        ],
+        ..config_for(&dir, &image)
+    };
+    let mut m = Machine::new(&config, Box::new(std::io::sink())).unwrap();
+    assert_eq!(m.run(), Outcome::DebugExit((0x824 << 1) | 1));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_virtio_request_is_served_on_notify_and_interrupts_through_the_devices_ioapic_pin() {
+    // The rng in slot 1 (a disk in slot 0), so its interrupt is GSI 17. The guest routes
+    // IOAPIC pin 17 (level, active high) to vector 0x41, sets the device up as Linux's
+    // virtio_mmio driver does, offers one 16-byte writable buffer and kicks the queue;
+    // the handler reports the used ring and InterruptStatus.
+    const IOAPIC: u32 = 0xfec0_0000;
+    const DESC: u32 = 0x80_0000;
+    const AVAIL: u32 = DESC + 0x1000;
+    const USED: u32 = DESC + 0x2000;
+    const BUF: u32 = DESC + 0x3000;
+    let image = kernel(
+        |a| {
+            a.mov(dword_ptr(APIC + 0xf0), 0x1ffu32)?; // SVR: enabled
+            a.mov(dword_ptr(IOAPIC), 0x10u32 + 2 * 17)?;
+            a.mov(dword_ptr(IOAPIC + 0x10), 0x41u32 | (1 << 15))?; // level, vector 0x41
+            a.mov(dword_ptr(IOAPIC), 0x11u32 + 2 * 17)?;
+            a.mov(dword_ptr(IOAPIC + 0x10), 0u32)?; // APIC ID 0
+            let reg = |r| dword_ptr(virtio(1, r));
+            a.mov(reg(0x70), 1u32)?; // ACKNOWLEDGE
+            a.mov(reg(0x70), 3u32)?; // DRIVER
+            a.mov(reg(0x24), 1u32)?;
+            a.mov(reg(0x20), 1u32)?; // VIRTIO_F_VERSION_1
+            a.mov(reg(0x70), 0xbu32)?; // FEATURES_OK
+            a.mov(reg(0x30), 0u32)?;
+            a.mov(reg(0x38), 8u32)?;
+            a.mov(reg(0x80), DESC)?;
+            a.mov(reg(0x90), AVAIL)?;
+            a.mov(reg(0xa0), USED)?;
+            a.mov(reg(0x44), 1u32)?;
+            a.mov(reg(0x70), 0xfu32)?; // DRIVER_OK
+            a.mov(dword_ptr(DESC), BUF)?;
+            a.mov(dword_ptr(DESC + 4), 0u32)?;
+            a.mov(dword_ptr(DESC + 8), 16u32)?;
+            a.mov(dword_ptr(DESC + 12), 2u32)?; // VIRTQ_DESC_F_WRITE
+            a.mov(word_ptr(AVAIL + 4), 0u32)?; // ring[0] = descriptor 0
+            a.mov(word_ptr(AVAIL + 2), 1u32)?; // idx = 1
+            a.sti()?;
+            a.mov(reg(0x50), 0u32)?; // QueueNotify
+            let mut again = a.create_label();
+            a.set_label(&mut again)?;
+            a.hlt()?;
+            a.jmp(again)
+        },
+        vec![(
+            0x41,
+            Box::new(|a: &mut Asm| {
+                a.mov(eax, dword_ptr(USED + 8))?; // used.ring[0].len
+                a.movzx(ebx, word_ptr(USED + 2))?; // used.idx
+                a.shl(ebx, 8u32)?;
+                a.or(eax, ebx)?;
+                a.mov(ebx, dword_ptr(virtio(1, 0x60)))?; // InterruptStatus
+                a.shl(ebx, 16u32)?;
+                a.or(eax, ebx)?;
+                exit_with_eax(a)
+            }),
+        )],
+    );
+    let dir = scratch("virtio-rng-irq");
+    let config = MachineConfig {
+        virtio: vec![
+            VirtioDeviceConfig::Block {
+                path: disk(&dir, 1),
+                read_only: false,
+            },
+            VirtioDeviceConfig::Rng,
+        ],
+        ..config_for(&dir, &image)
+    };
+    let mut m = Machine::new(&config, Box::new(std::io::sink())).unwrap();
+    let stop = m.stop_handle();
+    let watchdog = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(20));
+        stop.stop();
+    });
+    // 16 bytes used, used.idx 1, InterruptStatus = used buffer.
+    assert_eq!(m.run(), Outcome::DebugExit((0x1_0110 << 1) | 1));
+    drop(watchdog);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_missing_disk_image_is_an_error_naming_it() {
+    let dir = scratch("virtio-missing");
+    let missing = dir.join("no-such-disk.raw");
+    let config = MachineConfig {
+        virtio: vec![VirtioDeviceConfig::Block {
+            path: missing.clone(),
+            read_only: false,
+        }],
+        ..config_for(&dir, &kernel(exit_with_eax, vec![]))
+    };
+    let err = Machine::new(&config, Box::new(std::io::sink()))
+        .err()
+        .expect("a machine without its disk")
+        .to_string();
+    assert!(err.contains(&missing.display().to_string()), "{err}");
+    assert!(!err.contains('\n'), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }

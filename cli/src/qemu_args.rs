@@ -6,7 +6,9 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use emu_vmm::config::{parse_memory_size, MachineConfig, SerialBackend, TraceFlags};
+use emu_vmm::config::{
+    parse_memory_size, MachineConfig, SerialBackend, TraceFlags, VirtioDeviceConfig,
+};
 
 /// What the command line asks for.
 #[derive(Debug, PartialEq, Eq)]
@@ -123,6 +125,16 @@ pub const OPTIONS: &[OptionSpec] = &[
         help: "accelerator (only 'tcg': every instruction is emulated)",
     },
     OptionSpec {
+        name: "drive",
+        value: Some("OPTS"),
+        help: "disk: file=PATH,format=raw[,if=virtio|none][,readonly=on][,id=ID]",
+    },
+    OptionSpec {
+        name: "device",
+        value: Some("DEV"),
+        help: "add a device: virtio-blk-device,drive=ID or virtio-rng-device",
+    },
+    OptionSpec {
         name: "d",
         value: Some("ITEMS"),
         help: "trace items, comma-separated: in_asm,int,mmu,guest_errors (help lists them)",
@@ -234,6 +246,178 @@ fn trace(value: &str) -> Result<Option<TraceFlags>, ArgError> {
     Ok(Some(flags))
 }
 
+/// The `-device` names this build knows, for error messages.
+pub const DEVICES: &[&str] = &["virtio-blk-device", "virtio-rng-device"];
+
+/// Splits a QEMU option string at commas; `,,` stands for a literal comma (so a path
+/// may contain one).
+fn split_opts(value: &str) -> Vec<String> {
+    let mut parts = vec![String::new()];
+    let mut chars = value.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != ',' {
+            parts.last_mut().expect("never empty").push(c);
+        } else if chars.peek() == Some(&',') {
+            chars.next();
+            parts.last_mut().expect("never empty").push(',');
+        } else {
+            parts.push(String::new());
+        }
+    }
+    parts
+}
+
+/// QEMU's boolean spellings.
+fn on_off(option: &str, part: &str, value: &str) -> Result<bool, ArgError> {
+    match value {
+        "on" | "yes" | "true" => Ok(true),
+        "off" | "no" | "false" => Ok(false),
+        _ => Err(bad(option, part, "expected on or off")),
+    }
+}
+
+/// One `-drive`: a raw image, attached at once (`if=virtio`) or left for a
+/// `-device virtio-blk-device,drive=ID` (`if=none`).
+#[derive(Debug)]
+struct Drive {
+    id: Option<String>,
+    path: PathBuf,
+    read_only: bool,
+    attach_now: bool,
+    /// Attached (by `if=virtio` or a `-device`).
+    used: bool,
+}
+
+/// Parses `-drive` options: `file=PATH` (required), `format=raw` (the only format; also
+/// assumed when absent), `if=virtio` (the default) or `if=none`, `readonly=on|off`,
+/// `id=ID` and `media=disk`. Anything else is refused by name.
+fn drive(value: &str) -> Result<Drive, ArgError> {
+    let mut d = Drive {
+        id: None,
+        path: PathBuf::new(),
+        read_only: false,
+        attach_now: true,
+        used: false,
+    };
+    let mut file = None;
+    for part in split_opts(value) {
+        let Some((key, v)) = part.split_once('=') else {
+            return Err(bad("drive", &part, "expected key=value"));
+        };
+        match key {
+            "file" if !v.is_empty() => file = Some(PathBuf::from(v)),
+            "format" if v == "raw" => {}
+            "format" => return Err(bad("drive", &part, "only format=raw is supported")),
+            "if" => {
+                d.attach_now = match v {
+                    "virtio" => true,
+                    "none" => false,
+                    _ => return Err(bad("drive", &part, "supported interfaces: virtio, none")),
+                }
+            }
+            "readonly" => d.read_only = on_off("drive", &part, v)?,
+            "id" if !v.is_empty() => d.id = Some(v.to_string()),
+            "media" if v == "disk" => {}
+            _ => {
+                return Err(bad(
+                    "drive",
+                    &part,
+                    "expected file=, format=raw, if=virtio|none, readonly=on|off, id=",
+                ))
+            }
+        }
+    }
+    d.path = file.ok_or_else(|| bad("drive", value, "file=PATH is required"))?;
+    Ok(d)
+}
+
+/// What a `-device` asks for: a device now, or a disk whose `-drive` may come later.
+#[derive(Debug)]
+enum Device {
+    Ready(VirtioDeviceConfig),
+    Disk { drive: String },
+}
+
+/// Parses `-device NAME[,key=value...]` for the devices in [`DEVICES`].
+fn device(value: &str) -> Result<Device, ArgError> {
+    let parts = split_opts(value);
+    let name = parts[0].strip_prefix("driver=").unwrap_or(&parts[0]);
+    let props = &parts[1..];
+    match name {
+        "virtio-blk-device" => {
+            let mut drive = None;
+            for part in props {
+                match part.split_once('=') {
+                    Some(("drive", id)) if !id.is_empty() => drive = Some(id.to_string()),
+                    _ => return Err(bad("device", part, "virtio-blk-device takes drive=ID")),
+                }
+            }
+            let drive = drive.ok_or_else(|| {
+                bad(
+                    "device",
+                    value,
+                    "virtio-blk-device needs drive=ID naming a -drive id=ID,if=none",
+                )
+            })?;
+            Ok(Device::Disk { drive })
+        }
+        "virtio-rng-device" => match props.first() {
+            Some(part) => Err(bad("device", part, "virtio-rng-device takes no options")),
+            None => Ok(Device::Ready(VirtioDeviceConfig::Rng)),
+        },
+        _ => Err(bad(
+            "device",
+            name,
+            &format!("unknown device (supported: {})", DEVICES.join(", ")),
+        )),
+    }
+}
+
+/// Where a VirtIO device of the command line comes from, in command-line order.
+enum Slot {
+    Ready(VirtioDeviceConfig),
+    /// `-drive` number `n` with `if=virtio`.
+    Drive(usize),
+    /// A `-device virtio-blk-device,drive=ID`.
+    DriveRef(String),
+}
+
+/// Resolves the VirtIO devices in command-line order: every `drive=ID` names exactly one
+/// `-drive` with that id and `if=none`, and no drive is attached twice.
+fn resolve_virtio(
+    slots: Vec<Slot>,
+    drives: &mut [Drive],
+) -> Result<Vec<VirtioDeviceConfig>, ArgError> {
+    let block = |d: &Drive| VirtioDeviceConfig::Block {
+        path: d.path.clone(),
+        read_only: d.read_only,
+    };
+    let mut out = Vec::new();
+    for slot in slots {
+        out.push(match slot {
+            Slot::Ready(c) => c,
+            Slot::Drive(n) => block(&drives[n]),
+            Slot::DriveRef(id) => {
+                let part = format!("drive={id}");
+                let d = drives
+                    .iter_mut()
+                    .find(|d| d.id.as_deref() == Some(id.as_str()))
+                    .ok_or_else(|| bad("device", &part, "no -drive has this id"))?;
+                if d.used {
+                    return Err(bad(
+                        "device",
+                        &part,
+                        "this drive is already attached (give it if=none, and use it once)",
+                    ));
+                }
+                d.used = true;
+                block(d)
+            }
+        });
+    }
+    Ok(out)
+}
+
 /// Parses `quetzal`'s arguments (without the program name).
 ///
 /// # Errors
@@ -241,6 +425,8 @@ fn trace(value: &str) -> Result<Option<TraceFlags>, ArgError> {
 /// The first unusable argument.
 pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, ArgError> {
     let mut config = MachineConfig::default();
+    let mut drives: Vec<Drive> = Vec::new();
+    let mut slots: Vec<Slot> = Vec::new();
     let mut args = args.into_iter();
     while let Some(raw) = args.next() {
         let arg = raw.to_string_lossy().into_owned();
@@ -304,11 +490,29 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, ArgErr
                 None => return Ok(Command::TraceHelp),
             },
             "D" => config.trace_file = Some(PathBuf::from(value)),
+            "drive" => {
+                let mut d = drive(&value)?;
+                if let Some(id) = &d.id {
+                    if drives.iter().any(|o| o.id.as_ref() == Some(id)) {
+                        return Err(bad("drive", &format!("id={id}"), "duplicate drive id"));
+                    }
+                }
+                if d.attach_now {
+                    d.used = true;
+                    slots.push(Slot::Drive(drives.len()));
+                }
+                drives.push(d);
+            }
+            "device" => slots.push(match device(&value)? {
+                Device::Ready(c) => Slot::Ready(c),
+                Device::Disk { drive } => Slot::DriveRef(drive),
+            }),
             "h" | "help" => return Ok(Command::Help),
             "version" => return Ok(Command::Version),
             _ => unreachable!("every OPTIONS entry is handled"),
         }
     }
+    config.virtio = resolve_virtio(slots, &mut drives)?;
     Ok(Command::Run(Box::new(config)))
 }
 
@@ -392,6 +596,103 @@ mod tests {
         assert!(err(&["bzImage"]).contains("unexpected argument 'bzImage'"));
         assert!(err(&["-nographic=1"]).contains("-nographic=1"));
         for e in [err(&["-bogus"]), err(&["-m", "x"])] {
+            assert!(!e.contains('\n'), "one line: {e}");
+        }
+    }
+
+    #[test]
+    fn drives_and_devices_become_virtio_devices_in_command_line_order() {
+        let c = run(&[
+            "-device",
+            "virtio-rng-device",
+            "-drive",
+            "file=/img/a.raw,format=raw,if=virtio",
+            "-device",
+            "virtio-blk-device,drive=disk1",
+            "-drive",
+            "id=disk1,file=/img/b.raw,format=raw,if=none,readonly=on",
+            "-drive",
+            "file=/img/c,,d.raw,readonly=off",
+            "-drive",
+            "id=spare,file=/img/unused.raw,format=raw,if=none",
+        ])
+        .unwrap();
+        let block = |path: &str, read_only| VirtioDeviceConfig::Block {
+            path: path.into(),
+            read_only,
+        };
+        assert_eq!(
+            c.virtio,
+            vec![
+                VirtioDeviceConfig::Rng,
+                block("/img/a.raw", false),
+                // The -device's position counts, not its drive's.
+                block("/img/b.raw", true),
+                // `,,` is a comma in the path; format and if default to raw and virtio.
+                block("/img/c,d.raw", false),
+            ]
+        );
+        assert_eq!(
+            run(&["-device", "driver=virtio-rng-device"])
+                .unwrap()
+                .virtio,
+            vec![VirtioDeviceConfig::Rng]
+        );
+        assert!(run(&["-kernel", "k"]).unwrap().virtio.is_empty());
+    }
+
+    #[test]
+    fn bad_drives_and_devices_are_named() {
+        let err = |a: &[&str]| parse(a.iter().map(OsString::from)).unwrap_err().to_string();
+        assert_eq!(
+            err(&["-drive", "file=d.qcow2,format=qcow2,if=virtio"]),
+            "invalid value 'format=qcow2' for -drive: only format=raw is supported"
+        );
+        assert_eq!(
+            err(&["-device", "virtio-gpu-device"]),
+            "invalid value 'virtio-gpu-device' for -device: unknown device \
+             (supported: virtio-blk-device, virtio-rng-device)"
+        );
+        assert!(err(&["-drive", "format=raw,if=virtio"]).contains("file=PATH is required"));
+        assert!(err(&["-drive", "file=d,if=ide"]).contains("'if=ide'"));
+        assert!(err(&["-drive", "file=d,readonly=maybe"]).contains("'readonly=maybe'"));
+        assert!(err(&["-drive", "file=d,snapshot=on"]).contains("'snapshot=on'"));
+        assert!(err(&["-drive", "file=d,raw"]).contains("'raw'"));
+        assert!(err(&["-device", "virtio-blk-device"]).contains("needs drive=ID"));
+        assert!(err(&["-device", "virtio-rng-device,max-bytes=10"]).contains("max-bytes"));
+        assert_eq!(
+            err(&["-device", "virtio-blk-device,drive=nope"]),
+            "invalid value 'drive=nope' for -device: no -drive has this id"
+        );
+        // An if=virtio drive is attached already; a drive is attached once.
+        assert!(err(&[
+            "-drive",
+            "id=a,file=d,if=virtio",
+            "-device",
+            "virtio-blk-device,drive=a"
+        ])
+        .contains("already attached"));
+        assert!(err(&[
+            "-drive",
+            "id=a,file=d,if=none",
+            "-device",
+            "virtio-blk-device,drive=a",
+            "-device",
+            "virtio-blk-device,drive=a"
+        ])
+        .contains("already attached"));
+        assert!(err(&[
+            "-drive",
+            "id=a,file=d,if=none",
+            "-drive",
+            "id=a,file=e,if=none"
+        ])
+        .contains("duplicate drive id"));
+        assert_eq!(err(&["-drive"]), "option '-drive' needs a value");
+        for e in [
+            err(&["-drive", "file=x,format=vmdk"]),
+            err(&["-device", "e1000"]),
+        ] {
             assert!(!e.contains('\n'), "one line: {e}");
         }
     }

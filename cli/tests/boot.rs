@@ -11,183 +11,18 @@
 //! first time). If neither works the tests fail: a test that skips when its inputs are
 //! missing could never fail in CI.
 //!
-//! Every run of the binary has a deadline after which it is killed and the test fails,
-//! so a guest that hangs fails CI instead of blocking it. The deadline is far above the
-//! normal boot time (tens of seconds); it is not a performance threshold.
+//! The helpers (images, running the binary under a deadline, reading the console) are in
+//! `common/`, shared with `virtio.rs`.
 
-use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Mutex, OnceLock};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+mod common;
 
-use test_images::{Flavour, Manifest, Options};
-
-/// How long one run of `quetzal` may take before it counts as hung.
-const DEADLINE: Duration = Duration::from_secs(300);
+use common::{assert_one_line_error, boot, find_line, image, quetzal, scratch, Run};
+use test_images::{Flavour, Manifest};
 
 /// The workload: labelled lines the test parses. `dd | sha256sum` pushes 8 MiB through a
 /// pipe between two processes (page faults, copies, scheduling, SHA-256 in the guest).
 const WORKLOAD: &str = "echo \"RELEASE=$(uname -r)\"\n\
                         echo \"ZEROS=$(dd if=/dev/zero bs=1M count=8 2>/dev/null | sha256sum)\"\n";
-
-/// Serialises image builds: two builds at once would download into the same cache files.
-static BUILD_LOCK: Mutex<()> = Mutex::new(());
-
-/// The images of `flavour`, built (or found in the cache) once per test binary.
-fn image(flavour: Flavour) -> &'static Manifest {
-    static CLOUD: OnceLock<Manifest> = OnceLock::new();
-    static GENERIC: OnceLock<Manifest> = OnceLock::new();
-    let cell = match flavour {
-        Flavour::Cloud => &CLOUD,
-        Flavour::Generic => &GENERIC,
-    };
-    cell.get_or_init(|| {
-        let _guard = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-        build_image(flavour)
-    })
-}
-
-/// Builds `flavour`'s kernel and initramfs into `<cache>/images/<flavour>`, where
-/// `test-images/build.sh`, `scripts/boot-test-image.sh` and emu-boot's kernel-loading tests
-/// look for them (so an image built there with `--script` is replaced: use `--out` for
-/// custom images). Offline first, so a warm cache needs no network and keeps the kernel
-/// version it has; the initramfs is always rewritten by the current `test-images` code.
-///
-/// # Panics
-///
-/// If the image can be neither rebuilt from the cache nor downloaded.
-fn build_image(flavour: Flavour) -> Manifest {
-    let mut opts = Options::new(flavour);
-    opts.offline = true;
-    let offline_err = match test_images::build(&opts) {
-        Ok(manifest) => return manifest,
-        Err(e) => e,
-    };
-    eprintln!("boot tests: no cached {flavour} image ({offline_err}); downloading it");
-    opts.offline = false;
-    test_images::build(&opts).unwrap_or_else(|e| {
-        panic!(
-            "cannot obtain the {flavour} test image: the cache {} has no usable copy \
-             ({offline_err}) and downloading it failed: {e}. The boot tests need \
-             network access to {} ($QUETZAL_DEBIAN_MIRROR) the first time; later runs \
-             work offline from the cache.",
-            opts.cache.display(),
-            opts.mirror
-        )
-    })
-}
-
-/// What one run of the binary produced.
-struct Run {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    /// Both streams, for failure messages.
-    fn transcript(&self) -> String {
-        format!(
-            "exit status: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            self.status, self.stdout, self.stderr
-        )
-    }
-}
-
-/// Reads all of a child's pipe on a thread, so neither pipe can fill and stall the child.
-fn drain(mut pipe: impl Read + Send + 'static) -> JoinHandle<Vec<u8>> {
-    std::thread::spawn(move || {
-        let mut out = Vec::new();
-        let _ = pipe.read_to_end(&mut out);
-        out
-    })
-}
-
-/// Kills the child if the test panics before reaping it.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
-/// Runs `quetzal` with `args` and stdin from /dev/null (so it never touches a terminal),
-/// killing it and failing the test if it outlives [`DEADLINE`].
-fn quetzal<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Run {
-    let mut child = KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_quetzal"))
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting the quetzal binary"),
-    );
-    let stdout = drain(child.0.stdout.take().expect("piped stdout"));
-    let stderr = drain(child.0.stderr.take().expect("piped stderr"));
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.0.try_wait().expect("waiting for quetzal") {
-            break Some(status);
-        }
-        if start.elapsed() > DEADLINE {
-            let _ = child.0.kill();
-            let _ = child.0.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let text = |h: JoinHandle<Vec<u8>>| {
-        String::from_utf8_lossy(&h.join().expect("pipe reader")).replace('\r', "")
-    };
-    let (stdout, stderr) = (text(stdout), text(stderr));
-    let Some(status) = status else {
-        panic!(
-            "quetzal {:?} did not finish within {DEADLINE:?}; killed.\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
-            args.iter().map(|a| a.as_ref()).collect::<Vec<_>>()
-        );
-    };
-    Run {
-        status,
-        stdout,
-        stderr,
-    }
-}
-
-/// Boots `image` with `script` as the guest's `quetzal.cmd`.
-fn boot(image: &Manifest, script: &str) -> Run {
-    let append = format!(
-        "console=ttyS0 {}",
-        test_images::initramfs::cmdline_arg(script)
-    );
-    quetzal(&[
-        "-kernel".as_ref(),
-        image.kernel.as_os_str(),
-        "-initrd".as_ref(),
-        image.initramfs.as_os_str(),
-        "-append".as_ref(),
-        append.as_ref(),
-        "-m".as_ref(),
-        "512".as_ref(),
-        "-nographic".as_ref(),
-    ])
-}
-
-/// The index of the first console line containing `prefix`, and the rest of that line.
-/// (Not only at the start: a kernel message may share the console line.)
-fn find_line<'a>(run: &'a Run, prefix: &str) -> (usize, &'a str) {
-    run.stdout
-        .lines()
-        .enumerate()
-        .find_map(|(i, line)| Some((i, line[line.find(prefix)? + prefix.len()..].trim())))
-        .unwrap_or_else(|| panic!("no line with {prefix:?}\n{}", run.transcript()))
-}
 
 /// Checks a boot of `image` that ran [`WORKLOAD`] and then exited with `rc`: the guest
 /// reached `/init` on the right kernel, the script's output matches the host's answers,
@@ -248,38 +83,13 @@ fn generic_kernel_boots_and_reports_the_scripts_exit_status() {
     check_workload_run(image, &run, 3);
 }
 
-/// A scratch directory for this test binary's bad input files.
-fn scratch() -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("boot-bad-input");
-    std::fs::create_dir_all(&dir).expect("creating the scratch directory");
-    dir
-}
-
-/// Requires exit status 1 and exactly one line on stderr, starting `quetzal: ` and
-/// containing `needle` (which names the cause), with no panic.
-fn assert_one_line_error(case: &str, run: &Run, needle: &str) {
-    assert_eq!(
-        run.status.code(),
-        Some(1),
-        "{case}: want exit status 1\n{}",
-        run.transcript()
-    );
-    let lines: Vec<&str> = run.stderr.lines().filter(|l| !l.is_empty()).collect();
-    assert!(
-        lines.len() == 1 && lines[0].starts_with("quetzal: ") && lines[0].contains(needle),
-        "{case}: want one line 'quetzal: ...{needle}...' on stderr\n{}",
-        run.transcript()
-    );
-    assert!(!run.stderr.contains("panicked"), "{case}: panicked");
-}
-
 /// Bad input ends with a clear one-line error and exit status 1 before any guest runs:
 /// a file that is no kernel, a bzImage cut to its first 4 KiB, missing files, an initrd
 /// bigger than the machine's RAM, an unknown flag and more CPUs than this release runs.
 #[test]
 fn bad_input_gives_a_one_line_error_and_exit_status_1() {
     let image = image(Flavour::Cloud);
-    let dir = scratch();
+    let dir = scratch("boot-bad-input");
 
     let garbage = dir.join("garbage.bin");
     // Deterministic noise (an LCG) that matches no kernel format.

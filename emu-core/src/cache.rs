@@ -133,6 +133,14 @@ impl CodeCache {
             .1
     }
 
+    /// The block at `idx` if that slot holds one.
+    pub fn get_block_mut(&mut self, idx: u32) -> Option<&mut Block> {
+        self.blocks
+            .get_mut(idx as usize)
+            .and_then(|b| b.as_mut())
+            .map(|(_, block)| block)
+    }
+
     /// Calls `f` on every live block.
     pub fn for_each_block_mut(&mut self, mut f: impl FnMut(&mut Block)) {
         for (_, block) in self.blocks.iter_mut().flatten() {

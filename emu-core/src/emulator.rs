@@ -30,7 +30,7 @@ use crate::events::{self, AttachedController, Events, InterruptLine, LocalInterr
 use crate::exception::Exception;
 use crate::insn::Trap;
 use crate::interrupt::{self, escalate, fault_class, Escalation, EventKind, FaultClass};
-use crate::jit::{self, BlockTier, Jit, JitConfig, JitStats};
+use crate::jit::{self, Jit, JitConfig, JitStats};
 use crate::translate::{translate_block, Block};
 
 /// Errors from the embedding API (never from guest behaviour, which ends a run with a
@@ -260,10 +260,8 @@ impl Emulator {
 
     /// Drops every compiled block and frees their code.
     fn forget_compiled_code(&mut self) {
-        self.cache.for_each_block_mut(|b| b.tier = BlockTier::Cold);
         if let Some(jit) = self.jit.as_mut() {
-            // SAFETY: no block refers to compiled code any more.
-            unsafe { jit.flush() };
+            jit.flush(&mut self.cache);
         }
     }
 
@@ -610,12 +608,7 @@ impl Emulator {
             // Whole-block runs without code hooks may use (and warm up) compiled code.
             let compiled = match self.jit.as_mut() {
                 Some(jit) if limit == block.insns.len() && self.code_hooks.is_empty() => {
-                    if jit.wants_flush() {
-                        self.cache.for_each_block_mut(|b| b.tier = BlockTier::Cold);
-                        // SAFETY: no block refers to compiled code any more.
-                        unsafe { jit.flush() };
-                    }
-                    jit.enter(&mut self.cpu, self.cache.block_mut(idx))
+                    jit.enter(&mut self.cpu, &mut self.cache, idx)
                 }
                 _ => None,
             };

@@ -23,8 +23,8 @@ pub struct Block {
     pub rip: u64,
     /// Address just after the last instruction (where execution falls through to).
     pub end_rip: u64,
-    /// The instructions.
-    pub insns: Box<[Insn]>,
+    /// The instructions (shared with the background compiler while it works on them).
+    pub insns: std::sync::Arc<[Insn]>,
     /// Whether the last instruction sets RIP itself.
     pub ends_in_branch: bool,
     /// Physical pages the block's bytes came from (one, or two if an instruction
@@ -32,7 +32,13 @@ pub struct Block {
     pub pages: Vec<u64>,
     /// Where the block stands with the compiling tier ([`crate::jit`]).
     pub tier: crate::jit::BlockTier,
+    /// Unique among all blocks ever translated in this process (a cache slot index is
+    /// reused; this is not), so late compile results find the block they were for.
+    pub id: u64,
 }
+
+/// Source of [`Block::id`].
+static NEXT_BLOCK_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// Translates the block starting at offset `rip` of the current code segment, decoding
 /// in the CPU's current mode ([`Cpu::code_bits`]). Records carry code-segment offsets;
@@ -93,10 +99,11 @@ pub fn translate_block(cpu: &mut Cpu, rip: u64) -> Result<Block, Trap> {
     Ok(Block {
         rip,
         end_rip,
-        insns: insns.into_boxed_slice(),
+        insns: insns.into(),
         ends_in_branch,
         pages,
         tier: crate::jit::BlockTier::Cold,
+        id: NEXT_BLOCK_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
     })
 }
 

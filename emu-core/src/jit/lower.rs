@@ -18,6 +18,7 @@ use emu_mmu::{Mmu, TlbEntry, PAGE_MASK, TLB_ENTRIES};
 use iced_x86::{Code, Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
 
 use super::helpers::{self, JitCtx, STATUS_TRAP};
+use super::Job;
 use crate::cpu::{reg, seg, Cpu};
 use crate::flags::{self, FlagOp, LazyFlags};
 use crate::insn::{Insn, ADDR16, ADDR32, LOCKED};
@@ -935,7 +936,7 @@ impl Lower<'_> {
     }
 
     /// Runs instruction `n` through its handler.
-    fn fallback(&mut self, insn: &Insn, n: usize, last: bool, block: &Block) {
+    fn fallback(&mut self, insn: &Insn, n: usize, last: bool, block: &Job) {
         self.write_back();
         self.loaded = [false; 16];
         self.dirty = [false; 16];
@@ -982,14 +983,14 @@ fn helper_signature(call_conv: CallConv, params: usize) -> Signature {
     sig
 }
 
-/// Builds `func` (signature already set: cpu, ctx -> count) from `block`.
+/// Builds `func` (signature already set: cpu, ctx -> count) from the block in `block`.
 pub fn lower_block(
     func: &mut Function,
     builder_ctx: &mut FunctionBuilderContext,
     call_conv: CallConv,
-    block: &Block,
-    decoded: &[Instruction],
+    block: &Job,
 ) -> Counts {
+    let decoded = &block.decoded[..];
     let mut b = FunctionBuilder::new(func, builder_ctx);
     let helpers = Helpers {
         read: b.import_signature(helper_signature(call_conv, 4)),

@@ -29,24 +29,36 @@
 //! hold stale CF/OF/SF/ZF/AF/PF bits that the interrupted code would have overwritten
 //! without reading them.
 //!
+//! Compiling happens on a background thread by default ([`JitConfig::background`]): the
+//! vCPU keeps interpreting a hot block until its code is ready, so compile time (Cranelift
+//! is slower to compile than an interpreter is to translate) costs the vCPU nothing on a
+//! host with a core to spare. Results are installed by block id, so a block invalidated
+//! meanwhile simply never receives its code.
+//!
 //! Compiled code is freed all at once: blocks invalidated by writes to their pages leave
 //! their code behind until [`Jit::code_bytes`] passes [`JitConfig::max_code_bytes`], when
-//! the run loop drops every compiled block and the whole code region.
+//! every compiled block is reset and the whole code region freed (results compiled before
+//! that carry an older epoch and are dropped on arrival).
 
+mod arena;
 mod helpers;
 mod lower;
 
+use cranelift_codegen::control::ControlPlane;
 use cranelift_codegen::ir::{types, AbiParam, Signature};
 use cranelift_codegen::isa::OwnedTargetIsa;
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_codegen::Context;
 use cranelift_frontend::FunctionBuilderContext;
-use cranelift_jit::{JITBuilder, JITModule};
-use cranelift_module::Module;
 
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::Arc;
+
+use iced_x86::Instruction;
+
+use crate::cache::CodeCache;
 use crate::cpu::Cpu;
-use crate::insn::Trap;
-use crate::translate::Block;
+use crate::insn::{Insn, Trap};
 
 pub use helpers::JitCtx;
 
@@ -58,11 +70,13 @@ pub type CompiledBlock = unsafe extern "C" fn(*mut Cpu, *mut JitCtx) -> u64;
 /// Where a block stands with the compiler.
 #[derive(Clone, Copy, Debug, Default)]
 pub enum BlockTier {
-    /// Interpreted; entered this many times so far.
+    /// Interpreted and never entered as a whole yet.
     #[default]
     Cold,
-    /// Counting entries towards the threshold.
+    /// Entered whole this many times.
     Warm(u32),
+    /// Handed to the background compiler; interpreted until the code arrives.
+    Queued,
     /// Compiled.
     Compiled(CompiledBlock),
     /// Not compilable (mode or bytes the compiler does not take); stays interpreted.
@@ -76,6 +90,9 @@ pub struct JitConfig {
     pub enabled: bool,
     /// Entries after which a block is compiled (1 compiles every block on first entry).
     pub threshold: u32,
+    /// Compile on a background thread (the default) rather than on the vCPU's thread
+    /// at the moment the block gets hot (deterministic: what the test suites use).
+    pub background: bool,
     /// Compiled code kept before everything is dropped and compiling starts afresh.
     pub max_code_bytes: usize,
 }
@@ -84,7 +101,8 @@ impl Default for JitConfig {
     fn default() -> Self {
         JitConfig {
             enabled: true,
-            threshold: 200,
+            threshold: 100,
+            background: true,
             max_code_bytes: 64 << 20,
         }
     }
@@ -92,18 +110,22 @@ impl Default for JitConfig {
 
 impl JitConfig {
     /// The default configuration, adjusted by the `QUETZAL_JIT` environment variable:
-    /// `off` (or `0`) disables compiling, a number sets the threshold. Meant for
-    /// comparing tiers and for running the test suites with every block compiled.
+    /// `off` (or `0`) disables compiling; a number N compiles a block on the vCPU thread
+    /// at its Nth entry (`QUETZAL_JIT=1` runs every block compiled, which is how the test
+    /// suites exercise this tier); `bg:N` sets the threshold of background compiling.
     pub fn from_env() -> Self {
         let mut config = JitConfig::default();
         if let Ok(v) = std::env::var("QUETZAL_JIT") {
-            match v.trim() {
-                "off" | "0" => config.enabled = false,
-                n => {
-                    if let Ok(t) = n.parse::<u32>() {
-                        config.threshold = t.max(1);
-                    }
+            let v = v.trim();
+            if v == "off" || v == "0" {
+                config.enabled = false;
+            } else if let Some(n) = v.strip_prefix("bg:") {
+                if let Ok(t) = n.parse::<u32>() {
+                    config.threshold = t.max(1);
                 }
+            } else if let Ok(t) = v.parse::<u32>() {
+                config.threshold = t.max(1);
+                config.background = false;
             }
         }
         config
@@ -125,13 +147,179 @@ pub struct JitStats {
     pub flushes: u64,
 }
 
-/// The compiler and the memory its code lives in.
-pub struct Jit {
-    config: JitConfig,
+/// One block handed to the compiler: what the lowering needs of it, shared rather than
+/// borrowed so that it can cross to the compiler thread.
+pub struct Job {
+    /// [`Block::id`](crate::translate::Block::id) of the block.
+    pub block_id: u64,
+    /// Its slot in the code cache.
+    pub idx: u32,
+    /// The flush epoch it was queued in.
+    pub epoch: u64,
+    /// The block's records (compiled code points at them for handler calls).
+    pub insns: Arc<[Insn]>,
+    /// The same instructions as iced decodes them.
+    pub decoded: Vec<Instruction>,
+    /// Where execution falls through to after the block.
+    pub end_rip: u64,
+    /// Whether the last instruction sets RIP itself.
+    pub ends_in_branch: bool,
+}
+
+/// What came of a [`Job`].
+struct Done {
+    block_id: u64,
+    idx: u32,
+    epoch: u64,
+    result: Option<Compiled>,
+}
+
+struct Compiled {
+    code: CompiledBlock,
+    bytes: usize,
+    counts: lower::Counts,
+}
+
+/// Cranelift and the memory its code lives in.
+struct Compiler {
     isa: OwnedTargetIsa,
-    module: Option<JITModule>,
+    arena: arena::CodeArena,
     ctx: Context,
     builder_ctx: FunctionBuilderContext,
+}
+
+/// Room in the code region beyond [`JitConfig::max_code_bytes`], so the blocks compiled
+/// while a flush is being decided still fit.
+const ARENA_SLACK: usize = 8 << 20;
+
+impl Compiler {
+    fn new(config: &JitConfig) -> Option<Self> {
+        if cfg!(not(target_pointer_width = "64")) {
+            return None;
+        }
+        let mut flags = settings::builder();
+        flags.set("opt_level", "speed").ok()?;
+        flags.set("enable_verifier", "false").ok()?;
+        let isa = cranelift_native::builder()
+            .ok()?
+            .finish(settings::Flags::new(flags))
+            .ok()?;
+        Some(Compiler {
+            isa,
+            arena: arena::CodeArena::new(config.max_code_bytes + ARENA_SLACK)?,
+            ctx: Context::new(),
+            builder_ctx: FunctionBuilderContext::new(),
+        })
+    }
+
+    fn compile(&mut self, job: &Job) -> Option<Compiled> {
+        let mut sig = Signature::new(self.isa.default_call_conv());
+        sig.params.push(AbiParam::new(types::I64));
+        sig.params.push(AbiParam::new(types::I64));
+        sig.returns.push(AbiParam::new(types::I64));
+        self.ctx.clear();
+        self.ctx.func.signature = sig;
+        let counts = lower::lower_block(
+            &mut self.ctx.func,
+            &mut self.builder_ctx,
+            self.isa.default_call_conv(),
+            job,
+        );
+        let code = match self.ctx.compile(&*self.isa, &mut ControlPlane::default()) {
+            Ok(code) => code,
+            Err(e) => {
+                compile_failed(&e.inner);
+                return None;
+            }
+        };
+        // Helpers are called through constant addresses, so nothing needs patching; a
+        // relocation would mean the lowering used something it must not.
+        if !code.buffer.relocs().is_empty() {
+            return None;
+        }
+        let bytes = code.code_buffer();
+        let start = self.arena.install(bytes)?;
+        // SAFETY: the function was built with exactly this signature (two pointers in,
+        // one i64 out) in the host's default calling convention, which is `extern "C"`.
+        let code = unsafe { std::mem::transmute::<*const u8, CompiledBlock>(start) };
+        Some(Compiled {
+            code,
+            bytes: bytes.len(),
+            counts,
+        })
+    }
+
+    /// Forgets all compiled code, reusing its memory.
+    ///
+    /// # Safety
+    ///
+    /// None of it may run afterwards.
+    unsafe fn flush(&mut self) {
+        // SAFETY: forwarded to the caller.
+        unsafe { self.arena.reset() };
+    }
+}
+
+/// A compile error is a bug in the lowering, not a guest problem: the block simply stays
+/// interpreted. Debug builds say so loudly.
+fn compile_failed(e: &cranelift_codegen::CodegenError) {
+    debug_assert!(false, "compiling a block failed: {e:?}");
+}
+
+/// Requests to the compiler thread.
+enum Request {
+    Compile(Job),
+    /// Free all code (every block has been reset to interpreted first).
+    Flush,
+}
+
+/// The compiler thread: compiles jobs in order until the `Jit` goes away, then frees its
+/// code (nothing can run it any more: the vCPU that owned the `Jit` is gone).
+fn compiler_thread(config: JitConfig, requests: Receiver<Request>, results: Sender<Done>) {
+    let Some(mut compiler) = Compiler::new(&config) else {
+        return;
+    };
+    while let Ok(request) = requests.recv() {
+        match request {
+            Request::Compile(job) => {
+                let result = compiler.compile(&job);
+                let done = Done {
+                    block_id: job.block_id,
+                    idx: job.idx,
+                    epoch: job.epoch,
+                    result,
+                };
+                if results.send(done).is_err() {
+                    break;
+                }
+            }
+            // SAFETY: the vCPU reset every block before asking, and results compiled
+            // earlier carry an older epoch, so they are dropped on arrival.
+            Request::Flush => unsafe { compiler.flush() },
+        }
+    }
+    // Dropping the compiler unmaps the code: the `Jit` that could run it is gone.
+}
+
+enum Backend {
+    /// Compiles on the vCPU thread.
+    Inline(Box<Compiler>),
+    /// Compiles on a thread of its own, started at the first job.
+    Background {
+        requests: Option<Sender<Request>>,
+        results: Option<Receiver<Done>>,
+        worker: Option<std::thread::JoinHandle<()>>,
+    },
+}
+
+/// The compiling tier of one vCPU.
+pub struct Jit {
+    config: JitConfig,
+    backend: Backend,
+    /// Incremented by every flush; results from older epochs are stale.
+    epoch: u64,
+    /// Jobs sent whose results have not been received.
+    in_flight: usize,
     code_bytes: usize,
     /// What has been compiled so far.
     pub stats: JitStats,
@@ -147,24 +335,49 @@ impl std::fmt::Debug for Jit {
     }
 }
 
+impl Drop for Jit {
+    fn drop(&mut self) {
+        if std::env::var_os("QUETZAL_JIT_STATS").is_some() {
+            eprintln!(
+                "jit: {:?} in flight {} code {} bytes",
+                self.stats, self.in_flight, self.code_bytes
+            );
+        }
+        if let Backend::Background {
+            requests,
+            results,
+            worker,
+        } = &mut self.backend
+        {
+            // Closing both channels ends the thread, which frees the code.
+            drop(requests.take());
+            drop(results.take());
+            if let Some(worker) = worker.take() {
+                let _ = worker.join();
+            }
+        }
+    }
+}
+
 impl Jit {
-    /// A compiler for the host CPU, or `None` if Cranelift does not support this host.
+    /// The compiling tier, or `None` if Cranelift does not support this host.
     pub fn new(config: JitConfig) -> Option<Self> {
-        let mut flags = settings::builder();
-        flags.set("opt_level", "speed").ok()?;
-        flags.set("use_colocated_libcalls", "false").ok()?;
-        flags.set("is_pic", "false").ok()?;
-        let isa = cranelift_native::builder()
-            .ok()?
-            .finish(settings::Flags::new(flags))
-            .ok()?;
-        let ctx = Context::new();
+        let backend = if config.background {
+            // Check once, here, that the host is supported.
+            Compiler::new(&config)?;
+            Backend::Background {
+                requests: None,
+                results: None,
+                worker: None,
+            }
+        } else {
+            Backend::Inline(Box::new(Compiler::new(&config)?))
+        };
         Some(Jit {
             config,
-            isa,
-            module: None,
-            ctx,
-            builder_ctx: FunctionBuilderContext::new(),
+            backend,
+            epoch: 0,
+            in_flight: 0,
             code_bytes: 0,
             stats: JitStats::default(),
         })
@@ -180,123 +393,180 @@ impl Jit {
         self.code_bytes
     }
 
-    /// Whether the code region is full, so the caller should forget every compiled block
-    /// and call [`Jit::flush`].
-    pub fn wants_flush(&self) -> bool {
-        self.code_bytes > self.config.max_code_bytes
-    }
-
-    /// Frees all compiled code.
-    ///
-    /// # Safety
-    ///
-    /// No [`CompiledBlock`] obtained before may be called afterwards.
-    pub unsafe fn flush(&mut self) {
-        if let Some(module) = self.module.take() {
-            // SAFETY: forwarded to the caller.
-            unsafe { module.free_memory() };
-        }
+    /// Resets every block of `cache` to interpreted-and-cold and frees all compiled code.
+    pub fn flush(&mut self, cache: &mut CodeCache) {
+        cache.for_each_block_mut(|b| b.tier = BlockTier::Cold);
+        self.epoch += 1;
         self.code_bytes = 0;
         self.stats.flushes += 1;
-    }
-
-    fn module(&mut self) -> &mut JITModule {
-        let isa = self.isa.clone();
-        self.module.get_or_insert_with(|| {
-            JITModule::new(JITBuilder::with_isa(
-                isa,
-                cranelift_module::default_libcall_names(),
-            ))
-        })
-    }
-
-    /// Records one more entry into `block` and compiles it once it is hot. Returns the
-    /// compiled code if the block has (or now has) some.
-    pub fn enter(&mut self, cpu: &mut Cpu, block: &mut Block) -> Option<CompiledBlock> {
-        match block.tier {
-            BlockTier::Compiled(f) => return Some(f),
-            BlockTier::Interpreted => return None,
-            BlockTier::Cold => block.tier = BlockTier::Warm(1),
-            BlockTier::Warm(n) => block.tier = BlockTier::Warm(n + 1),
+        match &mut self.backend {
+            // SAFETY: no block refers to compiled code any more.
+            Backend::Inline(compiler) => unsafe { compiler.flush() },
+            Backend::Background { requests, .. } => {
+                if let Some(tx) = requests {
+                    let _ = tx.send(Request::Flush);
+                }
+            }
         }
-        let BlockTier::Warm(n) = block.tier else {
+    }
+
+    /// Records an entry into block `idx` (about to run whole) and returns its compiled
+    /// code if it has some, queueing or doing the compile once the block is hot.
+    pub fn enter(
+        &mut self,
+        cpu: &mut Cpu,
+        cache: &mut CodeCache,
+        idx: u32,
+    ) -> Option<CompiledBlock> {
+        let tier = cache.block(idx).tier;
+        let entries = match tier {
+            BlockTier::Compiled(f) => return Some(f),
+            BlockTier::Queued | BlockTier::Interpreted => {
+                if self.in_flight > 0 {
+                    self.receive(cache);
+                }
+                return match cache.block(idx).tier {
+                    BlockTier::Compiled(f) => Some(f),
+                    _ => None,
+                };
+            }
+            BlockTier::Cold => 1,
+            BlockTier::Warm(n) => n + 1,
+        };
+        if self.in_flight > 0 {
+            self.receive(cache);
+        }
+        let block = cache.block_mut(idx);
+        if entries < self.config.threshold {
+            block.tier = BlockTier::Warm(entries);
+            return None;
+        }
+        if self.code_bytes > self.config.max_code_bytes {
+            self.flush(cache);
+            return None;
+        }
+        let block = cache.block_mut(idx);
+        let job = if cpu.code_bits == 64 && !block.insns.is_empty() {
+            lower::decode_again(cpu, block).map(|decoded| Job {
+                block_id: block.id,
+                idx,
+                epoch: self.epoch,
+                insns: block.insns.clone(),
+                decoded,
+                end_rip: block.end_rip,
+                ends_in_branch: block.ends_in_branch,
+            })
+        } else {
+            None
+        };
+        let Some(job) = job else {
+            self.stats.declined += 1;
+            block.tier = BlockTier::Interpreted;
             return None;
         };
-        if n < self.config.threshold {
-            return None;
-        }
-        match self.compile(cpu, block) {
-            Some(f) => {
-                block.tier = BlockTier::Compiled(f);
-                Some(f)
+        match &mut self.backend {
+            Backend::Inline(compiler) => {
+                let result = compiler.compile(&job);
+                self.install(cache, idx, job.block_id, result);
+                match cache.block(idx).tier {
+                    BlockTier::Compiled(f) => Some(f),
+                    _ => None,
+                }
             }
-            None => {
-                self.stats.declined += 1;
-                block.tier = BlockTier::Interpreted;
+            Backend::Background {
+                requests,
+                results,
+                worker,
+            } => {
+                if requests.is_none() {
+                    let config = self.config;
+                    let (tx, rx) = channel();
+                    let (done_tx, done_rx) = channel();
+                    let spawned = std::thread::Builder::new()
+                        .name("quetzal-jit".into())
+                        .spawn(move || compiler_thread(config, rx, done_tx));
+                    match spawned {
+                        Ok(handle) => {
+                            *requests = Some(tx);
+                            *results = Some(done_rx);
+                            *worker = Some(handle);
+                        }
+                        Err(_) => {
+                            cache.block_mut(idx).tier = BlockTier::Interpreted;
+                            return None;
+                        }
+                    }
+                }
+                let sent = requests
+                    .as_ref()
+                    .is_some_and(|tx| tx.send(Request::Compile(job)).is_ok());
+                cache.block_mut(idx).tier = if sent {
+                    self.in_flight += 1;
+                    BlockTier::Queued
+                } else {
+                    BlockTier::Interpreted
+                };
                 None
             }
         }
     }
 
-    /// Compiles `block` (translated in the CPU's current mode), or `None` if the block is
-    /// not something this tier takes.
-    pub fn compile(&mut self, cpu: &mut Cpu, block: &Block) -> Option<CompiledBlock> {
-        if cpu.code_bits != 64 || block.insns.is_empty() {
-            return None;
+    /// Installs the results the compiler thread has finished.
+    fn receive(&mut self, cache: &mut CodeCache) {
+        let Backend::Background {
+            results: Some(rx), ..
+        } = &self.backend
+        else {
+            return;
+        };
+        let mut done = Vec::new();
+        while let Ok(d) = rx.try_recv() {
+            done.push(d);
         }
-        let decoded = lower::decode_again(cpu, block)?;
-        let ptr = self.isa.pointer_type();
-        let mut sig = Signature::new(self.isa.default_call_conv());
-        sig.params.push(AbiParam::new(ptr));
-        sig.params.push(AbiParam::new(ptr));
-        sig.returns.push(AbiParam::new(types::I64));
-        self.module();
-        let module = self.module.as_mut().expect("module created above");
-        module.clear_context(&mut self.ctx);
-        self.ctx.func.signature = sig.clone();
-        let counts = lower::lower_block(
-            &mut self.ctx.func,
-            &mut self.builder_ctx,
-            self.isa.default_call_conv(),
-            block,
-            &decoded,
-        );
-        let id = module.declare_anonymous_function(&sig).ok()?;
-        if let Err(e) = module.define_function(id, &mut self.ctx) {
-            tracing_unavailable(&e);
-            module.clear_context(&mut self.ctx);
-            return None;
+        for d in done {
+            self.in_flight = self.in_flight.saturating_sub(1);
+            if d.epoch == self.epoch {
+                self.install(cache, d.idx, d.block_id, d.result);
+            }
         }
-        let size = self
-            .ctx
-            .compiled_code()
-            .map(|c| c.code_buffer().len())
-            .unwrap_or(0);
-        module.clear_context(&mut self.ctx);
-        module.finalize_definitions().ok()?;
-        let code = module.get_finalized_function(id);
-        self.code_bytes += size;
-        self.stats.compiled += 1;
-        self.stats.native_insns += counts.native as u64;
-        self.stats.fallback_insns += counts.fallback as u64;
-        // SAFETY: the function was built with exactly this signature (two pointers in,
-        // one i64 out) in the host's default calling convention, which is `extern "C"`.
-        Some(unsafe { std::mem::transmute::<*const u8, CompiledBlock>(code) })
     }
-}
 
-/// A compile error is a bug in the lowering, not a guest problem: the block simply stays
-/// interpreted. Debug builds say so loudly.
-fn tracing_unavailable(e: &cranelift_module::ModuleError) {
-    debug_assert!(false, "compiling a block failed: {e:?}");
+    fn install(
+        &mut self,
+        cache: &mut CodeCache,
+        idx: u32,
+        block_id: u64,
+        result: Option<Compiled>,
+    ) {
+        match &result {
+            Some(c) => {
+                // The code exists (and takes room) whether or not its block is still here.
+                self.code_bytes += c.bytes;
+                self.stats.compiled += 1;
+                self.stats.native_insns += c.counts.native as u64;
+                self.stats.fallback_insns += c.counts.fallback as u64;
+            }
+            None => self.stats.declined += 1,
+        }
+        let Some(block) = cache.get_block_mut(idx) else {
+            return;
+        };
+        if block.id != block_id {
+            return;
+        }
+        block.tier = match result {
+            Some(c) => BlockTier::Compiled(c.code),
+            None => BlockTier::Interpreted,
+        };
+    }
 }
 
 /// Runs a compiled block, returning instructions completed and the trap that stopped it.
 ///
 /// # Safety
 ///
-/// `f` must have been compiled from `block`, which must still be in the code cache, and
-/// the compiler's code region must not have been flushed since.
+/// `f` must have been compiled from a block that is still in the code cache, and the
+/// compiler's code region must not have been flushed since.
 pub unsafe fn run_compiled(cpu: &mut Cpu, f: CompiledBlock) -> (usize, Option<Box<Trap>>) {
     let mut ctx = JitCtx::default();
     // SAFETY: forwarded to the caller; `cpu` and `ctx` are valid exclusive pointers for

@@ -579,6 +579,13 @@ impl Emulator {
                     return StopReason::Timeout;
                 }
             }
+            if self.cpu.mmu.dma_pending() {
+                // A device wrote guest RAM; drop translations of code it overwrote.
+                self.cpu.mmu.collect_dma_writes();
+                if self.cpu.mmu.code_written() {
+                    self.drop_written_code();
+                }
+            }
             let idx = match self.cache.lookup_fast(rip) {
                 Some(idx) => idx,
                 None => match self.find_or_translate(rip) {

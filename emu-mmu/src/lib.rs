@@ -26,6 +26,7 @@
 
 pub mod bus;
 pub mod clock;
+pub mod dma;
 pub mod host_access;
 pub mod paging;
 pub mod ram;
@@ -173,6 +174,8 @@ pub struct Mmu {
     code_pages: HashSet<u64>,
     /// Code pages written since the code cache last drained this list.
     written_code_pages: Vec<u64>,
+    /// Writes by devices, which bypass the code-page marks ([`dma`]).
+    dma: std::sync::Arc<dma::DmaWrites>,
     hooks: Vec<MemHook>,
     /// Devices at physical addresses that are not RAM.
     mmio: Option<std::sync::Arc<Bus>>,
@@ -209,6 +212,7 @@ impl Mmu {
             ram,
             code_pages: HashSet::new(),
             written_code_pages: Vec::new(),
+            dma: Default::default(),
             hooks: Vec::new(),
             mmio: None,
         }
@@ -624,6 +628,51 @@ impl Mmu {
         !self.written_code_pages.is_empty()
     }
 
+    /// Where devices that write guest RAM directly report what they wrote (see [`dma`]).
+    pub fn dma_writes(&self) -> std::sync::Arc<dma::DmaWrites> {
+        self.dma.clone()
+    }
+
+    /// Whether devices reported writes since the last [`Mmu::collect_dma_writes`].
+    #[inline(always)]
+    pub fn dma_pending(&self) -> bool {
+        self.dma.pending()
+    }
+
+    /// Turns the device writes reported so far into written code pages: every code page
+    /// they touched loses its mark and joins [`Mmu::take_written_code_pages`]'s list.
+    pub fn collect_dma_writes(&mut self) {
+        for (addr, len) in self.dma.take() {
+            let first = addr & PAGE_MASK;
+            let last = addr.saturating_add(len - 1) & PAGE_MASK;
+            let pages = ((last - first) >> PAGE_SHIFT) + 1;
+            if pages as usize > self.code_pages.len() {
+                // A huge range: cheaper to look at each code page than each page.
+                let hit: Vec<u64> = self
+                    .code_pages
+                    .iter()
+                    .copied()
+                    .filter(|&p| p >= first && p <= last)
+                    .collect();
+                for page in hit {
+                    self.code_pages.remove(&page);
+                    self.written_code_pages.push(page);
+                }
+            } else {
+                let mut page = first;
+                loop {
+                    if self.code_pages.remove(&page) {
+                        self.written_code_pages.push(page);
+                    }
+                    if page >= last {
+                        break;
+                    }
+                    page += PAGE_SIZE;
+                }
+            }
+        }
+    }
+
     /// Takes the list of code pages written since the last call. Their code marks are
     /// already cleared; the caller drops the blocks translated from them.
     pub fn take_written_code_pages(&mut self) -> Vec<u64> {
@@ -936,6 +985,29 @@ mod tests {
         assert_eq!(m.read::<4>(0x1ffc).unwrap(), 0x5555_5555);
         assert!(m.write_u128(0x1ff8, u128::MAX).is_err());
         assert_eq!(m.read::<4>(0x1ffc).unwrap(), 0x5555_5555);
+    }
+
+    #[test]
+    fn device_writes_drop_the_code_pages_they_touch() {
+        let mut m = mmu_with(0, 0x10_0000);
+        m.mark_code_page(0x3000);
+        m.mark_code_page(0x9000);
+        let dma = m.dma_writes();
+        assert!(!m.dma_pending());
+        // Touches 0x2000..=0x3000 (one code page) and 0x8000 (none).
+        dma.wrote(0x2ff0, 0x20);
+        dma.wrote(0x8000, 0x10);
+        assert!(m.dma_pending());
+        m.collect_dma_writes();
+        assert!(!m.dma_pending());
+        assert!(m.code_written());
+        assert_eq!(m.take_written_code_pages(), vec![0x3000]);
+        assert!(!m.is_code_page(0x3000));
+        assert!(m.is_code_page(0x9000));
+        // A range far larger than the set of code pages takes the other path.
+        dma.wrote(0, 0x10_0000);
+        m.collect_dma_writes();
+        assert_eq!(m.take_written_code_pages(), vec![0x9000]);
     }
 
     #[test]

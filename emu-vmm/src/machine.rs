@@ -80,10 +80,21 @@ impl VirtioModel {
         self,
         mem: emu_devices::virtio::GuestMemory,
         irq: Arc<dyn IrqLine>,
+        dma: Arc<emu_mmu::dma::DmaWrites>,
     ) -> SharedDevice {
+        fn wrap<D: emu_devices::virtio::VirtioDevice + 'static>(
+            device: D,
+            mem: emu_devices::virtio::GuestMemory,
+            irq: Arc<dyn IrqLine>,
+            dma: Arc<emu_mmu::dma::DmaWrites>,
+        ) -> SharedDevice {
+            let mut transport = MmioTransport::new(device, mem, irq);
+            transport.set_dma_writes(dma);
+            Arc::new(Mutex::new(transport))
+        }
         match self {
-            VirtioModel::Block(d) => Arc::new(Mutex::new(MmioTransport::new(d, mem, irq))),
-            VirtioModel::Rng(d) => Arc::new(Mutex::new(MmioTransport::new(d, mem, irq))),
+            VirtioModel::Block(d) => wrap(d, mem, irq, dma),
+            VirtioModel::Rng(d) => wrap(d, mem, irq, dma),
         }
     }
 }
@@ -612,7 +623,7 @@ impl Machine {
                 emu.add_mmio_device(
                     base,
                     VIRTIO_MMIO_STRIDE,
-                    model.into_transport(mem.clone(), irq),
+                    model.into_transport(mem.clone(), irq, emu.cpu().mmu.dma_writes()),
                 )
                 .map_err(|e| MachineError::Bus(e.to_string()))?;
             }

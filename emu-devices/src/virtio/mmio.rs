@@ -8,9 +8,10 @@
 
 use std::sync::Arc;
 
+use emu_mmu::dma::DmaWrites;
 use emu_mmu::BusDevice;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestAddress;
+use vm_memory::{Bytes, GuestAddress};
 
 use super::{features, interrupt, status, GuestMemory, VirtioDevice};
 use crate::irq::IrqLine;
@@ -80,6 +81,9 @@ pub struct MmioTransport<D: VirtioDevice> {
     interrupt_status: u32,
     config_generation: u32,
     activated: bool,
+    /// Where buffers the device wrote are reported, so translated code in them is
+    /// dropped (see [`emu_mmu::dma`]).
+    dma: Option<Arc<DmaWrites>>,
 }
 
 impl<D: VirtioDevice> MmioTransport<D> {
@@ -117,6 +121,34 @@ impl<D: VirtioDevice> MmioTransport<D> {
             interrupt_status: 0,
             config_generation: 0,
             activated: false,
+            dma: None,
+        }
+    }
+
+    /// Reports every buffer the device fills to `dma` from now on.
+    pub fn set_dma_writes(&mut self, dma: Arc<DmaWrites>) {
+        self.dma = Some(dma);
+    }
+
+    /// Reports to the DMA observer (if any) the device-writable buffers of the chains
+    /// that queue `index` has returned since its used index was `used_before`. Paths that
+    /// complete requests outside [`BusDevice::write`] (a receive thread) call this too.
+    pub fn report_device_writes(&self, index: usize, used_before: u16) {
+        let (Some(dma), Some(q)) = (self.dma.as_deref(), self.queues.get(index)) else {
+            return;
+        };
+        let size = q.size();
+        let mut used = used_before;
+        // At most one ring's worth: anything more is garbage the walk must not loop on.
+        for _ in 0..size {
+            if used == q.next_used() {
+                break;
+            }
+            let elem = q.used_ring() + 4 + 8 * u64::from(used % size);
+            if let Ok(head) = self.mem.read_obj::<u32>(GuestAddress(elem)) {
+                report_chain(&self.mem, q.desc_table(), size, head, dma);
+            }
+            used = used.wrapping_add(1);
         }
     }
 
@@ -319,7 +351,10 @@ impl<D: VirtioDevice> MmioTransport<D> {
         if !queue.ready() {
             return;
         }
-        match self.device.queue_notify(i, queue, &self.mem) {
+        let used_before = queue.next_used();
+        let result = self.device.queue_notify(i, queue, &self.mem);
+        self.report_device_writes(i, used_before);
+        match result {
             Ok(true) => self.raise(interrupt::USED_BUFFER),
             Ok(false) => {}
             Err(_) => self.needs_reset(),
@@ -351,6 +386,46 @@ impl<D: VirtioDevice> MmioTransport<D> {
             self.activated = true;
             self.device.activate(self.driver_features);
         }
+    }
+}
+
+/// Reports the device-writable descriptors of the chain at `head` (following one indirect
+/// table) to `dma`. The walk is bounded, so a looping or garbage chain ends it early.
+fn report_chain(mem: &GuestMemory, table: u64, size: u16, head: u32, dma: &DmaWrites) {
+    const NEXT: u16 = 1;
+    const WRITE: u16 = 2;
+    const INDIRECT: u16 = 4;
+    let (mut table, mut entries) = (table, u32::from(size));
+    let mut idx = head;
+    let mut indirect_seen = false;
+    for _ in 0..(u32::from(size) + 1024) {
+        if idx >= entries {
+            return;
+        }
+        let at = table + 16 * u64::from(idx);
+        let (Ok(addr), Ok(len), Ok(flags), Ok(next)) = (
+            mem.read_obj::<u64>(GuestAddress(at)),
+            mem.read_obj::<u32>(GuestAddress(at + 8)),
+            mem.read_obj::<u16>(GuestAddress(at + 12)),
+            mem.read_obj::<u16>(GuestAddress(at + 14)),
+        ) else {
+            return;
+        };
+        if flags & INDIRECT != 0 {
+            if indirect_seen {
+                return;
+            }
+            indirect_seen = true;
+            (table, entries, idx) = (addr, (len / 16).min(1024), 0);
+            continue;
+        }
+        if flags & WRITE != 0 {
+            dma.wrote(addr, u64::from(len));
+        }
+        if flags & NEXT == 0 {
+            return;
+        }
+        idx = u32::from(next);
     }
 }
 

@@ -359,3 +359,33 @@ fn random_rings_never_panic() {
         assert_eq!(r.line.level(), rd(&mut r.t, 0x060) != 0);
     }
 }
+
+#[test]
+fn buffers_the_device_fills_are_reported_as_dma_writes() {
+    let mut r = live();
+    let dma = Arc::new(emu_mmu::dma::DmaWrites::default());
+    r.t.set_dma_writes(dma.clone());
+    // Driver-readable descriptors are not reported; device-writable ones are, whole.
+    put_desc(&r.mem, 0, BUF + 0x100, 8, VIRTQ_DESC_F_NEXT, 1);
+    put_desc(&r.mem, 1, BUF + 0x200, 16, VIRTQ_DESC_F_WRITE, 0);
+    publish(&r.mem, 0, 0, 1);
+    assert!(!dma.pending());
+    wr(&mut r.t, 0x050, 0);
+    assert_eq!(used_idx(&r.mem), 1);
+    assert!(dma.pending());
+    assert_eq!(dma.take(), vec![(BUF + 0x200, 16)]);
+    assert!(!dma.pending());
+
+    // A chain that loops on itself is reported once per descriptor visit, boundedly.
+    put_desc(
+        &r.mem,
+        2,
+        BUF + 0x300,
+        4,
+        VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT,
+        2,
+    );
+    publish(&r.mem, 1, 2, 2);
+    wr(&mut r.t, 0x050, 0);
+    assert!(dma.take().len() <= QSIZE as usize + 1024);
+}

@@ -375,6 +375,15 @@ struct Helpers {
     condition: SigRef,
 }
 
+/// The instruction being lowered, with its memory operand's address once computed.
+struct At<'a> {
+    instr: &'a Instruction,
+    insn: &'a Insn,
+    /// Its index in the block.
+    n: usize,
+    addr: Option<Value>,
+}
+
 /// Per-block lowering state.
 struct Lower<'f> {
     b: FunctionBuilder<'f>,
@@ -679,63 +688,43 @@ impl Lower<'_> {
         self.b.switch_to_block(join);
     }
 
+    /// The address of the instruction's memory operand, computed once.
+    fn operand_address(&mut self, at: &mut At) -> Value {
+        match at.addr {
+            Some(a) => a,
+            None => {
+                let a = self.address(at.insn);
+                at.addr = Some(a);
+                a
+            }
+        }
+    }
+
     /// Reads operand `i` at `size` bytes (immediates truncated to it), zero-extended.
-    /// `addr` caches the memory operand's address across operands.
-    fn read_operand(
-        &mut self,
-        instr: &Instruction,
-        insn: &Insn,
-        i: u32,
-        size: u8,
-        addr: &mut Option<Value>,
-        n: usize,
-    ) -> Value {
-        match instr.op_kind(i) {
+    fn read_operand(&mut self, at: &mut At, i: u32, size: u8) -> Value {
+        match at.instr.op_kind(i) {
             OpKind::Register => {
-                let r = register_number(instr.op_register(i));
+                let r = register_number(at.instr.op_register(i));
                 self.read_gpr(r, size)
             }
             OpKind::Memory => {
-                let a = match *addr {
-                    Some(a) => a,
-                    None => {
-                        let a = self.address(insn);
-                        *addr = Some(a);
-                        a
-                    }
-                };
-                self.load(a, size, n)
+                let a = self.operand_address(at);
+                self.load(a, size, at.n)
             }
-            _ => self.iconst(instr.immediate(i) & width_mask(size)),
+            _ => self.iconst(at.instr.immediate(i) & width_mask(size)),
         }
     }
 
     /// Writes operand `i` (a GPR or memory) at `size` bytes.
-    fn write_operand(
-        &mut self,
-        instr: &Instruction,
-        insn: &Insn,
-        i: u32,
-        size: u8,
-        value: Value,
-        addr: &mut Option<Value>,
-        n: usize,
-    ) {
-        match instr.op_kind(i) {
+    fn write_operand(&mut self, at: &mut At, i: u32, size: u8, value: Value) {
+        match at.instr.op_kind(i) {
             OpKind::Register => {
-                let r = register_number(instr.op_register(i));
+                let r = register_number(at.instr.op_register(i));
                 self.write_gpr(r, size, value);
             }
             _ => {
-                let a = match *addr {
-                    Some(a) => a,
-                    None => {
-                        let a = self.address(insn);
-                        *addr = Some(a);
-                        a
-                    }
-                };
-                self.store(a, size, value, n);
+                let a = self.operand_address(at);
+                self.store(a, size, value, at.n);
             }
         }
     }
@@ -1083,35 +1072,40 @@ fn lower_native(
     live_after: u64,
     count: usize,
 ) -> bool {
-    let mut addr = None;
+    let mut at = At {
+        instr,
+        insn,
+        n,
+        addr: None,
+    };
     match plan {
         Plan::Nop | Plan::Fallback => {}
         Plan::Mov => {
             let size = operand_size(instr, 0);
-            let v = l.read_operand(instr, insn, 1, size, &mut addr, n);
-            l.write_operand(instr, insn, 0, size, v, &mut addr, n);
+            let v = l.read_operand(&mut at, 1, size);
+            l.write_operand(&mut at, 0, size, v);
         }
         Plan::Movzx | Plan::Movsx => {
             let dst = operand_size(instr, 0);
             let src = operand_size(instr, 1);
-            let mut v = l.read_operand(instr, insn, 1, src, &mut addr, n);
+            let mut v = l.read_operand(&mut at, 1, src);
             if plan == Plan::Movsx && src < 8 {
                 let narrow = l.narrow(v, src);
                 v = l.b.ins().sextend(types::I64, narrow);
             }
-            l.write_operand(instr, insn, 0, dst, v, &mut addr, n);
+            l.write_operand(&mut at, 0, dst, v);
         }
         Plan::Lea => {
             let size = operand_size(instr, 0);
             let v = l.offset(insn);
-            l.write_operand(instr, insn, 0, size, v, &mut addr, n);
+            l.write_operand(&mut at, 0, size, v);
         }
         Plan::Alu => {
             let size = operand_size(instr, 0);
             let m = instr.mnemonic();
             let carry = matches!(m, Mnemonic::Adc | Mnemonic::Sbb).then(|| l.carry_in());
-            let a = l.read_operand(instr, insn, 0, size, &mut addr, n);
-            let b = l.read_operand(instr, insn, 1, size, &mut addr, n);
+            let a = l.read_operand(&mut at, 0, size);
+            let b = l.read_operand(&mut at, 1, size);
             let (res, op) = match m {
                 Mnemonic::Add => (l.b.ins().iadd(a, b), FlagOp::Add),
                 Mnemonic::Adc => {
@@ -1128,7 +1122,7 @@ fn lower_native(
                 _ => (l.b.ins().bxor(a, b), FlagOp::Logic),
             };
             if !matches!(m, Mnemonic::Cmp | Mnemonic::Test) {
-                l.write_operand(instr, insn, 0, size, res, &mut addr, n);
+                l.write_operand(&mut at, 0, size, res);
             }
             l.set_flags(op, size, a, b, res);
         }
@@ -1140,30 +1134,30 @@ fn lower_native(
             } else {
                 l.iconst(0)
             };
-            let a = l.read_operand(instr, insn, 0, size, &mut addr, n);
+            let a = l.read_operand(&mut at, 0, size);
             let inc = instr.mnemonic() == Mnemonic::Inc;
             let res = if inc {
                 l.b.ins().iadd_imm(a, 1)
             } else {
                 l.b.ins().iadd_imm(a, -1)
             };
-            l.write_operand(instr, insn, 0, size, res, &mut addr, n);
+            l.write_operand(&mut at, 0, size, res);
             let op = if inc { FlagOp::Inc } else { FlagOp::Dec };
             l.set_flags(op, size, a, carry, res);
         }
         Plan::Neg => {
             let size = operand_size(instr, 0);
-            let a = l.read_operand(instr, insn, 0, size, &mut addr, n);
+            let a = l.read_operand(&mut at, 0, size);
             let zero = l.iconst(0);
             let res = l.b.ins().isub(zero, a);
-            l.write_operand(instr, insn, 0, size, res, &mut addr, n);
+            l.write_operand(&mut at, 0, size, res);
             l.set_flags(FlagOp::Sub, size, zero, a, res);
         }
         Plan::Not => {
             let size = operand_size(instr, 0);
-            let a = l.read_operand(instr, insn, 0, size, &mut addr, n);
+            let a = l.read_operand(&mut at, 0, size);
             let res = l.b.ins().bnot(a);
-            l.write_operand(instr, insn, 0, size, res, &mut addr, n);
+            l.write_operand(&mut at, 0, size, res);
         }
         Plan::Shift => {
             let size = operand_size(instr, 0);
@@ -1175,7 +1169,7 @@ fn lower_native(
                 }
                 _ => l.iconst(instr.immediate(1) & mask as u64),
             };
-            let a = l.read_operand(instr, insn, 0, size, &mut addr, n);
+            let a = l.read_operand(&mut at, 0, size);
             let res = match instr.mnemonic() {
                 Mnemonic::Shl | Mnemonic::Sal => l.b.ins().ishl(a, count),
                 Mnemonic::Shr => l.b.ins().ushr(a, count),
@@ -1202,21 +1196,21 @@ fn lower_native(
                     }
                 }
             };
-            l.write_operand(instr, insn, 0, size, res, &mut addr, n);
+            l.write_operand(&mut at, 0, size, res);
         }
         Plan::Imul => {
             let size = operand_size(instr, 0);
             let (x, y) = if instr.op_count() == 3 {
-                let x = l.read_operand(instr, insn, 1, size, &mut addr, n);
-                let y = l.read_operand(instr, insn, 2, size, &mut addr, n);
+                let x = l.read_operand(&mut at, 1, size);
+                let y = l.read_operand(&mut at, 2, size);
                 (x, y)
             } else {
-                let y = l.read_operand(instr, insn, 1, size, &mut addr, n);
-                let x = l.read_operand(instr, insn, 0, size, &mut addr, n);
+                let y = l.read_operand(&mut at, 1, size);
+                let x = l.read_operand(&mut at, 0, size);
                 (x, y)
             };
             let res = l.b.ins().imul(x, y);
-            l.write_operand(instr, insn, 0, size, res, &mut addr, n);
+            l.write_operand(&mut at, 0, size, res);
         }
         Plan::Push => {
             let v = match instr.op0_kind() {
@@ -1256,17 +1250,17 @@ fn lower_native(
         Plan::Cmov => {
             let size = operand_size(instr, 0);
             let cc = insn.imm2 as u8;
-            let src = l.read_operand(instr, insn, 1, size, &mut addr, n);
-            let old = l.read_operand(instr, insn, 0, size, &mut addr, n);
+            let src = l.read_operand(&mut at, 1, size);
+            let old = l.read_operand(&mut at, 0, size);
             let cond = l.condition(cc);
             let v = l.b.ins().select(cond, src, old);
-            l.write_operand(instr, insn, 0, size, v, &mut addr, n);
+            l.write_operand(&mut at, 0, size, v);
         }
         Plan::Setcc => {
             let cc = insn.imm2 as u8;
             let cond = l.condition(cc);
             let v = l.b.ins().uextend(types::I64, cond);
-            l.write_operand(instr, insn, 0, 1, v, &mut addr, n);
+            l.write_operand(&mut at, 0, 1, v);
         }
         Plan::Xchg => {
             let size = operand_size(instr, 0);

@@ -9,6 +9,7 @@
 
 pub mod block;
 pub mod mmio;
+pub mod net;
 pub mod rng;
 
 #[cfg(test)]
@@ -55,6 +56,8 @@ pub mod interrupt {
 
 /// Device type numbers (VirtIO 1.2 §5).
 pub mod device_id {
+    /// Network card.
+    pub const NET: u32 = 1;
     /// Block device.
     pub const BLOCK: u32 = 2;
     /// Entropy source.

@@ -8,12 +8,26 @@ use iced_x86::code_asm::*;
 /// Where test programs are loaded.
 pub const CODE: u64 = 0x1000;
 
+/// A fresh emulator on the tier this test target checks: the `*_compiled` targets compile
+/// every block the first time it runs whole (on the test's thread, so runs are
+/// deterministic), the others interpret only.
+pub fn emulator() -> Emulator {
+    let mut emu = Emulator::new();
+    emu.set_jit_config(emu_core::jit::JitConfig {
+        enabled: env!("CARGO_CRATE_NAME").ends_with("_compiled"),
+        threshold: 1,
+        background: false,
+        ..Default::default()
+    });
+    emu
+}
+
 /// A bare 64-bit CPU with 1 MiB of RAM, `build`'s program at [`CODE`] and RSP at 0x80000.
 pub fn machine(build: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> Emulator {
     let mut a = CodeAssembler::new(64).unwrap();
     build(&mut a).unwrap();
     let code = a.assemble(CODE).unwrap();
-    let mut emu = Emulator::new();
+    let mut emu = emulator();
     emu.map_memory(0, 0x10_0000).unwrap();
     emu.write_memory(CODE, &code).unwrap();
     emu.set_reg(Register::RSP, 0x8_0000).unwrap();

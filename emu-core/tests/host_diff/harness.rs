@@ -500,8 +500,32 @@ pub fn try_check(case: &Case) -> Result<(), String> {
     );
     let data = case.initial_data();
     let native = native::run(case, &data)?;
-    let emulated = run_emulated(case, &data);
-    compare(case, &native, &emulated)
+    // Both tiers: the interpreter, and every block compiled on its first entry.
+    for tier in [Tier::Interpreter, Tier::Compiled] {
+        let emulated = run_emulated(case, &data, tier);
+        compare(case, &native, &emulated).map_err(|report| format!("[{tier:?}] {report}"))?;
+    }
+    Ok(())
+}
+
+/// Which execution tier of the emulator runs a case.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tier {
+    /// Only the interpreter.
+    Interpreter,
+    /// Every block compiled (on the vCPU's thread) the first time it runs whole.
+    Compiled,
+}
+
+impl Tier {
+    fn config(self) -> emu_core::jit::JitConfig {
+        emu_core::jit::JitConfig {
+            enabled: self == Tier::Compiled,
+            threshold: 1,
+            background: false,
+            ..Default::default()
+        }
+    }
 }
 
 /// Why this host cannot run native cases, if it cannot.
@@ -525,9 +549,10 @@ pub fn check(case: &Case) {
     }
 }
 
-/// Runs `case` in a fresh emulator over `data` (the initial data area).
-pub fn run_emulated(case: &Case, data: &[u8]) -> Snapshot {
+/// Runs `case` in a fresh emulator over `data` (the initial data area), on `tier`.
+pub fn run_emulated(case: &Case, data: &[u8], tier: Tier) -> Snapshot {
     let mut emu = Emulator::new();
+    emu.set_jit_config(tier.config());
     let code_pages = (case.code.len() as u64 + 16).div_ceil(0x1000) * 0x1000;
     emu.map_memory(DATA, DATA_SIZE as u64).expect("map data");
     emu.map_memory(CODE, code_pages).expect("map code");

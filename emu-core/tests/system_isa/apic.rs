@@ -21,8 +21,8 @@ use emu_devices::lapic::{route, CpuSignal, LocalApic, MsrResult, APIC_BASE_ADDR,
 use emu_mmu::BusDevice;
 use iced_x86::code_asm::*;
 
-use crate::common::reg;
-use crate::delivery::{machine, set_gate, set_handler, INTERRUPT};
+use super::common::reg;
+use super::delivery::{machine, set_gate, set_handler, INTERRUPT};
 
 /// A local APIC as the CPU's interrupt controller and as its MMIO page.
 struct Apic(LocalApic);
@@ -118,7 +118,7 @@ impl Drop for Ticker {
 
 fn run(emu: &mut Emulator) -> StopReason {
     emu.run(
-        crate::common::CODE,
+        super::common::CODE,
         &RunOptions {
             timeout: Some(Duration::from_secs(10)),
             ..Default::default()

@@ -30,7 +30,7 @@ fn boot(
     Emulator,
     std::sync::Arc<std::sync::Mutex<common::DebugPort>>,
 ) {
-    let mut emu = Emulator::new();
+    let mut emu = common::emulator();
     emu.map_memory(0, RAM_SIZE).unwrap();
     emu.map_memory(ROM_BASE, ROM_SIZE as u64).unwrap();
     emu.write_memory(ROM_BASE, &::firmware::rom(config).unwrap())

@@ -28,6 +28,27 @@ fn run(emu: &mut Emulator) -> StopReason {
 }
 
 #[test]
+fn the_tier_under_test_is_the_one_this_target_names() {
+    let mut emu = machine(|a| {
+        a.mov(ecx, 100u32)?;
+        let mut top = a.create_label();
+        a.set_label(&mut top)?;
+        a.add(rax, rcx)?;
+        a.dec(ecx)?;
+        a.jnz(top)?;
+        a.hlt()
+    });
+    assert_eq!(run(&mut emu), StopReason::Halted);
+    assert_eq!(reg(&emu, Register::RAX), 5050);
+    let compiled = emu.jit_stats().map_or(0, |s| s.compiled);
+    assert_eq!(
+        compiled > 0,
+        env!("CARGO_CRATE_NAME").ends_with("_compiled"),
+        "{compiled} blocks compiled"
+    );
+}
+
+#[test]
 fn msrs_written_with_wrmsr_read_back_with_rdmsr() {
     let mut emu = machine(|a| {
         // LSTAR <- 0xffffffff81000000

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use emu_core::{Emulator, Exception, InterruptDelivery, Register, RunOptions, StopReason};
 use iced_x86::code_asm::*;
 
-use crate::common::{attach_debug_port, reported, DebugPort};
+use super::common::{attach_debug_port, reported, DebugPort};
 
 /// Real-mode entry (CS = 0): the reset vector jumps here.
 const ENTRY: u64 = 0x1000;
@@ -107,7 +107,7 @@ fn place(
 /// A machine at the reset vector: 2 MiB of RAM, 64 KiB of "ROM" under 4 GiB whose reset
 /// vector jumps to 0000:[`ENTRY`], the GDT, a 32-bit TSS and the debug port.
 fn machine(delivery: InterruptDelivery) -> (Emulator, Arc<Mutex<DebugPort>>) {
-    let mut emu = Emulator::new();
+    let mut emu = super::common::emulator();
     emu.map_memory(0, 0x20_0000).unwrap();
     emu.map_memory(0xffff_0000, 0x1_0000).unwrap();
     // JMP FAR 0000:ENTRY

@@ -337,28 +337,41 @@ impl<D: VirtioDevice> MmioTransport<D> {
     }
 
     fn queue_notify(&mut self, value: u32) {
-        // Notifications before DRIVER_OK, for missing or not-ready queues, or after the
-        // device has given up are ignored.
-        if self.status & status::DRIVER_OK == 0 || self.status & status::DEVICE_NEEDS_RESET != 0 {
-            return;
-        }
         let Ok(i) = usize::try_from(value & 0xffff) else {
             return;
         };
-        let Some(queue) = self.queues.get_mut(i) else {
-            return;
+        self.process_queue(i, |device, queue, mem| device.queue_notify(i, queue, mem));
+    }
+
+    /// Runs `work` on queue `index` as a driver notification would: nothing runs before
+    /// DRIVER_OK, after DEVICE_NEEDS_RESET, or for a missing or not-ready queue; the
+    /// buffers `work` completes are reported as DMA writes; the used-buffer interrupt is
+    /// raised when it reports used buffers and a [`QueueFault`](super::QueueFault) sets
+    /// DEVICE_NEEDS_RESET. Devices use it for work they start themselves, from any thread
+    /// (host input to deliver, a buffer the host hands back). Returns whether `work` ran.
+    pub fn process_queue(
+        &mut self,
+        index: usize,
+        work: impl FnOnce(&mut D, &mut Queue, &GuestMemory) -> Result<bool, super::QueueFault>,
+    ) -> bool {
+        if self.status & status::DRIVER_OK == 0 || self.status & status::DEVICE_NEEDS_RESET != 0 {
+            return false;
+        }
+        let Some(queue) = self.queues.get_mut(index) else {
+            return false;
         };
         if !queue.ready() {
-            return;
+            return false;
         }
         let used_before = queue.next_used();
-        let result = self.device.queue_notify(i, queue, &self.mem);
-        self.report_device_writes(i, used_before);
+        let result = work(&mut self.device, queue, &self.mem);
+        self.report_device_writes(index, used_before);
         match result {
             Ok(true) => self.raise(interrupt::USED_BUFFER),
             Ok(false) => {}
             Err(_) => self.needs_reset(),
         }
+        true
     }
 
     fn write_status(&mut self, value: u32) {

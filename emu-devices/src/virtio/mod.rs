@@ -7,7 +7,10 @@
 //! folder per device (`rng/`, `block/`, later `net/`, ...) with the same file names.
 //! Register facts come from the VirtIO 1.2 specification, section 4.2.2.
 
+pub mod balloon;
 pub mod block;
+pub mod console;
+pub mod fuzz;
 pub mod mmio;
 pub mod net;
 pub mod rng;
@@ -60,8 +63,12 @@ pub mod device_id {
     pub const NET: u32 = 1;
     /// Block device.
     pub const BLOCK: u32 = 2;
+    /// Console.
+    pub const CONSOLE: u32 = 3;
     /// Entropy source.
     pub const RNG: u32 = 4;
+    /// Traditional memory balloon.
+    pub const BALLOON: u32 = 5;
 }
 
 /// A driver error found while processing a queue; the transport answers it by setting

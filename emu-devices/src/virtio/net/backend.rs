@@ -18,9 +18,9 @@ pub struct RxFrame {
     /// The Ethernet frame: destination MAC first, no virtio-net header, no FCS.
     pub data: Vec<u8>,
     /// For a TCP/IPv4 segment longer than the MTU (only when the guest accepted
-    /// [`GuestOffloads::tso4`]): the segment size it stands for. The TCP checksum field
-    /// must hold the complete checksum; the device turns it into the partial one the
-    /// driver expects.
+    /// [`GuestOffloads::tso4`]): the segment size it stands for. Its TCP checksum field
+    /// need not be valid: the device replaces it with the pseudo-header sum and marks the
+    /// checksum partial, as the driver expects of such segments.
     pub gso_size: Option<u16>,
 }
 

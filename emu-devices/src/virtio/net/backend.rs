@@ -60,7 +60,7 @@ type NotifyFn = Box<dyn Fn() + Send + Sync>;
 /// How a backend tells its device, from any thread, that frames are waiting for the guest.
 ///
 /// The backend gets a clone when it is built; the device end is connected once the device
-/// sits behind its transport ([`super::shared_transport`]). A notification before that is
+/// sits behind its transport ([`super::connect_rx`]). A notification before that is
 /// dropped, which is harmless: the device asks the backend for frames whenever the driver
 /// posts receive buffers.
 #[derive(Clone, Default)]

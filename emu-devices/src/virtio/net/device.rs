@@ -118,7 +118,7 @@ struct Segment {
 impl Net {
     /// A network device with MAC address `mac` in front of `backend`, which signals waiting
     /// frames through `notifier` (connect its device end with
-    /// [`super::shared_transport`]).
+    /// [`super::connect_rx`]).
     pub fn new(mac: [u8; 6], backend: Box<dyn NetBackend>, notifier: RxNotifier) -> Self {
         Self {
             mac,

@@ -14,9 +14,10 @@
 //!   TAP device) runs on its own thread and queues. The device holds no lock of its own
 //!   (DESIGN §4): it sits in an `Arc<Mutex<MmioTransport<Net>>>` like every device.
 //! - **Receiving when the guest is idle.** A backend thread with frames waiting calls
-//!   [`RxNotifier::notify`]. [`shared_transport`] connects that to the transport: it locks
-//!   it and notifies the receive queue on the device's behalf, exactly as the driver does
-//!   after posting buffers. So the same checks apply (DRIVER_OK set, no
+//!   [`RxNotifier::notify`]. [`connect_rx`] connects that to the transport: it locks it
+//!   and runs the receive queue on the device's behalf ([`MmioTransport::process_queue`]),
+//!   exactly as the driver's notification after posting buffers does. So the same checks
+//!   apply (DRIVER_OK set, no
 //!   DEVICE_NEEDS_RESET, queue ready), the frames are copied under the transport's lock,
 //!   and the used-buffer interrupt goes out through the transport's IRQ line, which wakes
 //!   a halted vCPU through the IOAPIC and local APIC. When no buffer is free the frame
@@ -48,8 +49,6 @@ mod tests;
 
 use std::sync::{Arc, Mutex};
 
-use emu_mmu::BusDevice;
-
 pub use backend::{GuestOffloads, NetBackend, RxFrame, RxNotifier};
 pub use device::{
     feature, header, Net, NetStats, CONFIG_SIZE, DEFAULT_MAC, HEADER_LEN, MAX_CHAIN_DESCRIPTORS,
@@ -57,30 +56,28 @@ pub use device::{
 };
 
 use super::mmio::MmioTransport;
-use super::GuestMemory;
-use crate::irq::IrqLine;
+use super::VirtioDevice;
 
-/// Offset of the virtio-mmio QueueNotify register (VirtIO 1.2 §4.2.2).
-const QUEUE_NOTIFY: u64 = 0x050;
-
-/// Puts `net` behind a shared virtio-mmio transport and connects its [`RxNotifier`] to it,
-/// so a backend thread can deliver frames while the guest is idle (see the module docs).
-/// The notifier holds the transport weakly: once the machine drops the transport,
-/// notifications do nothing.
-pub fn shared_transport(
-    net: Net,
-    mem: GuestMemory,
-    irq: Arc<dyn IrqLine>,
-) -> Arc<Mutex<MmioTransport<Net>>> {
-    let notifier = net.notifier().clone();
-    let transport = Arc::new(Mutex::new(MmioTransport::new(net, mem, irq)));
-    let weak = Arc::downgrade(&transport);
+/// Connects the [`RxNotifier`] of the device inside `transport` to it, so a backend thread
+/// can deliver frames while the guest is idle (see the module docs): a notification runs
+/// the receive queue through [`MmioTransport::process_queue`], as the driver's own
+/// notification does. The notifier holds the transport weakly: once the machine drops the
+/// transport, notifications do nothing.
+pub fn connect_rx(transport: &Arc<Mutex<MmioTransport<Net>>>) {
+    let notifier = transport
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .device()
+        .notifier()
+        .clone();
+    let weak = Arc::downgrade(transport);
     notifier.connect(move || {
         if let Some(t) = weak.upgrade() {
             t.lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .write(QUEUE_NOTIFY, &(RX_QUEUE as u32).to_le_bytes());
+                .process_queue(RX_QUEUE, |net, queue, mem| {
+                    net.queue_notify(RX_QUEUE, queue, mem)
+                });
         }
     });
-    transport
 }

@@ -10,7 +10,7 @@ use emu_mmu::BusDevice;
 use vm_memory::{Address, Bytes, GuestAddress};
 
 use super::{
-    feature, header as h, shared_transport, GuestOffloads, Net, NetBackend, RxFrame, RxNotifier,
+    connect_rx, feature, header as h, GuestOffloads, Net, NetBackend, RxFrame, RxNotifier,
     DEFAULT_MAC, HEADER_LEN, MTU, QUEUE_SIZE, RX_QUEUE, TX_QUEUE,
 };
 use crate::irq::RecordingLine;
@@ -511,7 +511,12 @@ fn a_backend_thread_delivers_to_an_idle_guest_and_raises_the_interrupt() {
     let notifier = net.notifier().clone();
     let mem = GuestMemory::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
     let line = Arc::new(RecordingLine::default());
-    let t = shared_transport(net, mem.clone(), line.clone());
+    let t = Arc::new(Mutex::new(MmioTransport::new(
+        net,
+        mem.clone(),
+        line.clone(),
+    )));
+    connect_rx(&t);
     bring_up(&mut *t.lock().unwrap(), ALL);
     let (mut avail, mut next) = (0u16, 0u16);
     post(

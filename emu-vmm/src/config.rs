@@ -51,6 +51,22 @@ pub enum VirtioDeviceConfig {
     },
     /// virtio-rng fed from the host's random source (`-device virtio-rng-device`).
     Rng,
+    /// virtio-console with one port, `hvc0` in the guest (`-device virtio-serial-device`,
+    /// plus `-device virtconsole` for `terminal`).
+    Console {
+        /// The port is on the host terminal: its output goes where the serial port's does
+        /// when that is [`SerialBackend::Stdio`] (the writer given to `Machine::new`), else
+        /// to standard output, and `Machine::console_input` feeds it. Without it the port
+        /// exists but is not connected (output dropped, no input).
+        terminal: bool,
+    },
+    /// virtio-balloon (`-device virtio-balloon-device[,deflate-on-oom=on]`): the host sets
+    /// a target through `Machine::balloon` and the guest's pages are released on the host.
+    Balloon {
+        /// Offer VIRTIO_BALLOON_F_DEFLATE_ON_OOM (the guest may deflate under memory
+        /// pressure).
+        deflate_on_oom: bool,
+    },
 }
 
 /// A machine to build.

@@ -15,7 +15,10 @@
 //! IOAPIC pin `VIRTIO_FIRST_GSI + i`, level triggered and active high. Each is a
 //! `LNRO0005` device in the DSDT (Debian's kernels build `virtio_mmio` as a module and
 //! ignore `virtio_mmio.device=`, so ACPI is how they find them). A queue notification is
-//! served synchronously by the vCPU thread that writes QueueNotify.
+//! served synchronously by the vCPU thread that writes QueueNotify. The host's side of a
+//! virtio-console on the terminal is [`Machine::console_input`] (its output shares the
+//! serial console's writer), and of a virtio-balloon [`Machine::balloon`]; both work from
+//! any thread while the machine runs.
 
 use std::io::Write;
 use std::path::Path;
@@ -26,7 +29,9 @@ use emu_devices::irq::IrqLine;
 use emu_devices::ports::PortWindow;
 use emu_mmu::SharedDevice;
 
+use emu_devices::virtio::balloon::Balloon;
 use emu_devices::virtio::block::{Block, BlockError};
+use emu_devices::virtio::console::Console;
 use emu_devices::virtio::mmio::MmioTransport;
 use emu_devices::virtio::rng::Rng;
 
@@ -63,6 +68,22 @@ const _: () = assert!(VIRTIO_FIRST_GSI as usize + MAX_VIRTIO_DEVICES <= emu_devi
 enum VirtioModel {
     Block(Block),
     Rng(Rng),
+    /// Its output is opened with the other consoles (see [`VirtioHost`]).
+    Console {
+        terminal: bool,
+    },
+    Balloon(Balloon),
+}
+
+/// What the VirtIO devices the host drives itself need from [`Machine::new`], and the
+/// typed handles to them the machine keeps.
+struct VirtioHost {
+    /// Opens the output of a virtconsole on the terminal.
+    terminal: Box<dyn FnMut() -> Box<dyn Write + Send>>,
+    /// The first virtconsole on the terminal.
+    console: Option<Arc<Mutex<MmioTransport<Console>>>>,
+    /// The first balloon.
+    balloon: Option<Arc<Mutex<MmioTransport<Balloon>>>>,
 }
 
 impl VirtioModel {
@@ -72,6 +93,12 @@ impl VirtioModel {
                 VirtioModel::Block(Block::open(path, *read_only)?)
             }
             VirtioDeviceConfig::Rng => VirtioModel::Rng(Rng::new()),
+            VirtioDeviceConfig::Console { terminal } => VirtioModel::Console {
+                terminal: *terminal,
+            },
+            VirtioDeviceConfig::Balloon { deflate_on_oom } => {
+                VirtioModel::Balloon(Balloon::new(*deflate_on_oom))
+            }
         })
     }
 
@@ -81,13 +108,14 @@ impl VirtioModel {
         mem: emu_devices::virtio::GuestMemory,
         irq: Arc<dyn IrqLine>,
         dma: Arc<emu_mmu::dma::DmaWrites>,
+        host: &mut VirtioHost,
     ) -> SharedDevice {
         fn wrap<D: emu_devices::virtio::VirtioDevice + 'static>(
             device: D,
             mem: emu_devices::virtio::GuestMemory,
             irq: Arc<dyn IrqLine>,
             dma: Arc<emu_mmu::dma::DmaWrites>,
-        ) -> SharedDevice {
+        ) -> Arc<Mutex<MmioTransport<D>>> {
             let mut transport = MmioTransport::new(device, mem, irq);
             transport.set_dma_writes(dma);
             Arc::new(Mutex::new(transport))
@@ -95,6 +123,22 @@ impl VirtioModel {
         match self {
             VirtioModel::Block(d) => wrap(d, mem, irq, dma),
             VirtioModel::Rng(d) => wrap(d, mem, irq, dma),
+            VirtioModel::Console { terminal } => {
+                let output = match terminal {
+                    true => (host.terminal)(),
+                    false => Box::new(std::io::sink()),
+                };
+                let t = wrap(Console::new(output), mem, irq, dma);
+                if terminal {
+                    host.console.get_or_insert_with(|| t.clone());
+                }
+                t
+            }
+            VirtioModel::Balloon(d) => {
+                let t = wrap(d, mem, irq, dma);
+                host.balloon.get_or_insert_with(|| t.clone());
+                t
+            }
         }
     }
 }
@@ -166,6 +210,37 @@ impl Write for PanicWatch {
 
     fn flush(&mut self) -> std::io::Result<()> {
         self.inner.flush()
+    }
+}
+
+/// `inner` behind a [`PanicWatch`] that stops the machine through `exit` and `stop`.
+fn panic_watched(
+    inner: Box<dyn Write + Send>,
+    exit: Arc<ExitLatch>,
+    stop: emu_core::StopHandle,
+) -> Box<dyn Write + Send> {
+    Box::new(PanicWatch {
+        inner,
+        line: Vec::new(),
+        message: None,
+        on_panic: Box::new(move |msg| {
+            exit.request(Outcome::GuestPanic(msg));
+            stop.stop();
+        }),
+    })
+}
+
+/// One console writer shared by the guest's consoles on the terminal (the UART and a
+/// virtconsole), so both reach the writer given to [`Machine::new`].
+#[derive(Clone)]
+struct SharedWriter(Arc<Mutex<Box<dyn Write + Send>>>);
+
+impl Write for SharedWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).flush()
     }
 }
 
@@ -413,6 +488,10 @@ pub struct Machine {
     timer_poll: std::time::Duration,
     tracer: Option<Arc<Tracer>>,
     entry: emu_boot::cpu::EntryState,
+    /// The first virtconsole on the terminal.
+    virtio_console: Option<Arc<Mutex<MmioTransport<Console>>>>,
+    /// The first virtio-balloon.
+    balloon: Option<Arc<Mutex<MmioTransport<Balloon>>>>,
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>, MachineError> {
@@ -609,6 +688,27 @@ impl Machine {
         )
         .map_err(|e| MachineError::Bus(e.to_string()))?;
 
+        // The serial console, and hvc0 when a virtconsole is on the terminal: the same
+        // panic-watched writer when the serial port is on the terminal too, else standard
+        // output (watched on its own).
+        let console = SharedWriter(Arc::new(Mutex::new(panic_watched(
+            console,
+            exit.clone(),
+            stop.clone(),
+        ))));
+        let mut virtio_host = VirtioHost {
+            terminal: if config.serial == SerialBackend::Stdio {
+                let console = console.clone();
+                Box::new(move || Box::new(console.clone()))
+            } else {
+                let (exit, stop) = (exit.clone(), stop.clone());
+                Box::new(move || {
+                    panic_watched(Box::new(std::io::stdout()), exit.clone(), stop.clone())
+                })
+            },
+            console: None,
+            balloon: None,
+        };
         if !virtio_models.is_empty() {
             let mem = emu
                 .cpu()
@@ -623,7 +723,12 @@ impl Machine {
                 emu.add_mmio_device(
                     base,
                     VIRTIO_MMIO_STRIDE,
-                    model.into_transport(mem.clone(), irq, emu.cpu().mmu.dma_writes()),
+                    model.into_transport(
+                        mem.clone(),
+                        irq,
+                        emu.cpu().mmu.dma_writes(),
+                        &mut virtio_host,
+                    ),
                 )
                 .map_err(|e| MachineError::Bus(e.to_string()))?;
             }
@@ -653,22 +758,9 @@ impl Machine {
                 wake_on_write(Arc::new(Mutex::new(PortWindow::new(pit.clone(), base)))),
             )?;
         }
-        let console = Box::new(PanicWatch {
-            inner: console,
-            line: Vec::new(),
-            message: None,
-            on_panic: {
-                let exit = exit.clone();
-                let stop = stop.clone();
-                Box::new(move |msg| {
-                    exit.request(Outcome::GuestPanic(msg));
-                    stop.stop();
-                })
-            },
-        });
         let serial = Arc::new(Mutex::new(emu_devices::serial::Serial::new(
             isa(4),
-            console,
+            Box::new(console),
         )));
         map_ports(&[(0x3f8, 8)], serial.clone())?;
         let rtc = Arc::new(Mutex::new(emu_devices::rtc::Rtc::new(
@@ -728,6 +820,8 @@ impl Machine {
             timer_poll: MAX_SLEEP,
             tracer,
             entry: boot.entry,
+            virtio_console: virtio_host.console,
+            balloon: virtio_host.balloon,
         };
         machine.apply_entry_state();
         Ok(machine)
@@ -791,6 +885,26 @@ impl Machine {
                 .unwrap_or_else(|e| e.into_inner())
                 .enqueue_input(bytes);
         }
+    }
+
+    /// Gives typed input to the guest's `hvc0` when a virtconsole is on the terminal
+    /// ([`VirtioDeviceConfig::Console`] with `terminal`); `None` without one. Callable
+    /// from any thread while the machine runs.
+    pub fn console_input(&self) -> Option<impl Fn(&[u8]) + Send + Sync + 'static> {
+        let console = self.virtio_console.clone()?;
+        Some(move |bytes: &[u8]| {
+            console
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .receive_input(bytes);
+        })
+    }
+
+    /// The first virtio-balloon's transport, usable from any thread while the machine
+    /// runs: `set_target_pages` and `request_stats` drive it, `device()` shows the
+    /// guest's statistics and how many pages it gave back; `None` without a balloon.
+    pub fn balloon(&self) -> Option<Arc<Mutex<MmioTransport<Balloon>>>> {
+        self.balloon.clone()
     }
 
     /// Runs the machine until it powers off, resets, exits through the debug port, dies

@@ -7,7 +7,8 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use emu_vmm::config::{
-    parse_memory_size, MachineConfig, SerialBackend, TraceFlags, VirtioDeviceConfig,
+    parse_memory_size, HostForward, MachineConfig, SerialBackend, TraceFlags, UserNetConfig,
+    VirtioDeviceConfig,
 };
 
 /// What the command line asks for.
@@ -132,7 +133,13 @@ pub const OPTIONS: &[OptionSpec] = &[
     OptionSpec {
         name: "device",
         value: Some("DEV"),
-        help: "add a device: virtio-blk-device,drive=ID or virtio-rng-device",
+        help: "add a device: virtio-blk-device,drive=ID, virtio-rng-device, \
+               virtio-net-device,netdev=ID[,mac=MAC]",
+    },
+    OptionSpec {
+        name: "netdev",
+        value: Some("OPTS"),
+        help: "user-mode network: user,id=ID[,hostfwd=tcp:[ADDR]:PORT-[GADDR]:GPORT]...",
     },
     OptionSpec {
         name: "d",
@@ -247,7 +254,11 @@ fn trace(value: &str) -> Result<Option<TraceFlags>, ArgError> {
 }
 
 /// The `-device` names this build knows, for error messages.
-pub const DEVICES: &[&str] = &["virtio-blk-device", "virtio-rng-device"];
+pub const DEVICES: &[&str] = &[
+    "virtio-blk-device",
+    "virtio-rng-device",
+    "virtio-net-device",
+];
 
 /// Splits a QEMU option string at commas; `,,` stands for a literal comma (so a path
 /// may contain one).
@@ -335,7 +346,14 @@ fn drive(value: &str) -> Result<Drive, ArgError> {
 #[derive(Debug)]
 enum Device {
     Ready(VirtioDeviceConfig),
-    Disk { drive: String },
+    Disk {
+        drive: String,
+    },
+    /// A NIC on the `-netdev` with this id (which may come later), with its MAC if given.
+    Nic {
+        netdev: String,
+        mac: Option<[u8; 6]>,
+    },
 }
 
 /// Parses `-device NAME[,key=value...]` for the devices in [`DEVICES`].
@@ -361,6 +379,38 @@ fn device(value: &str) -> Result<Device, ArgError> {
             })?;
             Ok(Device::Disk { drive })
         }
+        "virtio-net-device" => {
+            let (mut netdev, mut mac) = (None, None);
+            for part in props {
+                match part.split_once('=') {
+                    Some(("netdev", id)) if !id.is_empty() => netdev = Some(id.to_string()),
+                    Some(("mac", m)) => {
+                        mac = Some(parse_mac(m).ok_or_else(|| {
+                            bad(
+                                "device",
+                                part,
+                                "expected a unicast MAC like 52:54:00:12:34:56",
+                            )
+                        })?)
+                    }
+                    _ => {
+                        return Err(bad(
+                            "device",
+                            part,
+                            "virtio-net-device takes netdev=ID and mac=MAC",
+                        ))
+                    }
+                }
+            }
+            let netdev = netdev.ok_or_else(|| {
+                bad(
+                    "device",
+                    value,
+                    "virtio-net-device needs netdev=ID naming a -netdev user,id=ID",
+                )
+            })?;
+            Ok(Device::Nic { netdev, mac })
+        }
         "virtio-rng-device" => match props.first() {
             Some(part) => Err(bad("device", part, "virtio-rng-device takes no options")),
             None => Ok(Device::Ready(VirtioDeviceConfig::Rng)),
@@ -373,6 +423,64 @@ fn device(value: &str) -> Result<Device, ArgError> {
     }
 }
 
+/// A MAC address written `52:54:00:12:34:56`; multicast addresses are refused.
+fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        let p = parts.next()?;
+        if p.len() != 2 {
+            return None;
+        }
+        *byte = u8::from_str_radix(p, 16).ok()?;
+    }
+    (parts.next().is_none() && mac[0] & 1 == 0).then_some(mac)
+}
+
+/// One `-netdev`: a user-mode network waiting for its `-device virtio-net-device`.
+#[derive(Debug)]
+struct Netdev {
+    id: String,
+    user: UserNetConfig,
+    /// Attached to a NIC.
+    used: bool,
+}
+
+/// The netdev types this build knows, for error messages.
+pub const NETDEVS: &[&str] = &["user"];
+
+/// Parses `-netdev user,id=ID[,hostfwd=RULE]...` (QEMU's user-mode network; `hostfwd` may
+/// be repeated).
+fn netdev(value: &str) -> Result<Netdev, ArgError> {
+    let parts = split_opts(value);
+    let kind = parts[0].strip_prefix("type=").unwrap_or(&parts[0]);
+    if kind != "user" {
+        return Err(bad(
+            "netdev",
+            kind,
+            &format!("unknown netdev type (supported: {})", NETDEVS.join(", ")),
+        ));
+    }
+    let mut id = None;
+    let mut user = UserNetConfig::default();
+    for part in &parts[1..] {
+        match part.split_once('=') {
+            Some(("id", v)) if !v.is_empty() => id = Some(v.to_string()),
+            Some(("hostfwd", rule)) => user.host_forwards.push(
+                rule.parse::<HostForward>()
+                    .map_err(|e| bad("netdev", part, &e.to_string()))?,
+            ),
+            _ => return Err(bad("netdev", part, "user takes id=ID and hostfwd=RULE")),
+        }
+    }
+    let id = id.ok_or_else(|| bad("netdev", value, "id=ID is required"))?;
+    Ok(Netdev {
+        id,
+        user,
+        used: false,
+    })
+}
+
 /// Where a VirtIO device of the command line comes from, in command-line order.
 enum Slot {
     Ready(VirtioDeviceConfig),
@@ -380,6 +488,11 @@ enum Slot {
     Drive(usize),
     /// A `-device virtio-blk-device,drive=ID`.
     DriveRef(String),
+    /// A `-device virtio-net-device,netdev=ID[,mac=MAC]`.
+    NetdevRef {
+        netdev: String,
+        mac: Option<[u8; 6]>,
+    },
 }
 
 /// Resolves the VirtIO devices in command-line order: every `drive=ID` names exactly one
@@ -387,7 +500,10 @@ enum Slot {
 fn resolve_virtio(
     slots: Vec<Slot>,
     drives: &mut [Drive],
+    netdevs: &mut [Netdev],
 ) -> Result<Vec<VirtioDeviceConfig>, ArgError> {
+    // QEMU's default MACs: 52:54:00:12:34:56 for the first NIC, then ...:57 and so on.
+    let mut next_mac = emu_vmm::config::DEFAULT_MAC;
     let block = |d: &Drive| VirtioDeviceConfig::Block {
         path: d.path.clone(),
         read_only: d.read_only,
@@ -413,6 +529,23 @@ fn resolve_virtio(
                 d.used = true;
                 block(d)
             }
+            Slot::NetdevRef { netdev, mac } => {
+                let part = format!("netdev={netdev}");
+                let n = netdevs
+                    .iter_mut()
+                    .find(|n| n.id == netdev)
+                    .ok_or_else(|| bad("device", &part, "no -netdev has this id"))?;
+                if n.used {
+                    return Err(bad("device", &part, "this netdev is already attached"));
+                }
+                n.used = true;
+                let mac = mac.unwrap_or(next_mac);
+                next_mac[5] = next_mac[5].wrapping_add(1);
+                VirtioDeviceConfig::Net {
+                    mac,
+                    user: n.user.clone(),
+                }
+            }
         });
     }
     Ok(out)
@@ -427,6 +560,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, ArgErr
     let mut config = MachineConfig::default();
     let mut drives: Vec<Drive> = Vec::new();
     let mut slots: Vec<Slot> = Vec::new();
+    let mut netdevs: Vec<Netdev> = Vec::new();
     let mut args = args.into_iter();
     while let Some(raw) = args.next() {
         let arg = raw.to_string_lossy().into_owned();
@@ -506,13 +640,25 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, ArgErr
             "device" => slots.push(match device(&value)? {
                 Device::Ready(c) => Slot::Ready(c),
                 Device::Disk { drive } => Slot::DriveRef(drive),
+                Device::Nic { netdev, mac } => Slot::NetdevRef { netdev, mac },
             }),
+            "netdev" => {
+                let n = netdev(&value)?;
+                if netdevs.iter().any(|o| o.id == n.id) {
+                    return Err(bad(
+                        "netdev",
+                        &format!("id={}", n.id),
+                        "duplicate netdev id",
+                    ));
+                }
+                netdevs.push(n);
+            }
             "h" | "help" => return Ok(Command::Help),
             "version" => return Ok(Command::Version),
             _ => unreachable!("every OPTIONS entry is handled"),
         }
     }
-    config.virtio = resolve_virtio(slots, &mut drives)?;
+    config.virtio = resolve_virtio(slots, &mut drives, &mut netdevs)?;
     Ok(Command::Run(Box::new(config)))
 }
 
@@ -651,7 +797,7 @@ mod tests {
         assert_eq!(
             err(&["-device", "virtio-gpu-device"]),
             "invalid value 'virtio-gpu-device' for -device: unknown device \
-             (supported: virtio-blk-device, virtio-rng-device)"
+             (supported: virtio-blk-device, virtio-rng-device, virtio-net-device)"
         );
         assert!(err(&["-drive", "format=raw,if=virtio"]).contains("file=PATH is required"));
         assert!(err(&["-drive", "file=d,if=ide"]).contains("'if=ide'"));
@@ -692,6 +838,103 @@ mod tests {
         for e in [
             err(&["-drive", "file=x,format=vmdk"]),
             err(&["-device", "e1000"]),
+        ] {
+            assert!(!e.contains('\n'), "one line: {e}");
+        }
+    }
+
+    #[test]
+    fn netdevs_and_nics_become_virtio_net_devices() {
+        let c = run(&[
+            "-device",
+            "virtio-net-device,netdev=n0",
+            "-netdev",
+            "user,id=n0,hostfwd=tcp::5555-:22,hostfwd=tcp:127.0.0.1:8080-10.0.2.15:80",
+            "-netdev",
+            "user,id=n1",
+            "-device",
+            "virtio-net-device,netdev=n1,mac=02:00:00:00:00:01",
+        ])
+        .unwrap();
+        let VirtioDeviceConfig::Net { mac, user } = &c.virtio[0] else {
+            panic!("{:?}", c.virtio);
+        };
+        assert_eq!(*mac, [0x52, 0x54, 0x00, 0x12, 0x34, 0x56]);
+        assert_eq!(user.host_forwards.len(), 2);
+        assert_eq!(user.host_forwards[0].host_port, 5555);
+        assert_eq!(user.host_forwards[0].guest_port, 22);
+        assert_eq!(
+            user.host_forwards[1].host_addr,
+            std::net::Ipv4Addr::LOCALHOST
+        );
+        assert_eq!(user.guest, std::net::Ipv4Addr::new(10, 0, 2, 15));
+        let VirtioDeviceConfig::Net { mac, user } = &c.virtio[1] else {
+            panic!("{:?}", c.virtio);
+        };
+        assert_eq!(*mac, [2, 0, 0, 0, 0, 1]);
+        assert!(user.host_forwards.is_empty());
+        // A second NIC without mac= gets the next default address.
+        let c = run(&[
+            "-netdev",
+            "user,id=a",
+            "-netdev",
+            "type=user,id=b",
+            "-device",
+            "virtio-net-device,netdev=a",
+            "-device",
+            "virtio-net-device,netdev=b",
+        ])
+        .unwrap();
+        let macs: Vec<u8> = c
+            .virtio
+            .iter()
+            .map(|d| match d {
+                VirtioDeviceConfig::Net { mac, .. } => mac[5],
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(macs, vec![0x56, 0x57]);
+    }
+
+    #[test]
+    fn bad_netdevs_and_nics_are_named() {
+        let err = |a: &[&str]| parse(a.iter().map(OsString::from)).unwrap_err().to_string();
+        assert_eq!(
+            err(&["-netdev", "tap,id=n0"]),
+            "invalid value 'tap' for -netdev: unknown netdev type (supported: user)"
+        );
+        assert_eq!(
+            err(&["-device", "virtio-net-device,netdev=nope"]),
+            "invalid value 'netdev=nope' for -device: no -netdev has this id"
+        );
+        assert!(err(&["-netdev", "user"]).contains("id=ID is required"));
+        assert!(err(&["-netdev", "user,id=n,hostfwd=tcp:5555-:22"])
+            .contains("expected tcp:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT"));
+        assert!(err(&["-netdev", "user,id=n,hostfwd=udp::53-:53"]).contains("only tcp"));
+        assert!(err(&["-netdev", "user,id=n,hostfwd=tcp::99999-:22"]).contains("'99999'"));
+        assert!(err(&["-netdev", "user,id=n,restrict=on"]).contains("'restrict=on'"));
+        assert!(err(&["-netdev", "user,id=n", "-netdev", "user,id=n"]).contains("duplicate"));
+        assert!(err(&["-device", "virtio-net-device"]).contains("needs netdev=ID"));
+        assert!(err(&[
+            "-device",
+            "virtio-net-device,netdev=n,mac=01:00:00:00:00:01"
+        ])
+        .contains("'mac=01:00:00:00:00:01'"));
+        assert!(
+            err(&["-device", "virtio-net-device,netdev=n,mac=52:54:00:12:34"]).contains("mac=")
+        );
+        assert!(err(&[
+            "-netdev",
+            "user,id=n",
+            "-device",
+            "virtio-net-device,netdev=n",
+            "-device",
+            "virtio-net-device,netdev=n"
+        ])
+        .contains("already attached"));
+        for e in [
+            err(&["-netdev", "socket,id=x"]),
+            err(&["-netdev", "user,id=n,hostfwd=bogus"]),
         ] {
             assert!(!e.contains('\n'), "one line: {e}");
         }

@@ -3,6 +3,11 @@
 
 use std::path::PathBuf;
 
+pub use emu_net::{HostForward, UserNetConfig};
+
+/// The MAC address of the first NIC unless one is given (QEMU's: 52:54:00:12:34:56).
+pub const DEFAULT_MAC: [u8; 6] = emu_devices::virtio::net::DEFAULT_MAC;
+
 /// The most vCPUs this release runs (SMP arrives with a later issue).
 pub const MAX_CPUS: u32 = 1;
 /// Smallest guest memory the default machine accepts.
@@ -51,6 +56,14 @@ pub enum VirtioDeviceConfig {
     },
     /// virtio-rng fed from the host's random source (`-device virtio-rng-device`).
     Rng,
+    /// virtio-net on user-mode networking, QEMU's `-netdev user,id=ID[,hostfwd=...]` with
+    /// `-device virtio-net-device,netdev=ID[,mac=...]`: no root, no TAP (see `emu_net`).
+    Net {
+        /// The MAC address the guest sees.
+        mac: [u8; 6],
+        /// The virtual network: QEMU's addresses and the forwarded ports.
+        user: UserNetConfig,
+    },
     /// virtio-console with one port, `hvc0` in the guest (`-device virtio-serial-device`,
     /// plus `-device virtconsole` for `terminal`).
     Console {

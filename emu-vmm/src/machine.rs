@@ -33,6 +33,7 @@ use emu_devices::virtio::balloon::Balloon;
 use emu_devices::virtio::block::{Block, BlockError};
 use emu_devices::virtio::console::Console;
 use emu_devices::virtio::mmio::MmioTransport;
+use emu_devices::virtio::net::{Net, RxNotifier};
 use emu_devices::virtio::rng::Rng;
 
 use crate::config::{MachineConfig, SerialBackend, VirtioDeviceConfig, MAX_VIRTIO_DEVICES};
@@ -68,6 +69,7 @@ const _: () = assert!(VIRTIO_FIRST_GSI as usize + MAX_VIRTIO_DEVICES <= emu_devi
 enum VirtioModel {
     Block(Block),
     Rng(Rng),
+    Net(Net),
     /// Its output is opened with the other consoles (see [`VirtioHost`]).
     Console {
         terminal: bool,
@@ -93,6 +95,13 @@ impl VirtioModel {
                 VirtioModel::Block(Block::open(path, *read_only)?)
             }
             VirtioDeviceConfig::Rng => VirtioModel::Rng(Rng::new()),
+            VirtioDeviceConfig::Net { mac, user } => {
+                // The network's thread starts now, so a hostfwd port that cannot be bound
+                // is reported before anything else is built.
+                let notifier = RxNotifier::new();
+                let backend = emu_net::UserNet::start(user, *mac, notifier.clone())?;
+                VirtioModel::Net(Net::new(*mac, Box::new(backend), notifier))
+            }
             VirtioDeviceConfig::Console { terminal } => VirtioModel::Console {
                 terminal: *terminal,
             },
@@ -123,6 +132,15 @@ impl VirtioModel {
         match self {
             VirtioModel::Block(d) => wrap(d, mem, irq, dma),
             VirtioModel::Rng(d) => wrap(d, mem, irq, dma),
+            VirtioModel::Net(d) => {
+                let mut transport = MmioTransport::new(d, mem, irq);
+                transport.set_dma_writes(dma);
+                let transport = Arc::new(Mutex::new(transport));
+                // Frames arriving while the guest is idle are delivered by the network's
+                // thread through the transport.
+                emu_devices::virtio::net::connect_rx(&transport);
+                transport
+            }
             VirtioModel::Console { terminal } => {
                 let output = match terminal {
                     true => (host.terminal)(),
@@ -275,6 +293,9 @@ pub enum MachineError {
     /// A disk image could not be used (the message names the file).
     #[error(transparent)]
     Disk(#[from] BlockError),
+    /// User-mode networking could not start (a hostfwd port that cannot be bound).
+    #[error(transparent)]
+    Network(#[from] emu_net::NetError),
     /// The trace file (`-D`) could not be opened.
     #[error("cannot open the trace file {path}: {source}")]
     TraceFile {

@@ -412,14 +412,17 @@ impl MmioTransport<Balloon> {
 
     /// Asks the guest for fresh statistics by handing back the buffer it posted on statsq;
     /// the answer shows up in [`Balloon::stats`] (its `updates` grows) once the driver has
-    /// refilled and re-posted it. Returns whether a request went out (false when the
-    /// driver is not up, did not negotiate statistics, or has not answered the previous
-    /// request yet).
+    /// refilled and re-posted it. Buffers posted but not yet read are read first: Linux
+    /// primes statsq before it sets DRIVER_OK, a notification the transport ignores, so
+    /// the first request also brings in the statistics of the driver's probe. Returns
+    /// whether a request went out (false when the driver is not up, did not negotiate
+    /// statistics, or has not answered the previous request yet).
     pub fn request_stats(&mut self) -> bool {
         let mut sent = false;
         self.process_queue(STATSQ, |balloon, queue, mem| {
+            let returned_extra = balloon.take_stats(queue, mem)?;
             sent = balloon.return_stats_buffer(queue, mem)?;
-            Ok(sent)
+            Ok(sent || returned_extra)
         });
         sent
     }

@@ -29,7 +29,10 @@
 //!   one buffer of `(tag: u16, value: u64)` entries; the device keeps the buffer and the
 //!   latest values ([`Balloon::stats`]). The host asks for fresh values with
 //!   [`MmioTransport::request_stats`](crate::virtio::mmio::MmioTransport::request_stats),
-//!   which hands the buffer back; the driver refills it and kicks again.
+//!   which hands the buffer back; the driver refills it and kicks again. Linux primes
+//!   statsq before it sets DRIVER_OK (the specification forbids notifying that early, and
+//!   the transport ignores such notifications), so the probe's buffer is picked up from
+//!   the ring by the first request.
 //! - **Other features.** VIRTIO_BALLOON_F_DEFLATE_ON_OOM is offered when the device is
 //!   created with it (QEMU's `deflate-on-oom`, off by default): the guest may then deflate
 //!   on its own under memory pressure, and Linux does not shrink MemTotal while inflated.

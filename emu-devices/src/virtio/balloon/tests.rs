@@ -60,6 +60,19 @@ fn rig_with(balloon: Balloon) -> Rig {
 /// Linux's probe up to DRIVER_OK, accepting `offered & accept`; sets up the statistics
 /// queue only when STATS_VQ was accepted, as `init_vqs` does. Returns what was offered.
 fn bring_up(r: &mut Rig, accept: u64) -> u64 {
+    let offered = bring_up_queues(r, accept);
+    let st = rd(&mut r.t, 0x070);
+    wr(&mut r.t, 0x070, st | status::DRIVER_OK);
+    assert!(r.t.device().activated());
+    offered
+}
+
+/// Linux's probe with every feature accepted, queues set up, DRIVER_OK not yet set.
+fn bring_up_until_queues(r: &mut Rig) -> u64 {
+    bring_up_queues(r, u64::MAX)
+}
+
+fn bring_up_queues(r: &mut Rig, accept: u64) -> u64 {
     let t = &mut r.t;
     assert_eq!(rd(t, 0x008), device_id::BALLOON);
     wr(t, 0x070, 0);
@@ -88,8 +101,6 @@ fn bring_up(r: &mut Rig, accept: u64) -> u64 {
         }
         wr(t, 0x044, 1);
     }
-    wr(t, 0x070, st | status::DRIVER_OK);
-    assert!(r.t.device().activated());
     offered
 }
 
@@ -316,6 +327,27 @@ fn statistics_arrive_and_the_host_can_ask_for_more() {
         None,
         "the latest buffer only"
     );
+}
+
+/// Linux's `init_vqs` posts the first statistics buffer and kicks before DRIVER_OK; the
+/// kick is ignored, and the first host request picks the buffer up from the ring.
+#[test]
+fn the_statistics_primed_before_driver_ok_arrive_with_the_first_request() {
+    let mut r = rig_with(Balloon::new(false));
+    let offered = bring_up_until_queues(&mut r);
+    assert_ne!(offered & feature::STATS_VQ, 0);
+    post_stats(&mut r, &[(stat_tag::TOTAL_MEMORY, 500 << 20)]);
+    let st = rd(&mut r.t, 0x070);
+    wr(&mut r.t, 0x070, st | status::DRIVER_OK);
+    assert!(r.t.device().stats().is_none(), "the early kick was ignored");
+    assert!(r.t.request_stats());
+    let s = r.t.device().stats().unwrap();
+    assert_eq!(
+        (s.updates, s.get(stat_tag::TOTAL_MEMORY)),
+        (1, Some(500 << 20))
+    );
+    assert_eq!(take_used(&mut r, STATSQ), vec![(0, 0)]);
+    assert_eq!(rd(&mut r.t, 0x060), interrupt::USED_BUFFER);
 }
 
 #[test]

@@ -134,7 +134,8 @@ pub const OPTIONS: &[OptionSpec] = &[
         name: "device",
         value: Some("DEV"),
         help: "add a device: virtio-blk-device,drive=ID, virtio-rng-device, \
-               virtio-net-device,netdev=ID[,mac=MAC]",
+               virtio-net-device,netdev=ID[,mac=MAC], virtio-serial-device, virtconsole, \
+               virtio-balloon-device[,deflate-on-oom=on]",
     },
     OptionSpec {
         name: "netdev",
@@ -258,6 +259,9 @@ pub const DEVICES: &[&str] = &[
     "virtio-blk-device",
     "virtio-rng-device",
     "virtio-net-device",
+    "virtio-serial-device",
+    "virtconsole",
+    "virtio-balloon-device",
 ];
 
 /// Splits a QEMU option string at commas; `,,` stands for a literal comma (so a path
@@ -415,6 +419,31 @@ fn device(value: &str) -> Result<Device, ArgError> {
             Some(part) => Err(bad("device", part, "virtio-rng-device takes no options")),
             None => Ok(Device::Ready(VirtioDeviceConfig::Rng)),
         },
+        // The bus; its port comes with a later `-device virtconsole`.
+        "virtio-serial-device" => match props.first() {
+            Some(part) => Err(bad("device", part, "virtio-serial-device takes no options")),
+            None => Ok(Device::Ready(VirtioDeviceConfig::Console {
+                terminal: false,
+            })),
+        },
+        "virtio-balloon-device" => {
+            let mut deflate_on_oom = false;
+            for part in props {
+                match part.split_once('=') {
+                    Some(("deflate-on-oom", v)) => deflate_on_oom = on_off("device", part, v)?,
+                    _ => {
+                        return Err(bad(
+                            "device",
+                            part,
+                            "virtio-balloon-device takes deflate-on-oom=on|off",
+                        ))
+                    }
+                }
+            }
+            Ok(Device::Ready(VirtioDeviceConfig::Balloon {
+                deflate_on_oom,
+            }))
+        }
         _ => Err(bad(
             "device",
             name,
@@ -478,6 +507,58 @@ fn netdev(value: &str) -> Result<Netdev, ArgError> {
         id,
         user,
         used: false,
+    })
+}
+
+/// Whether a `-device` value names QEMU's `virtconsole`.
+fn is_virtconsole(value: &str) -> bool {
+    let name = value.split(',').next().unwrap_or("");
+    name.strip_prefix("driver=").unwrap_or(name) == "virtconsole"
+}
+
+/// `-device virtconsole`: the port of the most recent `-device virtio-serial-device` (as
+/// in QEMU, the bus comes first), connected to the terminal. One port per bus (no
+/// multiport) and one on the terminal in all.
+fn attach_virtconsole(slots: &mut [Slot], value: &str) -> Result<(), ArgError> {
+    if let Some(part) = split_opts(value).get(1) {
+        return Err(bad(
+            "device",
+            part,
+            "virtconsole takes no options (its port is the terminal; no chardev=)",
+        ));
+    }
+    if slots_have_terminal(slots) {
+        return Err(bad(
+            "device",
+            "virtconsole",
+            "only one virtconsole is supported (it is the terminal)",
+        ));
+    }
+    let terminal = slots
+        .iter_mut()
+        .rev()
+        .find_map(|s| match s {
+            Slot::Ready(VirtioDeviceConfig::Console { terminal }) => Some(terminal),
+            _ => None,
+        })
+        .ok_or_else(|| {
+            bad(
+                "device",
+                "virtconsole",
+                "needs a -device virtio-serial-device before it",
+            )
+        })?;
+    *terminal = true;
+    Ok(())
+}
+
+/// Whether a virtconsole is attached already.
+fn slots_have_terminal(slots: &[Slot]) -> bool {
+    slots.iter().any(|s| {
+        matches!(
+            s,
+            Slot::Ready(VirtioDeviceConfig::Console { terminal: true })
+        )
     })
 }
 
@@ -637,6 +718,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, ArgErr
                 }
                 drives.push(d);
             }
+            "device" if is_virtconsole(&value) => attach_virtconsole(&mut slots, &value)?,
             "device" => slots.push(match device(&value)? {
                 Device::Ready(c) => Slot::Ready(c),
                 Device::Disk { drive } => Slot::DriveRef(drive),
@@ -797,7 +879,8 @@ mod tests {
         assert_eq!(
             err(&["-device", "virtio-gpu-device"]),
             "invalid value 'virtio-gpu-device' for -device: unknown device \
-             (supported: virtio-blk-device, virtio-rng-device, virtio-net-device)"
+             (supported: virtio-blk-device, virtio-rng-device, virtio-net-device, \
+             virtio-serial-device, virtconsole, virtio-balloon-device)"
         );
         assert!(err(&["-drive", "format=raw,if=virtio"]).contains("file=PATH is required"));
         assert!(err(&["-drive", "file=d,if=ide"]).contains("'if=ide'"));
@@ -935,6 +1018,93 @@ mod tests {
         for e in [
             err(&["-netdev", "socket,id=x"]),
             err(&["-netdev", "user,id=n,hostfwd=bogus"]),
+        ] {
+            assert!(!e.contains('\n'), "one line: {e}");
+        }
+    }
+
+    #[test]
+    fn consoles_and_balloons_become_virtio_devices() {
+        let c = run(&[
+            "-device",
+            "virtio-serial-device",
+            "-device",
+            "virtio-balloon-device",
+            "-device",
+            "virtio-serial-device",
+            "-device",
+            "virtconsole",
+            "-device",
+            "virtio-balloon-device,deflate-on-oom=on",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.virtio,
+            vec![
+                VirtioDeviceConfig::Console { terminal: false },
+                VirtioDeviceConfig::Balloon {
+                    deflate_on_oom: false
+                },
+                // The virtconsole is the port of the serial device just before it.
+                VirtioDeviceConfig::Console { terminal: true },
+                VirtioDeviceConfig::Balloon {
+                    deflate_on_oom: true
+                },
+            ]
+        );
+        assert_eq!(
+            run(&[
+                "-device",
+                "virtio-serial-device",
+                "-device",
+                "driver=virtconsole"
+            ])
+            .unwrap()
+            .virtio,
+            vec![VirtioDeviceConfig::Console { terminal: true }]
+        );
+    }
+
+    #[test]
+    fn bad_console_and_balloon_flags_are_named() {
+        let err = |a: &[&str]| parse(a.iter().map(OsString::from)).unwrap_err().to_string();
+        assert_eq!(
+            err(&["-device", "virtconsole"]),
+            "invalid value 'virtconsole' for -device: needs a -device virtio-serial-device \
+             before it"
+        );
+        // QEMU's order: the bus first.
+        assert!(
+            err(&["-device", "virtconsole", "-device", "virtio-serial-device"])
+                .contains("needs a -device virtio-serial-device")
+        );
+        assert!(err(&[
+            "-device",
+            "virtio-serial-device",
+            "-device",
+            "virtconsole",
+            "-device",
+            "virtio-serial-device",
+            "-device",
+            "virtconsole"
+        ])
+        .contains("only one virtconsole"));
+        assert!(err(&[
+            "-device",
+            "virtio-serial-device",
+            "-device",
+            "virtconsole,chardev=c0"
+        ])
+        .contains("'chardev=c0'"));
+        assert!(err(&["-device", "virtio-serial-device,max_ports=4"]).contains("max_ports"));
+        assert!(err(&["-device", "virtio-balloon-device,deflate-on-oom=maybe"]).contains("maybe"));
+        assert!(
+            err(&["-device", "virtio-balloon-device,free-page-reporting=on"])
+                .contains("deflate-on-oom")
+        );
+        for e in [
+            err(&["-device", "virtconsole"]),
+            err(&["-device", "virtio-balloon-device,x=y"]),
         ] {
             assert!(!e.contains('\n'), "one line: {e}");
         }

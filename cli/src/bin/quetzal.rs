@@ -4,6 +4,11 @@
 //! quetzal -kernel bzImage -initrd initrd.img -append "console=ttyS0" -m 512 -nographic
 //! ```
 //!
+//! The terminal is the serial port's (`-serial stdio`, the default), and a virtconsole's
+//! (`-device virtio-serial-device -device virtconsole`, `hvc0` in the guest) when there
+//! is one: both print there, and typed input goes to `hvc0` when a virtconsole exists,
+//! else to the serial port. With `-serial none` the terminal is `hvc0`'s alone.
+//!
 //! Exit status: 0 when the guest powers off (or resets under `-no-reboot`, or the user
 //! quits with `Ctrl-A x`); the debug-exit port's `(v << 1) | 1`; 1 for bad flags or an
 //! unbootable kernel; 2 when the guest dies (kernel panic, triple fault, a halt nothing
@@ -16,11 +21,15 @@ use std::sync::{Arc, Mutex};
 
 use cli::qemu_args::{self, Command};
 use cli::terminal::{Action, EscapeFilter, RawMode, ESCAPE_HELP};
-use emu_vmm::config::{MachineConfig, SerialBackend};
+use emu_vmm::config::{MachineConfig, SerialBackend, VirtioDeviceConfig};
 use emu_vmm::machine::{console_output, Machine, Outcome};
 
-/// Where terminal input goes: the running machine's serial port and stop handle.
-type InputSink = Arc<Mutex<Option<(Box<dyn Fn(&[u8]) + Send + Sync>, emu_core::StopHandle)>>>;
+/// Bytes typed on the terminal, for the guest.
+type Input = Box<dyn Fn(&[u8]) + Send + Sync>;
+
+/// Where terminal input goes: the running machine's `hvc0` or serial port, and its stop
+/// handle.
+type InputSink = Arc<Mutex<Option<(Input, emu_core::StopHandle)>>>;
 
 fn main() -> ExitCode {
     let command = match qemu_args::parse(std::env::args_os().skip(1)) {
@@ -84,7 +93,10 @@ fn start_input(sink: InputSink, quit: Arc<std::sync::atomic::AtomicBool>) {
 fn run(config: &MachineConfig) -> ExitCode {
     let sink: InputSink = Arc::new(Mutex::new(None));
     let quit = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let _raw = if config.serial == SerialBackend::Stdio {
+    let virtconsole = config
+        .virtio
+        .contains(&VirtioDeviceConfig::Console { terminal: true });
+    let _raw = if config.serial == SerialBackend::Stdio || virtconsole {
         let raw = RawMode::enter();
         start_input(sink.clone(), quit.clone());
         raw
@@ -103,8 +115,11 @@ fn run(config: &MachineConfig) -> ExitCode {
         }
     }
     let started = |machine: &Machine| {
-        *sink.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some((Box::new(machine.serial_input()), machine.stop_handle()));
+        let input: Input = match machine.console_input() {
+            Some(hvc0) => Box::new(hvc0),
+            None => Box::new(machine.serial_input()),
+        };
+        *sink.lock().unwrap_or_else(|e| e.into_inner()) = Some((input, machine.stop_handle()));
         ControlFlow::Continue(())
     };
     let finished = || *sink.lock().unwrap_or_else(|e| e.into_inner()) = None;

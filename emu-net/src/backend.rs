@@ -42,8 +42,17 @@ impl Shared {
     }
 
     fn wake(&self) {
-        self.lock().wake = true;
-        self.cv.notify_one();
+        let mut st = self.lock();
+        Self::wake_locked(&mut st, &self.cv);
+    }
+
+    /// Sets the wake flag; only the first setter signals the condition variable (the
+    /// thread looks at everything once it wakes, and a signal is a system call).
+    fn wake_locked(st: &mut State, cv: &Condvar) {
+        if !st.wake {
+            st.wake = true;
+            cv.notify_one();
+        }
     }
 }
 
@@ -102,9 +111,7 @@ impl NetBackend for UserNet {
         if st.to_stack.len() < TO_STACK_CAP {
             st.to_stack.push_back(frame.to_vec());
         }
-        st.wake = true;
-        drop(st);
-        self.shared.cv.notify_one();
+        Shared::wake_locked(&mut st, &self.shared.cv);
     }
 
     fn recv(&mut self) -> Option<RxFrame> {
@@ -115,9 +122,7 @@ impl NetBackend for UserNet {
         let refill =
             frame.is_some() && (st.to_guest.is_empty() || st.to_guest.len() == TO_GUEST_CAP / 2);
         if refill {
-            st.wake = true;
-            drop(st);
-            self.shared.cv.notify_one();
+            Shared::wake_locked(&mut st, &self.shared.cv);
         }
         frame
     }
@@ -125,9 +130,7 @@ impl NetBackend for UserNet {
     fn set_guest_offloads(&mut self, offloads: GuestOffloads) {
         let mut st = self.shared.lock();
         st.offloads = Some(offloads);
-        st.wake = true;
-        drop(st);
-        self.shared.cv.notify_one();
+        Shared::wake_locked(&mut st, &self.shared.cv);
     }
 }
 
@@ -209,5 +212,79 @@ fn run(mut stack: Stack, shared: &Shared, notifier: &RxNotifier) {
         } else {
             (idle * 2).min(MAX_POLL)
         };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::HostForward;
+    use smoltcp::wire::{
+        ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
+        EthernetRepr,
+    };
+    use std::net::{Ipv4Addr, TcpListener};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    const MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+
+    fn arp_request(target: Ipv4Addr) -> Vec<u8> {
+        let arp = ArpRepr::EthernetIpv4 {
+            operation: ArpOperation::Request,
+            source_hardware_addr: EthernetAddress(MAC),
+            source_protocol_addr: Ipv4Addr::new(10, 0, 2, 15),
+            target_hardware_addr: EthernetAddress([0; 6]),
+            target_protocol_addr: target,
+        };
+        let mut f = vec![0u8; 14 + arp.buffer_len()];
+        EthernetRepr {
+            src_addr: EthernetAddress(MAC),
+            dst_addr: EthernetAddress::BROADCAST,
+            ethertype: EthernetProtocol::Arp,
+        }
+        .emit(&mut EthernetFrame::new_unchecked(&mut f[..]));
+        arp.emit(&mut ArpPacket::new_unchecked(&mut f[14..]));
+        f
+    }
+
+    #[test]
+    fn the_thread_answers_and_notifies_and_dropping_it_frees_forwarded_ports() {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let cfg = UserNetConfig {
+            host_forwards: vec![HostForward {
+                host_addr: Ipv4Addr::LOCALHOST,
+                host_port: port,
+                guest_addr: None,
+                guest_port: 22,
+            }],
+            ..UserNetConfig::default()
+        };
+        let notified = Arc::new(AtomicUsize::new(0));
+        let notifier = RxNotifier::new();
+        {
+            let n = notified.clone();
+            notifier.connect(move || {
+                n.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+        let mut net = UserNet::start(&cfg, MAC, notifier).unwrap();
+        // The port is taken while the network runs.
+        assert!(TcpListener::bind(("127.0.0.1", port)).is_err());
+        net.send(&arp_request(Ipv4Addr::new(10, 0, 2, 2)));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while notified.load(Ordering::SeqCst) == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(notified.load(Ordering::SeqCst) >= 1, "no notification");
+        let reply = net.recv().expect("the ARP reply");
+        let eth = EthernetFrame::new_checked(&reply.data[..]).unwrap();
+        assert_eq!(eth.dst_addr(), EthernetAddress(MAC));
+        assert_eq!(eth.ethertype(), EthernetProtocol::Arp);
+        assert!(net.recv().is_none());
+        drop(net);
+        assert!(TcpListener::bind(("127.0.0.1", port)).is_ok());
     }
 }

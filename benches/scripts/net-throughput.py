@@ -1,0 +1,130 @@
+#!/usr/bin/env python3
+"""In-guest network throughput: quetzal against QEMU's TCG, both on user-mode networking
+(QEMU's slirp, quetzal's emu-net), the same kernel and initramfs, measured in one run (so
+the ratio means something on a noisy host).
+
+The host serves a file (64 MiB by default) over HTTP on 127.0.0.1; each guest sets eth0 to
+10.0.2.15/24 with the router 10.0.2.2 (slirp's fixed addresses on both), then times
+`wget -O /dev/null http://10.0.2.2:PORT/file` with its own clock (/proc/uptime, 10 ms
+resolution) and prints the seconds; the script also checks the guest received the whole
+file (wget's exit status) and reports MB/s (10^6 bytes per second) and quetzal / QEMU.
+
+Usage: benches/scripts/net-throughput.py [--mib N] [--runs N] [--quetzal PATH]
+Needs: test-images/build.sh (run first), a release build of quetzal, and
+qemu-system-x86_64 (apt-get install qemu-system-x86; brew install qemu).
+"""
+
+import argparse
+import base64
+import functools
+import http.server
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+
+SCRIPT = """set -e
+ip link set lo up
+ip link set eth0 up
+ip addr add 10.0.2.15/24 dev eth0
+ip route add default via 10.0.2.2
+# One small fetch first, so ARP and the first connection are not in the figure.
+wget -q -O /dev/null http://10.0.2.2:{port}/small
+t0=$(cut -d' ' -f1 /proc/uptime)
+wget -q -O /dev/null http://10.0.2.2:{port}/file
+t1=$(cut -d' ' -f1 /proc/uptime)
+echo "NET-SECONDS $(awk "BEGIN {{ print $t1 - $t0 }}")"
+"""
+
+
+def cache_dir():
+    return os.environ.get("QUETZAL_CACHE") or os.path.expanduser("~/.cache/quetzal")
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def serve(directory):
+    """An HTTP server for `directory` on 127.0.0.1 in a thread; returns (server, port)."""
+    handler = functools.partial(QuietHandler, directory=directory)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, server.server_address[1]
+
+
+def run(cmd, timeout):
+    """Runs an emulator; returns the guest's seconds, or None with its console tail."""
+    try:
+        out = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, timeout=timeout).stdout
+    except subprocess.TimeoutExpired as e:
+        return None, (e.stdout or b"").decode("utf-8", "replace")[-2000:]
+    text = out.decode("utf-8", "replace")
+    for line in text.splitlines():
+        if "NET-SECONDS" in line and "QUETZAL-DONE rc=0" in text:
+            return float(line.split("NET-SECONDS", 1)[1].split()[0]), text
+    return None, text[-2000:]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--flavour", default="cloud")
+    ap.add_argument("--mib", type=int, default=64, help="size of the file fetched")
+    ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--quetzal", default="target/release/quetzal")
+    ap.add_argument("--timeout", type=int, default=900, help="seconds per boot")
+    args = ap.parse_args()
+    images = os.path.join(cache_dir(), "images", args.flavour)
+    kernel = os.path.join(images, "vmlinuz")
+    initrd = os.path.join(images, "initramfs.cpio")
+    for f in (kernel, initrd, args.quetzal):
+        if not os.path.exists(f):
+            sys.exit(f"missing {f} (run test-images/build.sh and cargo build --release)")
+    qemu = shutil.which("qemu-system-x86_64")
+    if not qemu:
+        sys.exit("qemu-system-x86_64 not found (apt-get install qemu-system-x86)")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        with open(os.path.join(tmp, "file"), "wb") as f:
+            chunk = os.urandom(1 << 20)
+            for _ in range(args.mib):
+                f.write(chunk)
+        with open(os.path.join(tmp, "small"), "wb") as f:
+            f.write(b"x" * 1024)
+        server, port = serve(tmp)
+        cmd64 = base64.b64encode(SCRIPT.format(port=port).encode()).decode()
+        append = f"console=ttyS0 quetzal.cmd={cmd64}"
+        net = ["-netdev", "user,id=n0", "-device", "virtio-net-device,netdev=n0"]
+        emulators = {
+            "quetzal": [args.quetzal, "-kernel", kernel, "-initrd", initrd, "-append", append,
+                        "-m", "512", "-nographic", "-no-reboot"] + net,
+            "qemu-tcg": [qemu, "-M", "microvm,pit=on,pic=on,rtc=on", "-accel", "tcg",
+                         "-cpu", "max", "-nodefaults", "-serial", "stdio", "-display", "none",
+                         "-kernel", kernel, "-initrd", initrd, "-append", append,
+                         "-m", "512", "-no-reboot"] + net,
+        }
+        size = args.mib << 20
+        best = {}
+        for i in range(args.runs):
+            for name, cmd in emulators.items():
+                secs, text = run(cmd, args.timeout)
+                if secs is None or secs <= 0:
+                    print(f"{name}: run {i + 1} failed; console tail:\n{text}", file=sys.stderr)
+                    continue
+                mbs = size / secs / 1e6
+                print(f"{name:9} run {i + 1}: {args.mib} MiB in {secs:.2f} s = {mbs:.1f} MB/s")
+                best[name] = max(best.get(name, 0.0), mbs)
+        server.shutdown()
+    if len(best) == 2:
+        print(f"best: quetzal {best['quetzal']:.1f} MB/s, qemu-tcg {best['qemu-tcg']:.1f} MB/s, "
+              f"ratio quetzal/qemu {best['quetzal'] / best['qemu-tcg']:.2f}")
+    else:
+        sys.exit("not every emulator produced a figure")
+
+
+if __name__ == "__main__":
+    main()

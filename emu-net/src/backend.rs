@@ -127,6 +127,11 @@ impl NetBackend for UserNet {
         frame
     }
 
+    /// smoltcp takes a TCP segment of any size that fits its window.
+    fn takes_tcp_segments(&self) -> bool {
+        true
+    }
+
     fn set_guest_offloads(&mut self, offloads: GuestOffloads) {
         let mut st = self.shared.lock();
         st.offloads = Some(offloads);

@@ -48,6 +48,14 @@ pub trait NetBackend: Send {
     /// has a receive buffer to put the frame in (or it keeps the frame for the next one).
     fn recv(&mut self) -> Option<RxFrame>;
 
+    /// Whether the backend takes TCP/IPv4 segments longer than the MTU from the guest (one
+    /// segment of up to 64 KiB, checksums complete, IP total length set): the device then
+    /// offers VIRTIO_NET_F_HOST_TSO4 and hands such segments over whole. A backend that
+    /// terminates TCP itself can; one that puts frames on a real link cannot.
+    fn takes_tcp_segments(&self) -> bool {
+        false
+    }
+
     /// The driver (re)negotiated its receive offloads; after a reset they are all off.
     fn set_guest_offloads(&mut self, offloads: GuestOffloads) {
         let _ = offloads;

@@ -44,6 +44,9 @@ pub mod feature {
     pub const MAC: u64 = 1 << 5;
     /// The driver accepts TCP/IPv4 segments longer than the MTU.
     pub const GUEST_TSO4: u64 = 1 << 7;
+    /// The device accepts TCP/IPv4 segments longer than the MTU (offered when the backend
+    /// takes them).
+    pub const HOST_TSO4: u64 = 1 << 11;
     /// The driver can merge receive buffers (not offered).
     pub const MRG_RXBUF: u64 = 1 << 15;
     /// The configuration space has a link status.
@@ -73,7 +76,8 @@ pub struct NetStats {
     /// Bytes of those frames (without the virtio-net header).
     pub tx_bytes: u64,
     /// Transmit chains dropped as malformed (wrong direction, too long, outside RAM, a
-    /// checksum request that points outside the frame, a segmentation request).
+    /// checksum request that points outside the frame, a segmentation request that was
+    /// not negotiated).
     pub tx_dropped: u64,
     /// Frames put in the guest's receive buffers.
     pub rx_frames: u64,
@@ -314,9 +318,15 @@ impl Net {
         }
         let flags = self.tx_buf[0];
         let gso_type = self.tx_buf[1];
-        // Segmentation offload (VIRTIO_NET_F_HOST_TSO*) is not offered.
-        if gso_type != header::GSO_NONE {
-            return false;
+        match gso_type {
+            header::GSO_NONE => {}
+            // A TCP/IPv4 segment of up to 64 KiB, which the backend takes whole (it
+            // accepted VIRTIO_NET_F_HOST_TSO4 on its behalf); its checksum is partial.
+            header::GSO_TCPV4
+                if self.driver_features & feature::HOST_TSO4 != 0
+                    && flags & header::F_NEEDS_CSUM != 0 => {}
+            // Other kinds (UDP, IPv6, ECN) are not offered.
+            _ => return false,
         }
         if flags & header::F_NEEDS_CSUM != 0 {
             if self.driver_features & feature::CSUM == 0 {
@@ -460,13 +470,18 @@ impl VirtioDevice for Net {
     }
 
     fn features(&self) -> u64 {
-        feature::CSUM
+        let base = feature::CSUM
             | feature::GUEST_CSUM
             | feature::MTU
             | feature::MAC
             | feature::GUEST_TSO4
             | feature::STATUS
-            | VIRTIO_RING_F_INDIRECT_DESC
+            | VIRTIO_RING_F_INDIRECT_DESC;
+        if self.backend.takes_tcp_segments() {
+            base | feature::HOST_TSO4
+        } else {
+            base
+        }
     }
 
     fn queue_max_sizes(&self) -> &[u16] {

@@ -28,13 +28,16 @@
 //!   produce correct checksums), so the guest does not verify them. VIRTIO_NET_F_GUEST_TSO4
 //!   (with GUEST_CSUM): a backend may hand over TCP/IPv4 segments of up to 64 KiB with the
 //!   MSS they stand for ([`RxFrame::gso_size`]); the guest takes each as one packet instead
-//!   of up to 44. In an emulator the guest's per-packet and per-byte work is the cost that
-//!   matters, so these are what make throughput. Segmentation offload in the other
-//!   direction (HOST_TSO) is not offered.
+//!   of up to 44. VIRTIO_NET_F_HOST_TSO4, offered when the backend takes whole TCP
+//!   segments ([`NetBackend::takes_tcp_segments`], as a backend that terminates TCP
+//!   itself can): the guest sends segments of up to 64 KiB, their checksum completed here,
+//!   instead of cutting them into MTU-sized frames. In an emulator the guest's per-packet
+//!   and per-byte work is the cost that matters, so these are what make throughput.
 //! - **Guest mistakes.** `virtio-queue` bounds every chain. A transmit chain with a
 //!   device-writable descriptor, more than [`MAX_CHAIN_DESCRIPTORS`] descriptors, more
 //!   than a header plus [`MAX_FRAME_LEN`] bytes, a buffer outside RAM, a broken `next`, a
-//!   checksum request pointing outside the frame or a segmentation request is dropped and
+//!   checksum request pointing outside the frame or a segmentation request that was not
+//!   negotiated (or not TCP/IPv4 with a partial checksum) is dropped and
 //!   completed with length 0. A receive chain with a device-readable descriptor or a broken
 //!   `next` is completed with length 0 and the frame goes to the next chain; one too small
 //!   for the frame, or outside RAM, is completed with length 0 and the frame is dropped

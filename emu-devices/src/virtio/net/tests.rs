@@ -30,6 +30,8 @@ const F_WRITE: u16 = 2;
 /// What the test backend saw and what it will hand the device.
 #[derive(Default)]
 struct Wire {
+    /// The backend takes whole TCP segments (the device offers HOST_TSO4).
+    takes_segments: bool,
     sent: Vec<Vec<u8>>,
     to_guest: VecDeque<RxFrame>,
     offloads: Vec<GuestOffloads>,
@@ -46,6 +48,9 @@ impl NetBackend for TestBackend {
     }
     fn set_guest_offloads(&mut self, offloads: GuestOffloads) {
         self.0.lock().unwrap().offloads.push(offloads);
+    }
+    fn takes_tcp_segments(&self) -> bool {
+        self.0.lock().unwrap().takes_segments
     }
 }
 
@@ -638,7 +643,7 @@ fn guest_garbage_in_the_transmit_queue_drops_frames_without_stopping_the_device(
         &[(BUF, 12, 0), (BUF, 0xffff_0000, 0), (BUF, 0xffff_0000, 0)],
     );
     cases += 1;
-    // A segmentation request (HOST_TSO is not offered).
+    // A segmentation request (this backend takes no segments: HOST_TSO4 is not offered).
     let mut gso = plain_header();
     gso[1] = h::GSO_TCPV4;
     r.write(BUF + 0x3000, &gso);
@@ -717,4 +722,70 @@ fn nothing_moves_before_driver_ok_or_after_reset() {
         Some(&GuestOffloads::default())
     );
     assert_eq!(r.t.device().driver_features(), 0);
+}
+
+#[test]
+fn whole_tcp_segments_reach_a_backend_that_takes_them_with_their_checksum_completed() {
+    let mut r = rig();
+    r.wire.lock().unwrap().takes_segments = true;
+    let offered = bring_up(&mut r.t, ALL);
+    assert_ne!(offered & feature::HOST_TSO4, 0);
+    // A 20000-byte segment as Linux hands it over: pseudo-header sum in the checksum field.
+    let mut frame = tcp_frame(20_000);
+    for (i, b) in frame[54..].iter_mut().enumerate() {
+        *b = (i * 13) as u8;
+    }
+    let tcp_len = 20 + 20_000u16;
+    let pseudo = {
+        let mut p = vec![10, 0, 2, 2, 10, 0, 2, 15, 0, 6];
+        p.extend_from_slice(&tcp_len.to_be_bytes());
+        sum16(&p, 0)
+    };
+    frame[50..52].copy_from_slice(&pseudo.to_be_bytes());
+    let full = {
+        let mut seg = frame[34..].to_vec();
+        seg[16..18].copy_from_slice(&[0, 0]);
+        let mut p = vec![10, 0, 2, 2, 10, 0, 2, 15, 0, 6];
+        p.extend_from_slice(&tcp_len.to_be_bytes());
+        !sum16(&seg, u32::from(sum16(&p, 0)))
+    };
+    let mut hdr = plain_header();
+    hdr[0] = h::F_NEEDS_CSUM;
+    hdr[1] = h::GSO_TCPV4;
+    hdr[2..4].copy_from_slice(&54u16.to_le_bytes());
+    hdr[4..6].copy_from_slice(&1448u16.to_le_bytes());
+    hdr[6..8].copy_from_slice(&34u16.to_le_bytes());
+    hdr[8..10].copy_from_slice(&16u16.to_le_bytes());
+    r.write(BUF, &hdr);
+    r.write(BUF + 0x1000, &frame);
+    r.post(
+        TX_QUEUE,
+        &[
+            (BUF, HEADER_LEN as u32, 0),
+            (BUF + 0x1000, frame.len() as u32, 0),
+        ],
+    );
+    r.notify(TX_QUEUE);
+    let sent = r.sent();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].len(), frame.len());
+    assert_eq!(sent[0][50..52], full.to_be_bytes());
+    assert_eq!(sent[0][52..], frame[52..]);
+    // Without a partial checksum, or with ECN, the segment is dropped.
+    let mut no_csum = hdr;
+    no_csum[0] = 0;
+    let mut ecn = hdr;
+    ecn[1] = h::GSO_TCPV4 | 0x80;
+    for bad in [no_csum, ecn] {
+        r.transmit(bad, &frame);
+    }
+    assert!(r.sent().is_empty());
+    assert_eq!(r.t.device().stats().tx_dropped, 2);
+    // A driver that did not accept HOST_TSO4 may not send segments.
+    let mut r = rig();
+    r.wire.lock().unwrap().takes_segments = true;
+    bring_up(&mut r.t, ALL & !feature::HOST_TSO4);
+    r.transmit(hdr, &frame);
+    assert!(r.sent().is_empty());
+    assert!(!r.needs_reset());
 }

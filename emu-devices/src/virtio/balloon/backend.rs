@@ -46,14 +46,16 @@ pub fn release(mem: &GuestMemory, addr: GuestAddress, len: u64) -> u64 {
     let Ok(base) = mem.get_host_address(region.start_addr()) else {
         return 0;
     };
+    // Host pages wholly inside the range, as offsets from the region's base (which is
+    // page aligned: it comes from mmap).
     let page = host_page_size();
     let host_start = base as u64 + offset;
-    let start = host_start.next_multiple_of(page);
-    let end = (host_start + len) / page * page;
+    let start = host_start.next_multiple_of(page) - base as u64;
+    let end = (host_start + len) / page * page - base as u64;
     if end <= start {
         return 0;
     }
-    if advise(start as *mut u8, (end - start) as usize) {
+    if advise(base.wrapping_add(start as usize), (end - start) as usize) {
         end - start
     } else {
         0

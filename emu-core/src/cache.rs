@@ -3,6 +3,7 @@
 
 use rustc_hash::FxHashMap as HashMap;
 
+use crate::jit::{BlockTier, CompiledBlock};
 use crate::translate::Block;
 
 /// Entries in the jump cache (a power of two).
@@ -20,6 +21,21 @@ struct BlockKey {
     mode: u64,
 }
 
+/// One jump-cache slot: the tag (`rip ^ salt`), the block, and the block's compiled code
+/// if it has some, so that running compiled code from RIP touches one cache line.
+#[derive(Clone, Copy)]
+struct JumpEntry {
+    tag: u64,
+    idx: u32,
+    code: Option<CompiledBlock>,
+}
+
+const EMPTY_JUMP: JumpEntry = JumpEntry {
+    tag: u64::MAX,
+    idx: 0,
+    code: None,
+};
+
 /// Translated blocks of one vCPU.
 pub struct CodeCache {
     blocks: Vec<Option<(BlockKey, Block)>>,
@@ -31,9 +47,9 @@ pub struct CodeCache {
     /// check, so user and supervisor code each have their own jump cache: a CPL change
     /// swaps them instead of flushing (system calls and interrupts would otherwise empty
     /// it every time).
-    jump_cache: Box<[(u64, u32)]>,
+    jump_cache: Box<[JumpEntry]>,
     /// The jump cache of the other privilege class.
-    other_jump_cache: Box<[(u64, u32)]>,
+    other_jump_cache: Box<[JumpEntry]>,
     /// Whether `jump_cache` is user mode's.
     user_active: bool,
     /// Jump-cache tags are `rip ^ salt`; a new salt empties both caches at once (the
@@ -54,8 +70,8 @@ impl Default for CodeCache {
             free: Vec::new(),
             by_key: HashMap::default(),
             by_page: HashMap::default(),
-            jump_cache: vec![(u64::MAX, 0); JUMP_CACHE_ENTRIES].into_boxed_slice(),
-            other_jump_cache: vec![(u64::MAX, 0); JUMP_CACHE_ENTRIES].into_boxed_slice(),
+            jump_cache: vec![EMPTY_JUMP; JUMP_CACHE_ENTRIES].into_boxed_slice(),
+            other_jump_cache: vec![EMPTY_JUMP; JUMP_CACHE_ENTRIES].into_boxed_slice(),
             user_active: false,
             salt: 1 << 48,
             epoch: 1,
@@ -73,8 +89,51 @@ impl CodeCache {
     /// The block for `rip`, from the jump cache only.
     #[inline(always)]
     pub fn lookup_fast(&self, rip: u64) -> Option<u32> {
-        let (tag, idx) = self.jump_cache[Self::jump_slot(rip)];
-        (tag == rip ^ self.salt).then_some(idx)
+        let e = &self.jump_cache[Self::jump_slot(rip)];
+        (e.tag == rip ^ self.salt).then_some(e.idx)
+    }
+
+    /// The block for `rip` and its compiled code, if the jump cache has both.
+    #[inline(always)]
+    pub fn lookup_compiled(&self, rip: u64) -> Option<(u32, CompiledBlock)> {
+        let e = &self.jump_cache[Self::jump_slot(rip)];
+        match e.code {
+            Some(code) if e.tag == rip ^ self.salt => Some((e.idx, code)),
+            _ => None,
+        }
+    }
+
+    /// Points the jump cache at block `idx` for `rip`, with its compiled code if any.
+    fn fill_jump(&mut self, rip: u64, idx: u32) {
+        let code = match self.blocks[idx as usize].as_ref().map(|b| b.1.tier) {
+            Some(BlockTier::Compiled(f)) => Some(f),
+            _ => None,
+        };
+        self.jump_cache[Self::jump_slot(rip)] = JumpEntry {
+            tag: rip ^ self.salt,
+            idx,
+            code,
+        };
+    }
+
+    /// Block `idx` has just been compiled: jump-cache slots that lead to it (in either
+    /// privilege class) get its code.
+    pub fn note_compiled(&mut self, idx: u32) {
+        let Some((_, block)) = self.blocks.get(idx as usize).and_then(|b| b.as_ref()) else {
+            return;
+        };
+        let BlockTier::Compiled(code) = block.tier else {
+            return;
+        };
+        let rip = block.rip;
+        let slot = Self::jump_slot(rip);
+        let tag = rip ^ self.salt;
+        for cache in [&mut self.jump_cache, &mut self.other_jump_cache] {
+            let e = &mut cache[slot];
+            if e.tag == tag && e.idx == idx {
+                e.code = Some(code);
+            }
+        }
     }
 
     /// The block translated from physical `phys` at offset `rip` in mode `mode`, if
@@ -86,7 +145,7 @@ impl CodeCache {
             virt: rip,
             mode,
         })?;
-        self.jump_cache[Self::jump_slot(rip)] = (rip ^ self.salt, idx);
+        self.fill_jump(rip, idx);
         Some(idx)
     }
 
@@ -115,7 +174,7 @@ impl CodeCache {
         for page in pages {
             self.by_page.entry(page).or_default().push(idx);
         }
-        self.jump_cache[Self::jump_slot(rip)] = (rip ^ self.salt, idx);
+        self.fill_jump(rip, idx);
         self.translated += 1;
         idx
     }
@@ -193,8 +252,8 @@ impl CodeCache {
         self.epoch += 1;
         if self.epoch == 0x8000 {
             self.epoch = 1;
-            self.jump_cache.fill((u64::MAX, 0));
-            self.other_jump_cache.fill((u64::MAX, 0));
+            self.jump_cache.fill(EMPTY_JUMP);
+            self.other_jump_cache.fill(EMPTY_JUMP);
         }
         self.salt = self.epoch << 48;
     }

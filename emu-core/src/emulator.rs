@@ -621,13 +621,8 @@ impl Emulator {
             };
             let block = self.cache.block(idx);
             let (executed, result) = if let Some(code) = compiled {
-                // SAFETY: `code` was compiled from `block`, which is still cached, and
-                // the code region has not been flushed since (flushes reset every block).
-                let (n, trap) = unsafe { jit::run_compiled(&mut self.cpu, code) };
-                match trap {
-                    None => (n, Ok(())),
-                    Some(trap) => settle_trap(&mut self.cpu, &block.insns[n], *trap, n),
-                }
+                let chain = until.is_none();
+                self.run_compiled_chain(code, idx, budget, chain)
             } else if self.code_hooks.is_empty() {
                 run_block(&mut self.cpu, block, limit)
             } else {
@@ -650,6 +645,51 @@ impl Emulator {
                 }
             }
         }
+    }
+
+    /// Runs compiled block `idx` and, if `chain`, the compiled blocks it leads to, for as
+    /// long as nothing needs the run loop: no trap, no pending event, no change of fetch
+    /// mapping or privilege, no written code, room in the instruction budget. This is
+    /// where compiled code spends its time, so it checks only what can have changed.
+    fn run_compiled_chain(
+        &mut self,
+        mut code: jit::CompiledBlock,
+        mut idx: u32,
+        budget: u64,
+        chain: bool,
+    ) -> BlockOutcome {
+        /// Blocks run back to back before the run loop looks at timeouts again.
+        const MAX_CHAIN: u32 = 256;
+        let mut done = 0usize;
+        for _ in 0..MAX_CHAIN {
+            // SAFETY: `code` was compiled from block `idx`, which is still cached, and
+            // the code region has not been flushed since (flushes reset every block).
+            let (n, trap) = unsafe { jit::run_compiled(&mut self.cpu, code) };
+            if let Some(trap) = trap {
+                let block = self.cache.block(idx);
+                let (k, r) = settle_trap(&mut self.cpu, &block.insns[n], *trap, n);
+                return (done + k, r);
+            }
+            done += n;
+            let cpu = &self.cpu;
+            if !chain
+                || cpu.mmu.code_written()
+                || cpu.fetch_mapping_changed
+                || cpu.privilege_changed
+                || cpu.interrupt_shadow
+                || cpu.mmu.dma_pending()
+                || self.events.pending() != 0
+                || budget - (done as u64) < crate::translate::MAX_BLOCK_INSNS as u64
+            {
+                break;
+            }
+            let Some((next, f)) = self.cache.lookup_compiled(cpu.rip) else {
+                break;
+            };
+            code = f;
+            idx = next;
+        }
+        (done, Ok(()))
     }
 
     fn find_or_translate(&mut self, rip: u64) -> Result<u32, Trap> {

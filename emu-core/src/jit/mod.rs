@@ -51,6 +51,7 @@ use cranelift_codegen::settings::{self, Configurable};
 use cranelift_codegen::Context;
 use cranelift_frontend::FunctionBuilderContext;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 
@@ -275,7 +276,12 @@ enum Request {
 
 /// The compiler thread: compiles jobs in order until the `Jit` goes away, then frees its
 /// code (nothing can run it any more: the vCPU that owned the `Jit` is gone).
-fn compiler_thread(config: JitConfig, requests: Receiver<Request>, results: Sender<Done>) {
+fn compiler_thread(
+    config: JitConfig,
+    requests: Receiver<Request>,
+    results: Sender<Done>,
+    ready: Arc<AtomicUsize>,
+) {
     let Some(mut compiler) = Compiler::new(&config) else {
         return;
     };
@@ -289,6 +295,9 @@ fn compiler_thread(config: JitConfig, requests: Receiver<Request>, results: Send
                     epoch: job.epoch,
                     result,
                 };
+                // Counted before it is sent, so the receiver never takes more than the
+                // count says.
+                ready.fetch_add(1, Ordering::Release);
                 if results.send(done).is_err() {
                     break;
                 }
@@ -308,6 +317,8 @@ enum Backend {
     Background {
         requests: Option<Sender<Request>>,
         results: Option<Receiver<Done>>,
+        /// Results sent and not yet received: one load tells whether to look.
+        ready: Arc<AtomicUsize>,
         worker: Option<std::thread::JoinHandle<()>>,
     },
 }
@@ -347,6 +358,7 @@ impl Drop for Jit {
             requests,
             results,
             worker,
+            ..
         } = &mut self.backend
         {
             // Closing both channels ends the thread, which frees the code.
@@ -368,6 +380,7 @@ impl Jit {
             Backend::Background {
                 requests: None,
                 results: None,
+                ready: Arc::default(),
                 worker: None,
             }
         } else {
@@ -396,6 +409,8 @@ impl Jit {
     /// Resets every block of `cache` to interpreted-and-cold and frees all compiled code.
     pub fn flush(&mut self, cache: &mut CodeCache) {
         cache.for_each_block_mut(|b| b.tier = BlockTier::Cold);
+        // The jump cache holds code pointers too.
+        cache.flush_jump_cache();
         self.epoch += 1;
         self.code_bytes = 0;
         self.stats.flushes += 1;
@@ -476,15 +491,17 @@ impl Jit {
             Backend::Background {
                 requests,
                 results,
+                ready,
                 worker,
             } => {
                 if requests.is_none() {
                     let config = self.config;
                     let (tx, rx) = channel();
                     let (done_tx, done_rx) = channel();
+                    let ready = ready.clone();
                     let spawned = std::thread::Builder::new()
                         .name("quetzal-jit".into())
-                        .spawn(move || compiler_thread(config, rx, done_tx));
+                        .spawn(move || compiler_thread(config, rx, done_tx, ready));
                     match spawned {
                         Ok(handle) => {
                             *requests = Some(tx);
@@ -514,15 +531,21 @@ impl Jit {
     /// Installs the results the compiler thread has finished.
     fn receive(&mut self, cache: &mut CodeCache) {
         let Backend::Background {
-            results: Some(rx), ..
+            results: Some(rx),
+            ready,
+            ..
         } = &self.backend
         else {
             return;
         };
+        if ready.load(Ordering::Acquire) == 0 {
+            return;
+        }
         let mut done = Vec::new();
         while let Ok(d) = rx.try_recv() {
             done.push(d);
         }
+        ready.fetch_sub(done.len(), Ordering::Relaxed);
         for d in done {
             self.in_flight = self.in_flight.saturating_sub(1);
             if d.epoch == self.epoch {
@@ -558,6 +581,7 @@ impl Jit {
             Some(c) => BlockTier::Compiled(c.code),
             None => BlockTier::Interpreted,
         };
+        cache.note_compiled(idx);
     }
 }
 

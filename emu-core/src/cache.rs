@@ -21,17 +21,25 @@ struct BlockKey {
     mode: u64,
 }
 
-/// One jump-cache slot: the tag (`rip ^ salt`), the block, and the block's compiled code
-/// if it has some, so that running compiled code from RIP touches one cache line.
+/// One jump-cache slot: the tag (`rip ^ salt`), the physical page the block's first byte
+/// came from, the block, and the block's compiled code if it has some, so that running
+/// compiled code from RIP touches one cache line.
+///
+/// A hit counts only if the current fetch translation of RIP still reaches `page` (the
+/// caller looks that up in the fetch TLB): so page-table switches and INVLPG, which the
+/// TLB already follows, need not empty the jump cache, and a process switch does not
+/// cost every block a hash lookup.
 #[derive(Clone, Copy)]
 struct JumpEntry {
     tag: u64,
+    page: u64,
     idx: u32,
     code: Option<CompiledBlock>,
 }
 
 const EMPTY_JUMP: JumpEntry = JumpEntry {
     tag: u64::MAX,
+    page: u64::MAX,
     idx: 0,
     code: None,
 };
@@ -86,31 +94,36 @@ impl CodeCache {
         (rip ^ (rip >> 12)) as usize & (JUMP_CACHE_ENTRIES - 1)
     }
 
-    /// The block for `rip`, from the jump cache only.
+    /// The block for `rip`, from the jump cache only; `page` is the physical page RIP's
+    /// fetches reach now.
     #[inline(always)]
-    pub fn lookup_fast(&self, rip: u64) -> Option<u32> {
+    pub fn lookup_fast(&self, rip: u64, page: u64) -> Option<u32> {
         let e = &self.jump_cache[Self::jump_slot(rip)];
-        (e.tag == rip ^ self.salt).then_some(e.idx)
+        (e.tag == rip ^ self.salt && e.page == page).then_some(e.idx)
     }
 
     /// The block for `rip` and its compiled code, if the jump cache has both.
     #[inline(always)]
-    pub fn lookup_compiled(&self, rip: u64) -> Option<(u32, CompiledBlock)> {
+    pub fn lookup_compiled(&self, rip: u64, page: u64) -> Option<(u32, CompiledBlock)> {
         let e = &self.jump_cache[Self::jump_slot(rip)];
         match e.code {
-            Some(code) if e.tag == rip ^ self.salt => Some((e.idx, code)),
+            Some(code) if e.tag == rip ^ self.salt && e.page == page => Some((e.idx, code)),
             _ => None,
         }
     }
 
     /// Points the jump cache at block `idx` for `rip`, with its compiled code if any.
     fn fill_jump(&mut self, rip: u64, idx: u32) {
-        let code = match self.blocks[idx as usize].as_ref().map(|b| b.1.tier) {
-            Some(BlockTier::Compiled(f)) => Some(f),
+        let Some((key, block)) = self.blocks[idx as usize].as_ref() else {
+            return;
+        };
+        let code = match block.tier {
+            BlockTier::Compiled(f) => Some(f),
             _ => None,
         };
         self.jump_cache[Self::jump_slot(rip)] = JumpEntry {
             tag: rip ^ self.salt,
+            page: key.phys & emu_mmu::PAGE_MASK,
             idx,
             code,
         };

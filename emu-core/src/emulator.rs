@@ -586,7 +586,8 @@ impl Emulator {
                     self.drop_written_code();
                 }
             }
-            let idx = match self.cache.lookup_fast(rip) {
+            let page = self.cpu.mmu.fetch_page(self.cpu.code_linear(rip));
+            let idx = match page.and_then(|page| self.cache.lookup_fast(rip, page)) {
                 Some(idx) => idx,
                 None => match self.find_or_translate(rip) {
                     Ok(idx) => idx,
@@ -683,7 +684,11 @@ impl Emulator {
             {
                 break;
             }
-            let Some((next, f)) = self.cache.lookup_compiled(cpu.rip) else {
+            // Compiled blocks are 64-bit code, where RIP is the linear address.
+            let Some(page) = cpu.mmu.fetch_page(cpu.rip) else {
+                break;
+            };
+            let Some((next, f)) = self.cache.lookup_compiled(cpu.rip, page) else {
                 break;
             };
             code = f;

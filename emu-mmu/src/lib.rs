@@ -445,6 +445,15 @@ impl Mmu {
         }
     }
 
+    /// The physical page that instruction fetches at `vaddr` reach, if the fetch TLB of
+    /// the current privilege class holds it (no walk: `None` on a miss). The code cache
+    /// checks its RIP shortcuts against this, so they survive CR3 writes and INVLPG.
+    #[inline(always)]
+    pub fn fetch_page(&self, vaddr: u64) -> Option<u64> {
+        let e = self.tlb.fetch.entry(vaddr);
+        (e.tag == vaddr & PAGE_MASK).then_some(e.phys_page & PAGE_MASK)
+    }
+
     /// Whether memory hooks are installed (the TLB is bypassed while they are).
     pub fn has_hooks(&self) -> bool {
         !self.hooks.is_empty()

@@ -90,7 +90,8 @@ fn mov_to_cr<const N: usize>(cpu: &mut Cpu, i: &Insn) -> Step {
         3 => {
             cpu.mmu.write_cr3(value).map_err(|_| GP0)?;
             cpu.sys.cr3 = cpu.mmu.paging().cr3;
-            cpu.fetch_mapping_changed = true;
+            // No jump-cache flush: its hits are checked against the fetch TLB, which
+            // the MMU has just flushed as the architecture says.
         }
         4 => {
             let new = sys.check_cr4(value)?;
@@ -350,8 +351,8 @@ fn swapgs(cpu: &mut Cpu, _: &Insn) -> Step {
 fn invlpg(cpu: &mut Cpu, i: &Insn) -> Step {
     require_cpl0(cpu)?;
     let addr = i.ea(cpu);
+    // The jump cache follows the fetch TLB (see `cache::JumpEntry`): no flush needed.
     cpu.mmu.invlpg(addr);
-    cpu.fetch_mapping_changed = true;
     Ok(())
 }
 

@@ -25,12 +25,14 @@ use crate::insn::{Insn, ADDR16, ADDR32, LOCKED};
 use crate::translate::{register_number, Block};
 
 /// How a block's instructions were lowered.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Counts {
     /// Lowered to host code.
     pub native: usize,
     /// Left to their interpreter handler.
     pub fallback: usize,
+    /// The mnemonics left to handlers (for `QUETZAL_JIT_STATS`).
+    pub fallback_mnemonics: Vec<Mnemonic>,
 }
 
 /// Decodes `block`'s bytes again (in 64-bit mode), checking that every instruction
@@ -1026,6 +1028,7 @@ pub fn lower_block(
         }
         if plan == Plan::Fallback {
             counts.fallback += 1;
+            counts.fallback_mnemonics.push(instr.mnemonic());
             l.fallback(insn, n, last, block);
             continue;
         }

@@ -334,6 +334,9 @@ pub struct Jit {
     code_bytes: usize,
     /// What has been compiled so far.
     pub stats: JitStats,
+    /// With `QUETZAL_JIT_STATS` set: how often each mnemonic was left to its handler in
+    /// compiled blocks, printed when the `Jit` goes away.
+    fallbacks: Option<std::collections::HashMap<iced_x86::Mnemonic, u64>>,
 }
 
 impl std::fmt::Debug for Jit {
@@ -348,10 +351,15 @@ impl std::fmt::Debug for Jit {
 
 impl Drop for Jit {
     fn drop(&mut self) {
-        if std::env::var_os("QUETZAL_JIT_STATS").is_some() {
+        if let Some(fallbacks) = &self.fallbacks {
+            let mut top: Vec<_> = fallbacks.iter().collect();
+            top.sort_by(|a, b| b.1.cmp(a.1));
             eprintln!(
-                "jit: {:?} in flight {} code {} bytes",
-                self.stats, self.in_flight, self.code_bytes
+                "jit: {:?}, {} in flight, {} bytes of code; left to handlers: {:?}",
+                self.stats,
+                self.in_flight,
+                self.code_bytes,
+                &top[..top.len().min(30)]
             );
         }
         if let Backend::Background {
@@ -393,6 +401,7 @@ impl Jit {
             in_flight: 0,
             code_bytes: 0,
             stats: JitStats::default(),
+            fallbacks: std::env::var_os("QUETZAL_JIT_STATS").map(|_| Default::default()),
         })
     }
 
@@ -568,6 +577,11 @@ impl Jit {
                 self.stats.compiled += 1;
                 self.stats.native_insns += c.counts.native as u64;
                 self.stats.fallback_insns += c.counts.fallback as u64;
+                if let Some(fallbacks) = self.fallbacks.as_mut() {
+                    for m in &c.counts.fallback_mnemonics {
+                        *fallbacks.entry(*m).or_default() += 1;
+                    }
+                }
             }
             None => self.stats.declined += 1,
         }

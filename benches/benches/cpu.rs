@@ -1,8 +1,10 @@
-//! CPU hot paths: block translation, the MIPS loop, and TLB-hit loads and stores.
+//! CPU hot paths: block translation, the MIPS loop on both tiers, and TLB-hit loads and
+//! stores.
 
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use emu_core::jit::JitConfig;
 use emu_core::translate::translate_block;
 use emu_core::{Cpu, Emulator, Register, RunOptions, StopReason};
 use emu_mmu::{GuestRam, Mmu};
@@ -40,31 +42,41 @@ fn translate(c: &mut Criterion) {
     group.finish();
 }
 
-/// The MIPS loop itself (20 passes, about 1.9 million guest instructions per iteration).
+/// The MIPS loop itself (20 passes, about 1.9 million guest instructions per iteration),
+/// on each tier: interpreted only, and with every block compiled (on first entry, so the
+/// measured iterations run compiled code only).
 fn mips_loop(c: &mut Criterion) {
     const PASSES: u32 = 20;
-    let mut emu = Emulator::new();
-    emu.map_memory(0, RAM_SIZE).unwrap();
-    emu.write_memory(CODE_ADDR, &mips_program(PASSES)).unwrap();
-    emu.set_reg(Register::RSP, STACK_TOP).unwrap();
-    let before = emu.cpu().icount;
-    assert_eq!(
-        emu.run(CODE_ADDR, &RunOptions::default()),
-        StopReason::Halted
-    );
-    let per_run = emu.cpu().icount - before;
     let mut group = c.benchmark_group("execute");
-    group.throughput(Throughput::Elements(per_run));
     group.sample_size(20);
-    group.bench_function("mips_loop_20_passes", |b| {
-        b.iter(|| {
-            emu.set_reg(Register::RSP, STACK_TOP).unwrap();
-            assert_eq!(
-                emu.run(CODE_ADDR, &RunOptions::default()),
-                StopReason::Halted
-            );
-        })
-    });
+    for (name, compiled) in [("interpreted", false), ("compiled", true)] {
+        let mut emu = Emulator::new();
+        emu.set_jit_config(JitConfig {
+            enabled: compiled,
+            threshold: 1,
+            background: false,
+            ..JitConfig::default()
+        });
+        emu.map_memory(0, RAM_SIZE).unwrap();
+        emu.write_memory(CODE_ADDR, &mips_program(PASSES)).unwrap();
+        emu.set_reg(Register::RSP, STACK_TOP).unwrap();
+        let before = emu.cpu().icount;
+        assert_eq!(
+            emu.run(CODE_ADDR, &RunOptions::default()),
+            StopReason::Halted
+        );
+        let per_run = emu.cpu().icount - before;
+        group.throughput(Throughput::Elements(per_run));
+        group.bench_function(format!("mips_loop_20_passes/{name}"), |b| {
+            b.iter(|| {
+                emu.set_reg(Register::RSP, STACK_TOP).unwrap();
+                assert_eq!(
+                    emu.run(CODE_ADDR, &RunOptions::default()),
+                    StopReason::Halted
+                );
+            })
+        });
+    }
     group.finish();
 }
 

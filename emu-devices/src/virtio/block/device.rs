@@ -309,7 +309,10 @@ impl Block {
     /// Whether sectors `sector .. sector + count` exist; returns the byte offset.
     fn range(&self, sector: u64, count: u64) -> Option<u64> {
         let end = sector.checked_add(count)?;
-        (end <= self.capacity).then_some(sector * SECTOR_SIZE)
+        if end > self.capacity {
+            return None;
+        }
+        sector.checked_mul(SECTOR_SIZE)
     }
 
     /// Whether completed writes must be stable (FLUSH offered but not accepted).

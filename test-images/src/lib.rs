@@ -30,10 +30,12 @@ use std::path::{Path, PathBuf};
 
 pub mod cpio;
 pub mod deb;
+pub mod ext4;
 pub mod fetch;
 pub mod index;
 pub mod initramfs;
 
+pub use ext4::{read_ext4_file, write_ext4_image};
 pub use initramfs::Initramfs;
 
 /// The default Debian mirror (plain HTTP; override with `QUETZAL_DEBIAN_MIRROR`).

@@ -47,6 +47,10 @@ pub enum RamError {
 #[derive(Debug, Default)]
 pub struct GuestRam {
     memory: Option<GuestMemoryMmap>,
+    /// `(guest start, length, host address of the start)` of every region, in address
+    /// order: page walks look up a host page for every table they read, and a scan of
+    /// one or two entries is much cheaper than `vm-memory`'s general lookup.
+    spans: Vec<(u64, u64, usize)>,
 }
 
 impl GuestRam {
@@ -83,6 +87,16 @@ impl GuestRam {
             Some(m) => m.insert_region(Arc::new(region)),
         }
         .map_err(|e| RamError::Alloc(e.to_string()))?;
+        let mut spans = Vec::new();
+        for r in memory.iter() {
+            let start = r.start_addr();
+            let host = memory
+                .get_host_address(start)
+                .map_err(|e| RamError::Alloc(e.to_string()))?;
+            spans.push((start.0, r.len(), host as usize));
+        }
+        spans.sort_unstable_by_key(|s| s.0);
+        self.spans = spans;
         self.memory = Some(memory);
         Ok(())
     }
@@ -96,11 +110,13 @@ impl GuestRam {
     /// `None` if that page is not RAM.
     ///
     /// Regions are page aligned, so the whole 4 KiB page behind the returned pointer is RAM.
+    #[inline]
     pub fn host_page(&self, paddr: u64) -> Option<*mut u8> {
-        let memory = self.memory.as_ref()?;
-        memory
-            .get_host_address(GuestAddress(paddr & PAGE_MASK))
-            .ok()
+        let page = paddr & PAGE_MASK;
+        self.spans
+            .iter()
+            .find(|&&(start, len, _)| page.wrapping_sub(start) < len)
+            .map(|&(start, _, host)| (host + (page - start) as usize) as *mut u8)
     }
 
     /// Whether physical address `paddr` is RAM.

@@ -16,6 +16,8 @@ pub mod net;
 pub mod rng;
 
 #[cfg(test)]
+pub(crate) mod testing;
+#[cfg(test)]
 mod tests;
 
 use virtio_queue::Queue;

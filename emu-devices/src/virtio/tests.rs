@@ -4,10 +4,11 @@
 use std::sync::Arc;
 
 use emu_mmu::BusDevice;
-use vm_memory::{Address, Bytes, GuestAddress};
+use vm_memory::{Bytes, GuestAddress};
 
 use super::mmio::MmioTransport;
 use super::rng::Rng;
+use super::testing::{self, driver_ok, rd, transport, wr, Garbage, Rings, F_NEXT, F_WRITE};
 use super::{device_id, features, interrupt, status, GuestMemory};
 use crate::irq::RecordingLine;
 
@@ -18,8 +19,11 @@ const USED: u64 = 0x3000;
 const BUF: u64 = 0x8000;
 const QSIZE: u32 = 16;
 
-const VIRTQ_DESC_F_NEXT: u16 = 1;
-const VIRTQ_DESC_F_WRITE: u16 = 2;
+const Q: Rings = Rings {
+    desc: DESC,
+    avail: AVAIL,
+    used: USED,
+};
 
 struct Rig {
     t: MmioTransport<Rng>,
@@ -28,102 +32,31 @@ struct Rig {
 }
 
 fn rig() -> Rig {
-    let mem = GuestMemory::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
-    let line = Arc::new(RecordingLine::default());
-    let t = MmioTransport::new(Rng::new(), mem.clone(), line.clone());
+    let (t, mem, line) = transport(Rng::new(), MEM_SIZE);
     Rig { t, mem, line }
-}
-
-fn rd(t: &mut MmioTransport<Rng>, off: u64) -> u32 {
-    let mut b = [0u8; 4];
-    t.read(off, &mut b);
-    u32::from_le_bytes(b)
-}
-
-fn wr(t: &mut MmioTransport<Rng>, off: u64, v: u32) {
-    t.write(off, &v.to_le_bytes());
 }
 
 /// Linux's probe and `vm_find_vqs` sequence up to feature negotiation; returns whether
 /// FEATURES_OK stuck.
 fn negotiate(t: &mut MmioTransport<Rng>, accept: u64) -> bool {
-    assert_eq!(rd(t, 0x000), 0x7472_6976);
-    assert_eq!(rd(t, 0x004), 2);
-    assert_eq!(rd(t, 0x008), device_id::RNG);
-    wr(t, 0x070, 0);
-    wr(t, 0x070, status::ACKNOWLEDGE);
-    wr(t, 0x070, status::ACKNOWLEDGE | status::DRIVER);
-    wr(t, 0x014, 1);
-    let hi = u64::from(rd(t, 0x010));
-    wr(t, 0x014, 0);
-    let lo = u64::from(rd(t, 0x010));
-    let offered = hi << 32 | lo;
+    let (offered, ok) = testing::negotiate(t, device_id::RNG, accept);
     assert_ne!(offered & features::VIRTIO_F_VERSION_1, 0);
-    let want = offered & accept;
-    wr(t, 0x024, 1);
-    wr(t, 0x020, (want >> 32) as u32);
-    wr(t, 0x024, 0);
-    wr(t, 0x020, want as u32);
-    let s = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK;
-    wr(t, 0x070, s);
-    rd(t, 0x070) & status::FEATURES_OK != 0
+    ok
 }
 
-fn setup_queue(t: &mut MmioTransport<Rng>, num: u32, desc: u64, avail: u64, used: u64) {
-    wr(t, 0x030, 0);
-    assert_eq!(rd(t, 0x044), 0, "queue must not be live before setup");
-    assert_eq!(rd(t, 0x034), u32::from(super::rng::QUEUE_SIZE));
-    wr(t, 0x038, num);
-    wr(t, 0x080, desc as u32);
-    wr(t, 0x084, (desc >> 32) as u32);
-    wr(t, 0x090, avail as u32);
-    wr(t, 0x094, (avail >> 32) as u32);
-    wr(t, 0x0a0, used as u32);
-    wr(t, 0x0a4, (used >> 32) as u32);
-    wr(t, 0x044, 1);
-}
-
-fn driver_ok(t: &mut MmioTransport<Rng>) {
-    let s = rd(t, 0x070);
-    wr(t, 0x070, s | status::DRIVER_OK);
+fn setup_queue(t: &mut MmioTransport<Rng>, num: u32, rings: Rings) {
+    testing::setup_queue(t, 0, super::rng::QUEUE_SIZE, num, rings);
 }
 
 /// A fully brought-up device, as after Linux's probe.
 fn live() -> Rig {
     let mut r = rig();
     assert!(negotiate(&mut r.t, u64::MAX));
-    setup_queue(&mut r.t, QSIZE, DESC, AVAIL, USED);
+    setup_queue(&mut r.t, QSIZE, Q);
     assert_eq!(rd(&mut r.t, 0x044), 1);
     driver_ok(&mut r.t);
     assert_eq!(r.t.status() & status::DEVICE_NEEDS_RESET, 0);
     r
-}
-
-fn put_desc(mem: &GuestMemory, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
-    let at = GuestAddress(DESC + u64::from(i) * 16);
-    mem.write_obj(addr, at).unwrap();
-    mem.write_obj(len, at.unchecked_add(8)).unwrap();
-    mem.write_obj(flags, at.unchecked_add(12)).unwrap();
-    mem.write_obj(next, at.unchecked_add(14)).unwrap();
-}
-
-/// Puts chain head `head` in avail slot `slot` and publishes `idx`.
-fn publish(mem: &GuestMemory, slot: u16, head: u16, idx: u16) {
-    mem.write_obj(head, GuestAddress(AVAIL + 4 + 2 * u64::from(slot)))
-        .unwrap();
-    mem.write_obj(idx, GuestAddress(AVAIL + 2)).unwrap();
-}
-
-fn used_idx(mem: &GuestMemory) -> u16 {
-    mem.read_obj(GuestAddress(USED + 2)).unwrap()
-}
-
-fn used_elem(mem: &GuestMemory, slot: u16) -> (u32, u32) {
-    let at = USED + 4 + 8 * u64::from(slot);
-    (
-        mem.read_obj(GuestAddress(at)).unwrap(),
-        mem.read_obj(GuestAddress(at + 4)).unwrap(),
-    )
 }
 
 #[test]
@@ -135,12 +68,12 @@ fn linux_bring_up_and_one_request() {
 
     let before = [0u8; 64];
     r.mem.write_slice(&before, GuestAddress(BUF)).unwrap();
-    put_desc(&r.mem, 0, BUF, 64, VIRTQ_DESC_F_WRITE, 0);
-    publish(&r.mem, 0, 0, 1);
+    Q.put_desc(&r.mem, 0, BUF, 64, F_WRITE, 0);
+    Q.publish(&r.mem, 0, 0, 1);
     wr(&mut r.t, 0x050, 0);
 
-    assert_eq!(used_idx(&r.mem), 1);
-    assert_eq!(used_elem(&r.mem, 0), (0, 64));
+    assert_eq!(Q.used_idx(&r.mem), 1);
+    assert_eq!(Q.used_elem(&r.mem, 0), (0, 64));
     assert_eq!(rd(&mut r.t, 0x060), interrupt::USED_BUFFER);
     assert!(r.line.level());
     let mut after = [0u8; 64];
@@ -154,12 +87,12 @@ fn linux_bring_up_and_one_request() {
 
     // A second request in the next slot, with a read-only descriptor first that the
     // device must skip.
-    put_desc(&r.mem, 1, BUF + 0x100, 8, VIRTQ_DESC_F_NEXT, 2);
-    put_desc(&r.mem, 2, BUF + 0x200, 16, VIRTQ_DESC_F_WRITE, 0);
-    publish(&r.mem, 1, 1, 2);
+    Q.put_desc(&r.mem, 1, BUF + 0x100, 8, F_NEXT, 2);
+    Q.put_desc(&r.mem, 2, BUF + 0x200, 16, F_WRITE, 0);
+    Q.publish(&r.mem, 1, 1, 2);
     wr(&mut r.t, 0x050, 0);
-    assert_eq!(used_idx(&r.mem), 2);
-    assert_eq!(used_elem(&r.mem, 1), (1, 16));
+    assert_eq!(Q.used_idx(&r.mem), 2);
+    assert_eq!(Q.used_elem(&r.mem, 1), (1, 16));
     assert!(r.line.level());
     assert_eq!(r.line.edges(), 2);
 }
@@ -167,8 +100,8 @@ fn linux_bring_up_and_one_request() {
 #[test]
 fn reset_returns_to_initial_state() {
     let mut r = live();
-    put_desc(&r.mem, 0, BUF, 4, VIRTQ_DESC_F_WRITE, 0);
-    publish(&r.mem, 0, 0, 1);
+    Q.put_desc(&r.mem, 0, BUF, 4, F_WRITE, 0);
+    Q.publish(&r.mem, 0, 0, 1);
     wr(&mut r.t, 0x050, 0);
     assert!(r.line.level());
     wr(&mut r.t, 0x070, 0);
@@ -181,11 +114,11 @@ fn reset_returns_to_initial_state() {
     r.mem.write_obj(0u16, GuestAddress(USED + 2)).unwrap();
     r.mem.write_obj(0u16, GuestAddress(AVAIL + 2)).unwrap();
     assert!(negotiate(&mut r.t, u64::MAX));
-    setup_queue(&mut r.t, QSIZE, DESC, AVAIL, USED);
+    setup_queue(&mut r.t, QSIZE, Q);
     driver_ok(&mut r.t);
-    publish(&r.mem, 0, 0, 1);
+    Q.publish(&r.mem, 0, 0, 1);
     wr(&mut r.t, 0x050, 0);
-    assert_eq!(used_idx(&r.mem), 1);
+    assert_eq!(Q.used_idx(&r.mem), 1);
 }
 
 #[test]
@@ -219,7 +152,15 @@ fn bad_queue_setups_need_reset() {
     for (num, d, a, u) in cases {
         let mut r = rig();
         assert!(negotiate(&mut r.t, u64::MAX));
-        setup_queue(&mut r.t, num, d, a, u);
+        setup_queue(
+            &mut r.t,
+            num,
+            Rings {
+                desc: d,
+                avail: a,
+                used: u,
+            },
+        );
         assert_eq!(rd(&mut r.t, 0x044), 0, "case {num} {d:#x} {a:#x} {u:#x}");
         assert_ne!(rd(&mut r.t, 0x070) & status::DEVICE_NEEDS_RESET, 0);
         // Notifying anyway does nothing.
@@ -233,15 +174,15 @@ fn bad_queue_setups_need_reset() {
 fn notify_before_driver_ok_or_for_missing_queue_is_ignored() {
     let mut r = rig();
     assert!(negotiate(&mut r.t, u64::MAX));
-    setup_queue(&mut r.t, QSIZE, DESC, AVAIL, USED);
-    put_desc(&r.mem, 0, BUF, 4, VIRTQ_DESC_F_WRITE, 0);
-    publish(&r.mem, 0, 0, 1);
+    setup_queue(&mut r.t, QSIZE, Q);
+    Q.put_desc(&r.mem, 0, BUF, 4, F_WRITE, 0);
+    Q.publish(&r.mem, 0, 0, 1);
     wr(&mut r.t, 0x050, 0);
-    assert_eq!(used_idx(&r.mem), 0);
+    assert_eq!(Q.used_idx(&r.mem), 0);
     driver_ok(&mut r.t);
     wr(&mut r.t, 0x050, 7);
     wr(&mut r.t, 0x050, u32::MAX);
-    assert_eq!(used_idx(&r.mem), 0);
+    assert_eq!(Q.used_idx(&r.mem), 0);
     assert_eq!(rd(&mut r.t, 0x060), 0);
     // Selecting a queue that does not exist reads max size 0.
     wr(&mut r.t, 0x030, 1);
@@ -251,16 +192,16 @@ fn notify_before_driver_ok_or_for_missing_queue_is_ignored() {
 #[test]
 fn descriptor_outside_memory_needs_reset() {
     let mut r = live();
-    put_desc(&r.mem, 0, 0xdead_0000_0000, 64, VIRTQ_DESC_F_WRITE, 0);
-    publish(&r.mem, 0, 0, 1);
+    Q.put_desc(&r.mem, 0, 0xdead_0000_0000, 64, F_WRITE, 0);
+    Q.publish(&r.mem, 0, 0, 1);
     wr(&mut r.t, 0x050, 0);
     assert_ne!(rd(&mut r.t, 0x070) & status::DEVICE_NEEDS_RESET, 0);
     assert_eq!(rd(&mut r.t, 0x060), interrupt::CONFIG_CHANGE);
     assert!(r.line.level());
     // A buffer straddling the end of RAM is just as bad.
     let mut r = live();
-    put_desc(&r.mem, 0, MEM_SIZE as u64 - 8, 64, VIRTQ_DESC_F_WRITE, 0);
-    publish(&r.mem, 0, 0, 1);
+    Q.put_desc(&r.mem, 0, MEM_SIZE as u64 - 8, 64, F_WRITE, 0);
+    Q.publish(&r.mem, 0, 0, 1);
     wr(&mut r.t, 0x050, 0);
     assert_ne!(rd(&mut r.t, 0x070) & status::DEVICE_NEEDS_RESET, 0);
     // Once the device needs a reset, further kicks are ignored.
@@ -270,37 +211,25 @@ fn descriptor_outside_memory_needs_reset() {
 #[test]
 fn descriptor_loop_terminates() {
     let mut r = live();
-    let flags = VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT;
-    put_desc(&r.mem, 0, BUF, 8, flags, 1);
-    put_desc(&r.mem, 1, BUF + 8, 8, flags, 0);
-    publish(&r.mem, 0, 0, 1);
+    let flags = F_WRITE | F_NEXT;
+    Q.put_desc(&r.mem, 0, BUF, 8, flags, 1);
+    Q.put_desc(&r.mem, 1, BUF + 8, 8, flags, 0);
+    Q.publish(&r.mem, 0, 0, 1);
     wr(&mut r.t, 0x050, 0);
     // The chain is cut after queue-size descriptors; whatever was written is reported.
-    assert_eq!(used_idx(&r.mem), 1);
-    let (id, len) = used_elem(&r.mem, 0);
+    assert_eq!(Q.used_idx(&r.mem), 1);
+    let (id, len) = Q.used_elem(&r.mem, 0);
     assert_eq!(id, 0);
     assert!(len <= QSIZE * 8, "{len}");
     // Next index beyond the queue and a bogus avail index do not panic either.
-    put_desc(&r.mem, 1, BUF, 8, flags, 999);
-    publish(&r.mem, 1, 1, 2);
+    Q.put_desc(&r.mem, 1, BUF, 8, flags, 999);
+    Q.publish(&r.mem, 1, 1, 2);
     wr(&mut r.t, 0x050, 0);
-    publish(&r.mem, 2, 500, 3);
+    Q.publish(&r.mem, 2, 500, 3);
     wr(&mut r.t, 0x050, 0);
     r.mem.write_obj(0x8000u16, GuestAddress(AVAIL + 2)).unwrap();
     wr(&mut r.t, 0x050, 0);
     assert_ne!(rd(&mut r.t, 0x070) & status::DEVICE_NEEDS_RESET, 0);
-}
-
-/// xorshift64*: deterministic garbage without a dev-dependency.
-struct Garbage(u64);
-
-impl Garbage {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
 }
 
 #[test]
@@ -366,26 +295,19 @@ fn buffers_the_device_fills_are_reported_as_dma_writes() {
     let dma = Arc::new(emu_mmu::dma::DmaWrites::default());
     r.t.set_dma_writes(dma.clone());
     // Driver-readable descriptors are not reported; device-writable ones are, whole.
-    put_desc(&r.mem, 0, BUF + 0x100, 8, VIRTQ_DESC_F_NEXT, 1);
-    put_desc(&r.mem, 1, BUF + 0x200, 16, VIRTQ_DESC_F_WRITE, 0);
-    publish(&r.mem, 0, 0, 1);
+    Q.put_desc(&r.mem, 0, BUF + 0x100, 8, F_NEXT, 1);
+    Q.put_desc(&r.mem, 1, BUF + 0x200, 16, F_WRITE, 0);
+    Q.publish(&r.mem, 0, 0, 1);
     assert!(!dma.pending());
     wr(&mut r.t, 0x050, 0);
-    assert_eq!(used_idx(&r.mem), 1);
+    assert_eq!(Q.used_idx(&r.mem), 1);
     assert!(dma.pending());
     assert_eq!(dma.take(), vec![(BUF + 0x200, 16)]);
     assert!(!dma.pending());
 
     // A chain that loops on itself is reported once per descriptor visit, boundedly.
-    put_desc(
-        &r.mem,
-        2,
-        BUF + 0x300,
-        4,
-        VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT,
-        2,
-    );
-    publish(&r.mem, 1, 2, 2);
+    Q.put_desc(&r.mem, 2, BUF + 0x300, 4, F_WRITE | F_NEXT, 2);
+    Q.publish(&r.mem, 1, 2, 2);
     wr(&mut r.t, 0x050, 0);
     assert!(dma.take().len() <= QSIZE as usize + 1024);
 }

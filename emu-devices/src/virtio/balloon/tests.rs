@@ -10,6 +10,9 @@ use vm_memory::{Bytes, GuestAddress};
 use super::{feature, stat_tag, Balloon, DEFLATEQ, INFLATEQ, PAGE_SIZE, QUEUE_SIZE, STATSQ};
 use crate::irq::RecordingLine;
 use crate::virtio::mmio::MmioTransport;
+use crate::virtio::testing::{
+    driver_ok, needs_reset, negotiate, rd, setup_queue, transport, wr, Rings,
+};
 use crate::virtio::{device_id, features, interrupt, status, GuestMemory};
 
 const MEM_SIZE: usize = 0x40_0000;
@@ -30,24 +33,19 @@ struct Rig {
     used: [u16; 3],
 }
 
-fn rd(t: &mut MmioTransport<Balloon>, off: u64) -> u32 {
-    let mut b = [0u8; 4];
-    t.read(off, &mut b);
-    u32::from_le_bytes(b)
-}
-
-fn wr(t: &mut MmioTransport<Balloon>, off: u64, v: u32) {
-    t.write(off, &v.to_le_bytes());
-}
-
-fn desc_table(q: usize) -> u64 {
-    RINGS + q as u64 * 0x1000
+/// Queue `q`'s rings: descriptor table at `RINGS + q * 0x1000`, available ring 0x400 and
+/// used ring 0x800 above.
+fn rings(q: usize) -> Rings {
+    let desc = RINGS + q as u64 * 0x1000;
+    Rings {
+        desc,
+        avail: desc + 0x400,
+        used: desc + 0x800,
+    }
 }
 
 fn rig_with(balloon: Balloon) -> Rig {
-    let mem = GuestMemory::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
-    let line = Arc::new(RecordingLine::default());
-    let t = MmioTransport::new(balloon, mem.clone(), line.clone());
+    let (t, mem, line) = transport(balloon, MEM_SIZE);
     Rig {
         t,
         mem,
@@ -61,8 +59,7 @@ fn rig_with(balloon: Balloon) -> Rig {
 /// queue only when STATS_VQ was accepted, as `init_vqs` does. Returns what was offered.
 fn bring_up(r: &mut Rig, accept: u64) -> u64 {
     let offered = bring_up_queues(r, accept);
-    let st = rd(&mut r.t, 0x070);
-    wr(&mut r.t, 0x070, st | status::DRIVER_OK);
+    driver_ok(&mut r.t);
     assert!(r.t.device().activated());
     offered
 }
@@ -74,32 +71,12 @@ fn bring_up_until_queues(r: &mut Rig) -> u64 {
 
 fn bring_up_queues(r: &mut Rig, accept: u64) -> u64 {
     let t = &mut r.t;
-    assert_eq!(rd(t, 0x008), device_id::BALLOON);
-    wr(t, 0x070, 0);
-    wr(t, 0x070, status::ACKNOWLEDGE | status::DRIVER);
-    wr(t, 0x014, 1);
-    let hi = u64::from(rd(t, 0x010));
-    wr(t, 0x014, 0);
-    let offered = hi << 32 | u64::from(rd(t, 0x010));
+    let (offered, features_ok) = negotiate(t, device_id::BALLOON, accept);
+    assert!(features_ok);
     let want = offered & accept;
-    wr(t, 0x024, 1);
-    wr(t, 0x020, (want >> 32) as u32);
-    wr(t, 0x024, 0);
-    wr(t, 0x020, want as u32);
-    let st = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK;
-    wr(t, 0x070, st);
-    assert_ne!(rd(t, 0x070) & status::FEATURES_OK, 0);
     let queues = if want & feature::STATS_VQ != 0 { 3 } else { 2 };
     for q in 0..queues {
-        wr(t, 0x030, q as u32);
-        assert_eq!(rd(t, 0x034), u32::from(QUEUE_SIZE));
-        wr(t, 0x038, u32::from(QSIZE));
-        let base = desc_table(q);
-        for (reg, addr) in [(0x080, base), (0x090, base + 0x400), (0x0a0, base + 0x800)] {
-            wr(t, reg, addr as u32);
-            wr(t, reg + 4, 0);
-        }
-        wr(t, 0x044, 1);
+        setup_queue(t, q as u32, QUEUE_SIZE, u32::from(QSIZE), rings(q));
     }
     offered
 }
@@ -110,43 +87,19 @@ fn live() -> Rig {
     r
 }
 
-fn needs_reset(r: &mut Rig) -> bool {
-    rd(&mut r.t, 0x070) & status::DEVICE_NEEDS_RESET != 0
-}
-
 /// Publishes a one-descriptor readable chain of `len` bytes at `addr` on queue `q`
 /// (descriptor index = avail slot), without kicking; returns its head.
 fn post(r: &mut Rig, q: usize, addr: u64, len: u32) -> u16 {
-    let table = desc_table(q);
+    let rings = rings(q);
     let head = r.avail[q] % QSIZE;
-    let at = table + 16 * u64::from(head);
-    r.mem.write_obj(addr, GuestAddress(at)).unwrap();
-    r.mem.write_obj(len, GuestAddress(at + 8)).unwrap();
-    r.mem.write_obj(0u16, GuestAddress(at + 12)).unwrap();
-    r.mem.write_obj(0u16, GuestAddress(at + 14)).unwrap();
-    r.mem
-        .write_obj(head, GuestAddress(table + 0x404 + 2 * u64::from(head)))
-        .unwrap();
+    rings.put_desc(&r.mem, head, addr, len, 0, 0);
     r.avail[q] = r.avail[q].wrapping_add(1);
-    r.mem
-        .write_obj(r.avail[q], GuestAddress(table + 0x402))
-        .unwrap();
+    rings.publish(&r.mem, head, head, r.avail[q]);
     head
 }
 
 fn take_used(r: &mut Rig, q: usize) -> Vec<(u32, u32)> {
-    let base = desc_table(q) + 0x800;
-    let idx: u16 = r.mem.read_obj(GuestAddress(base + 2)).unwrap();
-    let mut out = Vec::new();
-    while r.used[q] != idx {
-        let at = base + 4 + 8 * u64::from(r.used[q] % QSIZE);
-        out.push((
-            r.mem.read_obj(GuestAddress(at)).unwrap(),
-            r.mem.read_obj(GuestAddress(at + 4)).unwrap(),
-        ));
-        r.used[q] = r.used[q].wrapping_add(1);
-    }
-    out
+    rings(q).take_used(&r.mem, &mut r.used[q], QSIZE)
 }
 
 /// `tell_host`: the frame numbers in one buffer on inflateq or deflateq, kicked; the
@@ -240,7 +193,7 @@ fn inflate_records_and_deflate_returns_pages() {
     // Deflating what was never inflated is harmless.
     tell_host(&mut r, DEFLATEQ, &[1, 2, beyond]);
     assert_eq!(r.t.device().inflated_pages(), 5);
-    assert!(!needs_reset(&mut r));
+    assert!(!needs_reset(&mut r.t));
     // A reset gives the guest everything back.
     wr(&mut r.t, 0x070, 0);
     assert_eq!(r.t.device().inflated_pages(), 0);
@@ -378,7 +331,7 @@ fn buffers_outside_memory_need_reset() {
     let mut r = live();
     post(&mut r, INFLATEQ, MEM_SIZE as u64 - 8, 64);
     wr(&mut r.t, 0x050, INFLATEQ as u32);
-    assert!(needs_reset(&mut r));
+    assert!(needs_reset(&mut r.t));
     assert_eq!(rd(&mut r.t, 0x060), interrupt::CONFIG_CHANGE);
     // Once broken, the host's controls do nothing to the queues.
     assert!(!r.t.request_stats());
@@ -386,7 +339,7 @@ fn buffers_outside_memory_need_reset() {
     let mut r = live();
     post(&mut r, STATSQ, 0xffff_ffff_f000, 20);
     wr(&mut r.t, 0x050, STATSQ as u32);
-    assert!(needs_reset(&mut r));
+    assert!(needs_reset(&mut r.t));
 }
 
 #[test]
@@ -408,7 +361,7 @@ fn odd_sized_and_huge_pfn_buffers_are_bounded() {
     r.mem.write_slice(&pfns, GuestAddress(0x10_0000)).unwrap();
     post(&mut r, INFLATEQ, 0x10_0000, 3 << 20);
     wr(&mut r.t, 0x050, INFLATEQ as u32);
-    assert!(!needs_reset(&mut r));
+    assert!(!needs_reset(&mut r.t));
     assert_eq!(
         r.t.device().inflated_pages(),
         super::MAX_PFNS_PER_CHAIN.min(MEM_SIZE / 4096)

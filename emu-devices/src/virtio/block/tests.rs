@@ -7,12 +7,16 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use emu_mmu::BusDevice;
-use vm_memory::{Address, Bytes, GuestAddress};
+use vm_memory::{Bytes, GuestAddress};
 
 use super::{feature, request_type as t, status as s, Block, BlockError, QUEUE_SIZE};
 use crate::irq::RecordingLine;
 use crate::virtio::mmio::MmioTransport;
-use crate::virtio::{device_id, features, interrupt, status, GuestMemory};
+use crate::virtio::testing::{
+    self, driver_ok, guest_bytes, needs_reset, put_desc_at, rd, setup_queue, transport, wr,
+    Garbage, Rings, F_INDIRECT, F_NEXT, F_WRITE,
+};
+use crate::virtio::{device_id, features, interrupt, GuestMemory};
 
 const MEM_SIZE: usize = 0x40000;
 const DESC: u64 = 0x1000;
@@ -28,9 +32,11 @@ const INDIRECT: u64 = 0x6000;
 const BUF: u64 = 0x10000;
 const QSIZE: u16 = 16;
 
-const F_NEXT: u16 = 1;
-const F_WRITE: u16 = 2;
-const F_INDIRECT: u16 = 4;
+const Q: Rings = Rings {
+    desc: DESC,
+    avail: AVAIL,
+    used: USED,
+};
 
 /// A descriptor as the tests write it: address, length, flags (NEXT is added by `submit`).
 type Desc = (u64, u32, u16);
@@ -94,9 +100,7 @@ fn rig_with(img: TempImage, read_only: bool) -> Rig {
 }
 
 fn rig_from(dev: Block, img: TempImage) -> Rig {
-    let mem = GuestMemory::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
-    let line = Arc::new(RecordingLine::default());
-    let t = MmioTransport::new(dev, mem.clone(), line.clone());
+    let (t, mem, line) = transport(dev, MEM_SIZE);
     Rig {
         t,
         mem,
@@ -106,54 +110,19 @@ fn rig_from(dev: Block, img: TempImage) -> Rig {
     }
 }
 
-fn rd(t: &mut MmioTransport<Block>, off: u64) -> u32 {
-    let mut b = [0u8; 4];
-    t.read(off, &mut b);
-    u32::from_le_bytes(b)
-}
-
-fn wr(t: &mut MmioTransport<Block>, off: u64, v: u32) {
-    t.write(off, &v.to_le_bytes());
-}
-
 /// Linux's probe up to FEATURES_OK, accepting `offered & accept`; returns what was offered.
 fn negotiate(t: &mut MmioTransport<Block>, accept: u64) -> u64 {
-    assert_eq!(rd(t, 0x000), 0x7472_6976);
-    assert_eq!(rd(t, 0x004), 2);
-    assert_eq!(rd(t, 0x008), device_id::BLOCK);
-    wr(t, 0x070, 0);
-    wr(t, 0x070, status::ACKNOWLEDGE);
-    wr(t, 0x070, status::ACKNOWLEDGE | status::DRIVER);
-    wr(t, 0x014, 1);
-    let hi = u64::from(rd(t, 0x010));
-    wr(t, 0x014, 0);
-    let lo = u64::from(rd(t, 0x010));
-    let offered = hi << 32 | lo;
-    let want = offered & accept;
-    wr(t, 0x024, 1);
-    wr(t, 0x020, (want >> 32) as u32);
-    wr(t, 0x024, 0);
-    wr(t, 0x020, want as u32);
-    let st = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK;
-    wr(t, 0x070, st);
-    assert_ne!(rd(t, 0x070) & status::FEATURES_OK, 0);
+    let (offered, features_ok) = testing::negotiate(t, device_id::BLOCK, accept);
+    assert!(features_ok);
     offered
 }
 
 /// Queue 0 set up and DRIVER_OK, as after `virtblk_probe`.
 fn bring_up(r: &mut Rig, accept: u64) {
     negotiate(&mut r.t, accept);
-    wr(&mut r.t, 0x030, 0);
-    assert_eq!(rd(&mut r.t, 0x034), u32::from(QUEUE_SIZE));
-    wr(&mut r.t, 0x038, u32::from(QSIZE));
-    for (lo, addr) in [(0x080, DESC), (0x090, AVAIL), (0x0a0, USED)] {
-        wr(&mut r.t, lo, addr as u32);
-        wr(&mut r.t, lo + 4, (addr >> 32) as u32);
-    }
-    wr(&mut r.t, 0x044, 1);
-    let st = rd(&mut r.t, 0x070);
-    wr(&mut r.t, 0x070, st | status::DRIVER_OK);
-    assert_eq!(rd(&mut r.t, 0x070) & status::DEVICE_NEEDS_RESET, 0);
+    setup_queue(&mut r.t, 0, QUEUE_SIZE, u32::from(QSIZE), Q);
+    driver_ok(&mut r.t);
+    assert!(!needs_reset(&mut r.t));
 }
 
 /// A live device on a patterned image of [`SECTORS`] sectors, all features accepted.
@@ -167,41 +136,18 @@ fn live_with(img: TempImage, read_only: bool, accept: u64) -> Rig {
     r
 }
 
-fn put_desc_at(mem: &GuestMemory, table: u64, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
-    let at = GuestAddress(table + u64::from(i) * 16);
-    mem.write_obj(addr, at).unwrap();
-    mem.write_obj(len, at.unchecked_add(8)).unwrap();
-    mem.write_obj(flags, at.unchecked_add(12)).unwrap();
-    mem.write_obj(next, at.unchecked_add(14)).unwrap();
-}
-
-fn used_idx(mem: &GuestMemory) -> u16 {
-    mem.read_obj(GuestAddress(USED + 2)).unwrap()
-}
-
-fn needs_reset(r: &mut Rig) -> bool {
-    rd(&mut r.t, 0x070) & status::DEVICE_NEEDS_RESET != 0
-}
-
 /// Publishes chain head `head` and kicks; returns the used element if one was added.
 fn kick(r: &mut Rig, head: u16) -> Option<(u32, u32)> {
     let slot = r.avail % QSIZE;
-    r.mem
-        .write_obj(head, GuestAddress(AVAIL + 4 + 2 * u64::from(slot)))
-        .unwrap();
     r.avail = r.avail.wrapping_add(1);
-    r.mem.write_obj(r.avail, GuestAddress(AVAIL + 2)).unwrap();
-    let before = used_idx(&r.mem);
+    Q.publish(&r.mem, slot, head, r.avail);
+    let before = Q.used_idx(&r.mem);
     wr(&mut r.t, 0x050, 0);
-    if used_idx(&r.mem) == before {
+    if Q.used_idx(&r.mem) == before {
         return None;
     }
-    assert_eq!(used_idx(&r.mem), before.wrapping_add(1));
-    let at = USED + 4 + 8 * u64::from(before % QSIZE);
-    let elem = (
-        r.mem.read_obj(GuestAddress(at)).unwrap(),
-        r.mem.read_obj(GuestAddress(at + 4)).unwrap(),
-    );
+    assert_eq!(Q.used_idx(&r.mem), before.wrapping_add(1));
+    let elem = Q.used_elem(&r.mem, before % QSIZE);
     // The driver's interrupt handler acknowledges.
     assert_ne!(rd(&mut r.t, 0x060) & interrupt::USED_BUFFER, 0);
     assert!(r.line.level());
@@ -237,14 +183,8 @@ fn request(r: &mut Rig, ty: u32, sector: u64, data: &[Desc]) -> (u8, u32) {
     descs.push((STATUS, 1, F_WRITE));
     let (id, len) = submit(r, &descs).expect("request completed");
     assert_eq!(id, 0);
-    assert!(!needs_reset(r));
+    assert!(!needs_reset(&mut r.t));
     (r.mem.read_obj(GuestAddress(STATUS)).unwrap(), len)
-}
-
-fn guest_bytes(r: &Rig, addr: u64, len: usize) -> Vec<u8> {
-    let mut v = vec![0; len];
-    r.mem.read_slice(&mut v, GuestAddress(addr)).unwrap();
-    v
 }
 
 fn cfg(r: &mut Rig, off: u64, width: usize) -> u64 {
@@ -315,14 +255,14 @@ fn read_returns_image_contents() {
         &[(BUF, 700, F_WRITE), (BUF + 0x1000, 3 * 512 - 700, F_WRITE)],
     );
     assert_eq!((st, len), (s::OK, 3 * 512 + 1));
-    let mut got = guest_bytes(&r, BUF, 700);
-    got.extend(guest_bytes(&r, BUF + 0x1000, 3 * 512 - 700));
+    let mut got = guest_bytes(&r.mem, BUF, 700);
+    got.extend(guest_bytes(&r.mem, BUF + 0x1000, 3 * 512 - 700));
     assert_eq!(got, pattern(5 * 512, 3 * 512));
     // The last sector.
     let (st, _) = request(&mut r, t::IN, SECTORS - 1, &[(BUF, 512, F_WRITE)]);
     assert_eq!(st, s::OK);
     assert_eq!(
-        guest_bytes(&r, BUF, 512),
+        guest_bytes(&r.mem, BUF, 512),
         pattern((SECTORS as usize - 1) * 512, 512)
     );
     // A read larger than the bounce buffer.
@@ -331,7 +271,7 @@ fn read_returns_image_contents() {
     let (st, _) = request(&mut r, t::IN, 10, &[(BUF, 300 * 512, F_WRITE)]);
     assert_eq!(st, s::OK);
     assert_eq!(
-        guest_bytes(&r, BUF, 300 * 512),
+        guest_bytes(&r.mem, BUF, 300 * 512),
         pattern(10 * 512, 300 * 512)
     );
     assert_eq!(r.t.device().stats().bytes_read, 300 * 512);
@@ -359,7 +299,7 @@ fn write_then_read_back() {
     // And the guest reads it back.
     let (st, _) = request(&mut r, t::IN, 9, &[(BUF + 0x8000, 1024, F_WRITE)]);
     assert_eq!(st, s::OK);
-    assert_eq!(guest_bytes(&r, BUF + 0x8000, 1024), data);
+    assert_eq!(guest_bytes(&r.mem, BUF + 0x8000, 1024), data);
     assert_eq!(r.t.device().stats().bytes_written, 1024);
 }
 
@@ -409,7 +349,7 @@ fn read_only_rejects_writes() {
     // Reads and flushes work.
     let (st, _) = request(&mut r, t::IN, 0, &[(BUF, 512, F_WRITE)]);
     assert_eq!(st, s::OK);
-    assert_eq!(guest_bytes(&r, BUF, 512), pattern(0, 512));
+    assert_eq!(guest_bytes(&r.mem, BUF, 512), pattern(0, 512));
     let (st, _) = request(&mut r, t::FLUSH, 0, &[]);
     assert_eq!(st, s::OK);
     assert_eq!(r.img.contents(), before);
@@ -424,9 +364,9 @@ fn get_id_returns_serial() {
     assert_eq!((st, len), (s::OK, 21));
     let mut want = b"QTZL-TEST-SERIAL".to_vec();
     want.resize(20, 0);
-    assert_eq!(guest_bytes(&r, BUF, 20), want);
+    assert_eq!(guest_bytes(&r.mem, BUF, 20), want);
     assert_eq!(
-        guest_bytes(&r, BUF + 20, 1),
+        guest_bytes(&r.mem, BUF + 20, 1),
         [0xee],
         "nothing beyond the buffer"
     );
@@ -439,7 +379,7 @@ fn get_id_returns_serial() {
     bring_up(&mut r2, u64::MAX);
     let (st, _) = request(&mut r2, t::GET_ID, 0, &[(BUF, 20, F_WRITE)]);
     assert_eq!(st, s::OK);
-    assert_eq!(guest_bytes(&r2, BUF, 20), b"ABCDEFGHIJKLMNOPQRST");
+    assert_eq!(guest_bytes(&r2.mem, BUF, 20), b"ABCDEFGHIJKLMNOPQRST");
 
     // Serials GET_ID cannot carry are refused.
     for bad in ["ABCDEFGHIJKLMNOPQRSTU", "tab\there", "ümlaut"] {
@@ -495,8 +435,8 @@ fn host_io_errors_fail_the_request() {
     assert_eq!(st, s::IOERR, "a read running off the end fails as a whole");
     let (st, _) = request(&mut r, t::IN, 0, &[(BUF, 512, F_WRITE)]);
     assert_eq!(st, s::OK);
-    assert_eq!(guest_bytes(&r, BUF, 512), pattern(0, 512));
-    assert!(!needs_reset(&mut r));
+    assert_eq!(guest_bytes(&r.mem, BUF, 512), pattern(0, 512));
+    assert!(!needs_reset(&mut r.t));
 }
 
 #[test]
@@ -657,8 +597,8 @@ fn malformed_requests_fail_with_ioerr() {
         descs.push((STATUS, 1, F_WRITE));
         let used = submit(&mut r, &descs);
         assert_eq!(used, Some((0, 1)), "{name}");
-        assert!(!needs_reset(&mut r), "{name}");
-        assert_eq!(guest_bytes(&r, STATUS, 1), [s::IOERR], "{name}");
+        assert!(!needs_reset(&mut r.t), "{name}");
+        assert_eq!(guest_bytes(&r.mem, STATUS, 1), [s::IOERR], "{name}");
     }
     assert_eq!(r.img.contents(), before);
     // The status byte may share a descriptor with data (any layout): 512 bytes of data
@@ -666,8 +606,8 @@ fn malformed_requests_fail_with_ioerr() {
     header(&r, t::IN, 1);
     let used = submit(&mut r, &[(HDR, 16, 0), (BUF, 513, F_WRITE)]);
     assert_eq!(used, Some((0, 513)));
-    assert_eq!(guest_bytes(&r, BUF, 512), pattern(512, 512));
-    assert_eq!(guest_bytes(&r, BUF + 512, 1), [s::OK]);
+    assert_eq!(guest_bytes(&r.mem, BUF, 512), pattern(512, 512));
+    assert_eq!(guest_bytes(&r.mem, BUF + 512, 1), [s::OK]);
     // And a header split over two descriptors.
     r.mem.write_obj(t::IN, GuestAddress(BUF + 0x3000)).unwrap();
     r.mem.write_obj(0u32, GuestAddress(BUF + 0x3004)).unwrap();
@@ -682,8 +622,8 @@ fn malformed_requests_fail_with_ioerr() {
         ],
     );
     assert_eq!(used, Some((0, 513)));
-    assert_eq!(guest_bytes(&r, STATUS, 1), [s::OK]);
-    assert_eq!(guest_bytes(&r, BUF, 512), pattern(1024, 512));
+    assert_eq!(guest_bytes(&r.mem, STATUS, 1), [s::OK]);
+    assert_eq!(guest_bytes(&r.mem, BUF, 512), pattern(1024, 512));
 }
 
 #[test]
@@ -713,7 +653,7 @@ fn chains_without_a_status_byte_need_reset() {
         let before = r.img.contents();
         header(&r, t::OUT, 0);
         assert_eq!(submit(&mut r, &descs), None, "{name}");
-        assert!(needs_reset(&mut r), "{name}");
+        assert!(needs_reset(&mut r.t), "{name}");
         assert_ne!(rd(&mut r.t, 0x060) & interrupt::CONFIG_CHANGE, 0);
         assert_eq!(r.img.contents(), before, "{name}");
         // Later kicks are ignored; a reset brings the device back.
@@ -735,24 +675,24 @@ fn broken_chains_need_reset() {
     put_desc_at(&r.mem, DESC, 0, HDR, 16, F_NEXT, 1);
     put_desc_at(&r.mem, DESC, 1, STATUS, 1, F_WRITE | F_NEXT, 0);
     assert_eq!(kick(&mut r, 0), None);
-    assert!(needs_reset(&mut r));
+    assert!(needs_reset(&mut r.t));
 
     // A next index beyond the table.
     let mut r = live();
     put_desc_at(&r.mem, DESC, 0, HDR, 16, F_NEXT, 999);
     assert_eq!(kick(&mut r, 0), None);
-    assert!(needs_reset(&mut r));
+    assert!(needs_reset(&mut r.t));
 
     // A head index beyond the table.
     let mut r = live();
     assert_eq!(kick(&mut r, 500), None);
-    assert!(needs_reset(&mut r));
+    assert!(needs_reset(&mut r.t));
 
     // An avail index more than a queue ahead.
     let mut r = live();
     r.mem.write_obj(0x8000u16, GuestAddress(AVAIL + 2)).unwrap();
     wr(&mut r.t, 0x050, 0);
-    assert!(needs_reset(&mut r));
+    assert!(needs_reset(&mut r.t));
 
     // A self-loop through an indirect table, and an indirect descriptor inside one.
     for (flags, next) in [(F_NEXT, 0u16), (F_INDIRECT, 0)] {
@@ -760,7 +700,7 @@ fn broken_chains_need_reset() {
         put_desc_at(&r.mem, INDIRECT, 0, INDIRECT, 16, flags, next);
         put_desc_at(&r.mem, DESC, 0, INDIRECT, 16, F_INDIRECT, 0);
         assert_eq!(kick(&mut r, 0), None);
-        assert!(needs_reset(&mut r));
+        assert!(needs_reset(&mut r.t));
     }
 }
 
@@ -782,9 +722,9 @@ fn indirect_requests() {
     }
     put_desc_at(&r.mem, DESC, 0, INDIRECT, 64, F_INDIRECT, 0);
     assert_eq!(kick(&mut r, 0), Some((0, 1025)));
-    assert_eq!(guest_bytes(&r, STATUS, 1), [s::OK]);
-    let mut got = guest_bytes(&r, BUF, 512);
-    got.extend(guest_bytes(&r, BUF + 0x1000, 512));
+    assert_eq!(guest_bytes(&r.mem, STATUS, 1), [s::OK]);
+    let mut got = guest_bytes(&r.mem, BUF, 512);
+    got.extend(guest_bytes(&r.mem, BUF + 0x1000, 512));
     assert_eq!(got, pattern(4 * 512, 1024));
 
     // An oversized chain: 2000 descriptors in one indirect table (allowed by the ring,
@@ -799,8 +739,8 @@ fn indirect_requests() {
     put_desc_at(&r.mem, DESC, 0, BUF, u32::from(n) * 16, F_INDIRECT, 0);
     const { assert!(2000 > super::MAX_CHAIN_DESCRIPTORS) };
     assert_eq!(kick(&mut r, 0), Some((0, 1)));
-    assert_eq!(guest_bytes(&r, STATUS, 1), [s::IOERR]);
-    assert!(!needs_reset(&mut r));
+    assert_eq!(guest_bytes(&r.mem, STATUS, 1), [s::IOERR]);
+    assert!(!needs_reset(&mut r.t));
 }
 
 #[test]
@@ -831,12 +771,12 @@ fn several_requests_per_kick() {
     }
     r.mem.write_obj(3u16, GuestAddress(AVAIL + 2)).unwrap();
     wr(&mut r.t, 0x050, 0);
-    assert_eq!(used_idx(&r.mem), 3);
+    assert_eq!(Q.used_idx(&r.mem), 3);
     assert_eq!(r.line.edges(), 1, "one interrupt for the batch");
     for k in 0..3u64 {
-        assert_eq!(guest_bytes(&r, STATUS + k, 1), [s::OK]);
+        assert_eq!(guest_bytes(&r.mem, STATUS + k, 1), [s::OK]);
         assert_eq!(
-            guest_bytes(&r, BUF + 0x1000 * k, 512),
+            guest_bytes(&r.mem, BUF + 0x1000 * k, 512),
             pattern(k as usize * 1024, 512)
         );
     }
@@ -873,22 +813,6 @@ fn open_errors_are_clear() {
     // An empty image is a zero-sector disk, not an error.
     let img = TempImage::new(&[]);
     assert_eq!(Block::open(&img.path, false).unwrap().capacity(), 0);
-}
-
-/// xorshift64*: deterministic garbage without a dev-dependency.
-struct Garbage(u64);
-
-impl Garbage {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 /// Random descriptor tables and headers, mostly plausible so that requests get past the
@@ -1014,13 +938,13 @@ fn random_descriptor_tables_never_panic() {
                 r.avail = r.avail.wrapping_add(1);
             }
             r.mem.write_obj(r.avail, GuestAddress(AVAIL + 2)).unwrap();
-            let before = used_idx(&r.mem);
+            let before = Q.used_idx(&r.mem);
             wr(&mut r.t, 0x050, 0);
-            let after = used_idx(&r.mem);
+            let after = Q.used_idx(&r.mem);
             completed += u32::from(after.wrapping_sub(before));
             assert!(after.wrapping_sub(before) <= heads);
             wr(&mut r.t, 0x064, interrupt::USED_BUFFER);
-            if needs_reset(&mut r) {
+            if needs_reset(&mut r.t) {
                 resets += 1;
                 break;
             }

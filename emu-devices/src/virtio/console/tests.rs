@@ -9,6 +9,9 @@ use vm_memory::{Bytes, GuestAddress};
 use super::{Console, MAX_INPUT_BACKLOG, MAX_TX_BYTES_PER_CHAIN, QUEUE_SIZE, RECEIVEQ, TRANSMITQ};
 use crate::irq::RecordingLine;
 use crate::virtio::mmio::MmioTransport;
+use crate::virtio::testing::{
+    guest_bytes, needs_reset, rd, setup_queue, transport, wr, Rings, F_NEXT, F_WRITE,
+};
 use crate::virtio::{device_id, features, interrupt, status, GuestMemory};
 
 const MEM_SIZE: usize = 0x30_0000;
@@ -17,9 +20,6 @@ const MEM_SIZE: usize = 0x30_0000;
 const RINGS: u64 = 0x1000;
 const BUF: u64 = 0x10000;
 const QSIZE: u16 = 16;
-
-const F_NEXT: u16 = 1;
-const F_WRITE: u16 = 2;
 
 /// Everything written to the console's output.
 #[derive(Clone, Default)]
@@ -44,29 +44,20 @@ struct Rig {
     used: [u16; 2],
 }
 
-fn rd(t: &mut MmioTransport<Console>, off: u64) -> u32 {
-    let mut b = [0u8; 4];
-    t.read(off, &mut b);
-    u32::from_le_bytes(b)
-}
-
-fn wr(t: &mut MmioTransport<Console>, off: u64, v: u32) {
-    t.write(off, &v.to_le_bytes());
-}
-
-fn desc_table(q: usize) -> u64 {
-    RINGS + q as u64 * 0x1000
+/// Queue `q`'s rings: descriptor table at `RINGS + q * 0x1000`, available ring 0x400 and
+/// used ring 0x800 above.
+fn rings(q: usize) -> Rings {
+    let desc = RINGS + q as u64 * 0x1000;
+    Rings {
+        desc,
+        avail: desc + 0x400,
+        used: desc + 0x800,
+    }
 }
 
 fn rig() -> Rig {
-    let mem = GuestMemory::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
-    let line = Arc::new(RecordingLine::default());
     let out = Output::default();
-    let t = MmioTransport::new(
-        Console::new(Box::new(out.clone())),
-        mem.clone(),
-        line.clone(),
-    );
+    let (t, mem, line) = transport(Console::new(Box::new(out.clone())), MEM_SIZE);
     Rig {
         t,
         mem,
@@ -96,15 +87,7 @@ fn bring_up(r: &mut Rig) {
     wr(t, 0x070, st);
     assert_ne!(rd(t, 0x070) & status::FEATURES_OK, 0);
     for q in 0..2 {
-        wr(t, 0x030, q as u32);
-        assert_eq!(rd(t, 0x034), u32::from(QUEUE_SIZE));
-        wr(t, 0x038, u32::from(QSIZE));
-        let base = desc_table(q);
-        for (reg, addr) in [(0x080, base), (0x090, base + 0x400), (0x0a0, base + 0x800)] {
-            wr(t, reg, addr as u32);
-            wr(t, reg + 4, 0);
-        }
-        wr(t, 0x044, 1);
+        setup_queue(t, q as u32, QUEUE_SIZE, u32::from(QSIZE), rings(q));
     }
     // Without MULTIPORT there are no control queues.
     wr(t, 0x030, 2);
@@ -119,32 +102,19 @@ fn live() -> Rig {
     r
 }
 
-fn needs_reset(r: &mut Rig) -> bool {
-    rd(&mut r.t, 0x070) & status::DEVICE_NEEDS_RESET != 0
-}
-
 /// Writes a chain of `descs` (address, length, flags without NEXT) at descriptor `first`
 /// of queue `q` and publishes it, without kicking.
 fn post(r: &mut Rig, q: usize, first: u16, descs: &[(u64, u32, u16)]) {
-    let table = desc_table(q);
+    let rings = rings(q);
     for (i, &(addr, len, flags)) in descs.iter().enumerate() {
         let i = first + i as u16;
         let more = usize::from(i - first) + 1 < descs.len();
         let flags = if more { flags | F_NEXT } else { flags };
-        let at = GuestAddress(table + u64::from(i) * 16);
-        r.mem.write_obj(addr, at).unwrap();
-        r.mem.write_obj(len, GuestAddress(at.0 + 8)).unwrap();
-        r.mem.write_obj(flags, GuestAddress(at.0 + 12)).unwrap();
-        r.mem.write_obj(i + 1, GuestAddress(at.0 + 14)).unwrap();
+        rings.put_desc(&r.mem, i, addr, len, flags, i + 1);
     }
-    let slot = u64::from(r.avail[q] % QSIZE);
-    r.mem
-        .write_obj(first, GuestAddress(table + 0x404 + 2 * slot))
-        .unwrap();
+    let slot = r.avail[q] % QSIZE;
     r.avail[q] = r.avail[q].wrapping_add(1);
-    r.mem
-        .write_obj(r.avail[q], GuestAddress(table + 0x402))
-        .unwrap();
+    rings.publish(&r.mem, slot, first, r.avail[q]);
 }
 
 fn kick(r: &mut Rig, q: usize) {
@@ -153,18 +123,7 @@ fn kick(r: &mut Rig, q: usize) {
 
 /// The used elements queue `q` gained since the last call.
 fn take_used(r: &mut Rig, q: usize) -> Vec<(u32, u32)> {
-    let base = desc_table(q) + 0x800;
-    let idx: u16 = r.mem.read_obj(GuestAddress(base + 2)).unwrap();
-    let mut out = Vec::new();
-    while r.used[q] != idx {
-        let at = base + 4 + 8 * u64::from(r.used[q] % QSIZE);
-        out.push((
-            r.mem.read_obj(GuestAddress(at)).unwrap(),
-            r.mem.read_obj(GuestAddress(at + 4)).unwrap(),
-        ));
-        r.used[q] = r.used[q].wrapping_add(1);
-    }
-    out
+    rings(q).take_used(&r.mem, &mut r.used[q], QSIZE)
 }
 
 fn ack(r: &mut Rig) -> u32 {
@@ -172,12 +131,6 @@ fn ack(r: &mut Rig) -> u32 {
     wr(&mut r.t, 0x064, isr);
     assert!(!r.line.level());
     isr
-}
-
-fn guest_bytes(r: &Rig, addr: u64, len: usize) -> Vec<u8> {
-    let mut v = vec![0; len];
-    r.mem.read_slice(&mut v, GuestAddress(addr)).unwrap();
-    v
 }
 
 fn output(r: &Rig) -> Vec<u8> {
@@ -239,13 +192,13 @@ fn input_waits_for_buffers_then_arrives() {
     post(&mut r, RECEIVEQ, 1, &[(BUF + 0x1000, 4096, F_WRITE)]);
     kick(&mut r, RECEIVEQ);
     assert_eq!(take_used(&mut r, RECEIVEQ), vec![(0, 6)]);
-    assert_eq!(guest_bytes(&r, BUF, 6), b"ls -l\r");
+    assert_eq!(guest_bytes(&r.mem, BUF, 6), b"ls -l\r");
     assert_eq!(ack(&mut r), interrupt::USED_BUFFER);
     // With a buffer posted, input from the host thread arrives at once, with an
     // interrupt.
     r.t.receive_input(b"x");
     assert_eq!(take_used(&mut r, RECEIVEQ), vec![(1, 1)]);
-    assert_eq!(guest_bytes(&r, BUF + 0x1000, 1), b"x");
+    assert_eq!(guest_bytes(&r.mem, BUF + 0x1000, 1), b"x");
     assert!(r.line.level());
     assert_eq!(ack(&mut r), interrupt::USED_BUFFER);
     // No buffers left: the next input waits again.
@@ -270,14 +223,14 @@ fn input_larger_than_a_buffer_spans_chains_and_descriptors() {
     post(&mut r, RECEIVEQ, 2, &[(BUF + 0x200, 10, F_WRITE)]);
     kick(&mut r, RECEIVEQ);
     assert_eq!(take_used(&mut r, RECEIVEQ), vec![(0, 50), (2, 10)]);
-    assert_eq!(guest_bytes(&r, BUF, 30), &text[..30]);
-    assert_eq!(guest_bytes(&r, BUF + 0x100, 20), &text[30..50]);
-    assert_eq!(guest_bytes(&r, BUF + 0x200, 10), &text[50..60]);
+    assert_eq!(guest_bytes(&r.mem, BUF, 30), &text[..30]);
+    assert_eq!(guest_bytes(&r.mem, BUF + 0x100, 20), &text[30..50]);
+    assert_eq!(guest_bytes(&r.mem, BUF + 0x200, 10), &text[50..60]);
     assert_eq!(r.t.device().pending_input(), 40);
     post(&mut r, RECEIVEQ, 3, &[(BUF + 0x300, 4096, F_WRITE)]);
     kick(&mut r, RECEIVEQ);
     assert_eq!(take_used(&mut r, RECEIVEQ), vec![(3, 40)]);
-    assert_eq!(guest_bytes(&r, BUF + 0x300, 40), &text[60..]);
+    assert_eq!(guest_bytes(&r.mem, BUF + 0x300, 40), &text[60..]);
 }
 
 #[test]
@@ -288,7 +241,7 @@ fn a_receive_chain_without_writable_space_completes_empty() {
     post(&mut r, RECEIVEQ, 1, &[(BUF + 0x100, 8, F_WRITE)]);
     kick(&mut r, RECEIVEQ);
     assert_eq!(take_used(&mut r, RECEIVEQ), vec![(0, 0), (1, 3)]);
-    assert!(!needs_reset(&mut r));
+    assert!(!needs_reset(&mut r.t));
 }
 
 #[test]
@@ -311,7 +264,7 @@ fn input_typed_before_the_driver_or_across_a_reset_is_kept() {
     post(&mut r, RECEIVEQ, 0, &[(BUF, 64, F_WRITE)]);
     kick(&mut r, RECEIVEQ);
     assert_eq!(take_used(&mut r, RECEIVEQ), vec![(0, 5)]);
-    assert_eq!(guest_bytes(&r, BUF, 5), b"early");
+    assert_eq!(guest_bytes(&r.mem, BUF, 5), b"early");
     r.t.receive_input(b"late");
     wr(&mut r.t, 0x070, 0);
     assert!(!r.t.device().activated());
@@ -324,14 +277,14 @@ fn buffers_outside_memory_need_reset() {
     let mut r = live();
     post(&mut r, TRANSMITQ, 0, &[(MEM_SIZE as u64 - 4, 8, 0)]);
     kick(&mut r, TRANSMITQ);
-    assert!(needs_reset(&mut r));
+    assert!(needs_reset(&mut r.t));
     assert_eq!(rd(&mut r.t, 0x060), interrupt::CONFIG_CHANGE);
 
     let mut r = live();
     r.t.receive_input(b"0123456789");
     post(&mut r, RECEIVEQ, 0, &[(0xdead_0000_0000, 64, F_WRITE)]);
     kick(&mut r, RECEIVEQ);
-    assert!(needs_reset(&mut r));
+    assert!(needs_reset(&mut r.t));
     // The device has given up: input no longer touches the queue.
     r.t.receive_input(b"more");
     assert!(take_used(&mut r, RECEIVEQ).is_empty());
@@ -356,16 +309,11 @@ fn a_huge_transmit_chain_is_cut_at_the_limit() {
 fn looping_chains_end() {
     let mut r = live();
     // Descriptor 0 -> 1 -> 0 ...: virtio-queue stops after a ring's worth.
-    let table = desc_table(TRANSMITQ);
-    for (i, next) in [(0u64, 1u16), (1, 0)] {
-        let at = table + 16 * i;
-        r.mem.write_obj(BUF, GuestAddress(at)).unwrap();
-        r.mem.write_obj(4u32, GuestAddress(at + 8)).unwrap();
-        r.mem.write_obj(F_NEXT, GuestAddress(at + 12)).unwrap();
-        r.mem.write_obj(next, GuestAddress(at + 14)).unwrap();
+    let tx = rings(TRANSMITQ);
+    for (i, next) in [(0u16, 1u16), (1, 0)] {
+        tx.put_desc(&r.mem, i, BUF, 4, F_NEXT, next);
     }
-    r.mem.write_obj(0u16, GuestAddress(table + 0x404)).unwrap();
-    r.mem.write_obj(1u16, GuestAddress(table + 0x402)).unwrap();
+    tx.publish(&r.mem, 0, 0, 1);
     kick(&mut r, TRANSMITQ);
     assert!(output(&r).len() <= usize::from(QSIZE) * 4);
     assert_eq!(take_used(&mut r, TRANSMITQ).len(), 1);

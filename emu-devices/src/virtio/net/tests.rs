@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use emu_mmu::BusDevice;
-use vm_memory::{Address, Bytes, GuestAddress};
+use vm_memory::{Bytes, GuestAddress};
 
 use super::{
     connect_rx, feature, header as h, GuestOffloads, Net, NetBackend, RxFrame, RxNotifier,
@@ -15,7 +15,11 @@ use super::{
 };
 use crate::irq::RecordingLine;
 use crate::virtio::mmio::MmioTransport;
-use crate::virtio::{device_id, features, interrupt, status, GuestMemory};
+use crate::virtio::testing::{
+    self, driver_ok, guest_bytes, needs_reset, rd, setup_queue, transport, wr, Rings, F_NEXT,
+    F_WRITE,
+};
+use crate::virtio::{device_id, features, interrupt, GuestMemory};
 
 const MEM_SIZE: usize = 0x80000;
 /// Per-queue rings: queue `q` at `RINGS + q * 0x3000`.
@@ -23,9 +27,6 @@ const RINGS: u64 = 0x1000;
 /// Buffers.
 const BUF: u64 = 0x10000;
 const QSIZE: u16 = 16;
-
-const F_NEXT: u16 = 1;
-const F_WRITE: u16 = 2;
 
 /// What the test backend saw and what it will hand the device.
 #[derive(Default)]
@@ -77,9 +78,7 @@ fn new_net() -> (Net, Arc<Mutex<Wire>>) {
 
 fn rig() -> Rig {
     let (net, wire) = new_net();
-    let mem = GuestMemory::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
-    let line = Arc::new(RecordingLine::default());
-    let t = MmioTransport::new(net, mem.clone(), line.clone());
+    let (t, mem, line) = transport(net, MEM_SIZE);
     Rig {
         t,
         mem,
@@ -90,62 +89,26 @@ fn rig() -> Rig {
     }
 }
 
-fn rd(t: &mut impl BusDevice, off: u64) -> u32 {
-    let mut b = [0u8; 4];
-    t.read(off, &mut b);
-    u32::from_le_bytes(b)
-}
-
-fn wr(t: &mut impl BusDevice, off: u64, v: u32) {
-    t.write(off, &v.to_le_bytes());
-}
-
-fn desc_table(q: usize) -> u64 {
-    RINGS + q as u64 * 0x3000
-}
-fn avail_ring(q: usize) -> u64 {
-    desc_table(q) + 0x1000
-}
-fn used_ring(q: usize) -> u64 {
-    desc_table(q) + 0x2000
+/// Queue `q`'s rings: descriptor table at `RINGS + q * 0x3000`, available ring 0x1000
+/// and used ring 0x2000 above.
+fn rings(q: usize) -> Rings {
+    let desc = RINGS + q as u64 * 0x3000;
+    Rings {
+        desc,
+        avail: desc + 0x1000,
+        used: desc + 0x2000,
+    }
 }
 
 /// `virtnet_probe` up to DRIVER_OK, accepting `offered & accept`; returns what was offered.
-fn bring_up(t: &mut impl BusDevice, accept: u64) -> u64 {
-    assert_eq!(rd(t, 0x000), 0x7472_6976);
-    assert_eq!(rd(t, 0x008), device_id::NET);
-    wr(t, 0x070, 0);
-    wr(t, 0x070, status::ACKNOWLEDGE);
-    wr(t, 0x070, status::ACKNOWLEDGE | status::DRIVER);
-    wr(t, 0x014, 1);
-    let hi = u64::from(rd(t, 0x010));
-    wr(t, 0x014, 0);
-    let lo = u64::from(rd(t, 0x010));
-    let offered = hi << 32 | lo;
-    let want = offered & accept;
-    wr(t, 0x024, 1);
-    wr(t, 0x020, (want >> 32) as u32);
-    wr(t, 0x024, 0);
-    wr(t, 0x020, want as u32);
-    let st = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK;
-    wr(t, 0x070, st);
-    assert_ne!(rd(t, 0x070) & status::FEATURES_OK, 0);
+fn bring_up(t: &mut MmioTransport<Net>, accept: u64) -> u64 {
+    let (offered, features_ok) = testing::negotiate(t, device_id::NET, accept);
+    assert!(features_ok);
     for q in [RX_QUEUE, TX_QUEUE] {
-        wr(t, 0x030, q as u32);
-        assert_eq!(rd(t, 0x034), u32::from(QUEUE_SIZE));
-        wr(t, 0x038, u32::from(QSIZE));
-        for (lo, addr) in [
-            (0x080, desc_table(q)),
-            (0x090, avail_ring(q)),
-            (0x0a0, used_ring(q)),
-        ] {
-            wr(t, lo, addr as u32);
-            wr(t, lo + 4, (addr >> 32) as u32);
-        }
-        wr(t, 0x044, 1);
+        setup_queue(t, q as u32, QUEUE_SIZE, u32::from(QSIZE), rings(q));
     }
-    wr(t, 0x070, st | status::DRIVER_OK);
-    assert_eq!(rd(t, 0x070) & status::DEVICE_NEEDS_RESET, 0);
+    driver_ok(t);
+    assert!(!needs_reset(t));
     offered
 }
 
@@ -157,26 +120,6 @@ fn live(accept: u64) -> Rig {
 
 /// Everything Linux's virtio_net accepts by default.
 const ALL: u64 = u64::MAX;
-
-fn put_desc(mem: &GuestMemory, q: usize, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
-    let at = GuestAddress(desc_table(q) + u64::from(i) * 16);
-    mem.write_obj(addr, at).unwrap();
-    mem.write_obj(len, at.unchecked_add(8)).unwrap();
-    mem.write_obj(flags, at.unchecked_add(12)).unwrap();
-    mem.write_obj(next, at.unchecked_add(14)).unwrap();
-}
-
-fn used_idx(mem: &GuestMemory, q: usize) -> u16 {
-    mem.read_obj(GuestAddress(used_ring(q) + 2)).unwrap()
-}
-
-fn used_elem(mem: &GuestMemory, q: usize, n: u16) -> (u32, u32) {
-    let at = used_ring(q) + 4 + 8 * u64::from(n % QSIZE);
-    (
-        mem.read_obj(GuestAddress(at)).unwrap(),
-        mem.read_obj(GuestAddress(at + 4)).unwrap(),
-    )
-}
 
 /// Writes `descs` (address, length, flags without NEXT) as one chain in queue `q`'s table
 /// and publishes it (without notifying); returns the head index.
@@ -192,15 +135,12 @@ fn post(
         let i = (head + k as u16) % QSIZE;
         let more = k + 1 < descs.len();
         let flags = if more { flags | F_NEXT } else { flags };
-        put_desc(mem, q, i, addr, len, flags, (i + 1) % QSIZE);
+        rings(q).put_desc(mem, i, addr, len, flags, (i + 1) % QSIZE);
     }
     *r_next = (head + descs.len() as u16) % QSIZE;
     let slot = *r_avail % QSIZE;
-    mem.write_obj(head, GuestAddress(avail_ring(q) + 4 + 2 * u64::from(slot)))
-        .unwrap();
     *r_avail = r_avail.wrapping_add(1);
-    mem.write_obj(*r_avail, GuestAddress(avail_ring(q) + 2))
-        .unwrap();
+    rings(q).publish(mem, slot, head, *r_avail);
     head
 }
 
@@ -220,13 +160,11 @@ impl Rig {
     }
 
     fn needs_reset(&mut self) -> bool {
-        rd(&mut self.t, 0x070) & status::DEVICE_NEEDS_RESET != 0
+        needs_reset(&mut self.t)
     }
 
     fn bytes(&self, addr: u64, len: usize) -> Vec<u8> {
-        let mut v = vec![0; len];
-        self.mem.read_slice(&mut v, GuestAddress(addr)).unwrap();
-        v
+        guest_bytes(&self.mem, addr, len)
     }
 
     fn write(&self, addr: u64, data: &[u8]) {
@@ -239,7 +177,7 @@ impl Rig {
     fn transmit(&mut self, hdr: [u8; HEADER_LEN], frame: &[u8]) -> (u32, u32) {
         self.write(BUF, &hdr);
         self.write(BUF + 0x100, frame);
-        let before = used_idx(&self.mem, TX_QUEUE);
+        let before = rings(TX_QUEUE).used_idx(&self.mem);
         self.post(
             TX_QUEUE,
             &[
@@ -248,8 +186,8 @@ impl Rig {
             ],
         );
         self.notify(TX_QUEUE);
-        assert_eq!(used_idx(&self.mem, TX_QUEUE), before.wrapping_add(1));
-        used_elem(&self.mem, TX_QUEUE, before)
+        assert_eq!(rings(TX_QUEUE).used_idx(&self.mem), before.wrapping_add(1));
+        rings(TX_QUEUE).used_elem(&self.mem, before % QSIZE)
     }
 
     fn queue_frame(&self, frame: RxFrame) {
@@ -452,13 +390,13 @@ fn received_frames_fill_posted_buffers_with_a_header() {
     r.queue_frame(RxFrame::new(frame.clone()));
     // Nothing happens before the driver posts a buffer.
     r.notify(RX_QUEUE);
-    assert_eq!(used_idx(&r.mem, RX_QUEUE), 0);
+    assert_eq!(rings(RX_QUEUE).used_idx(&r.mem), 0);
     // Linux's small-buffer mode: one writable descriptor of header + 1518 bytes.
     r.post(RX_QUEUE, &[(BUF, 12 + 1518, F_WRITE)]);
     r.notify(RX_QUEUE);
-    assert_eq!(used_idx(&r.mem, RX_QUEUE), 1);
+    assert_eq!(rings(RX_QUEUE).used_idx(&r.mem), 1);
     assert_eq!(
-        used_elem(&r.mem, RX_QUEUE, 0),
+        rings(RX_QUEUE).used_elem(&r.mem, 0),
         (0, (12 + frame.len()) as u32)
     );
     let hdr = r.bytes(BUF, HEADER_LEN);
@@ -479,7 +417,7 @@ fn received_frames_fill_posted_buffers_with_a_header() {
         ],
     );
     r.notify(RX_QUEUE);
-    assert_eq!(used_elem(&r.mem, RX_QUEUE, 1).1, 12 + 5000);
+    assert_eq!(rings(RX_QUEUE).used_elem(&r.mem, 1).1, 12 + 5000);
     let mut got = r.bytes(BUF + 0x2000, 4096);
     got.extend(r.bytes(BUF + 0x3000, 5000 - 4096));
     assert_eq!(got, big);
@@ -499,12 +437,12 @@ fn a_frame_waits_for_a_buffer_and_frames_keep_their_order() {
     }
     r.post(RX_QUEUE, &[(BUF, 2048, F_WRITE)]);
     r.notify(RX_QUEUE);
-    assert_eq!(used_idx(&r.mem, RX_QUEUE), 1);
+    assert_eq!(rings(RX_QUEUE).used_idx(&r.mem), 1);
     assert_eq!(r.bytes(BUF + 12, 60), vec![0; 60]);
     r.post(RX_QUEUE, &[(BUF + 0x1000, 2048, F_WRITE)]);
     r.post(RX_QUEUE, &[(BUF + 0x2000, 2048, F_WRITE)]);
     r.notify(RX_QUEUE);
-    assert_eq!(used_idx(&r.mem, RX_QUEUE), 3);
+    assert_eq!(rings(RX_QUEUE).used_idx(&r.mem), 3);
     assert_eq!(r.bytes(BUF + 0x1000 + 12, 60), vec![1; 60]);
     assert_eq!(r.bytes(BUF + 0x2000 + 12, 60), vec![2; 60]);
     assert_eq!(r.t.device().stats().rx_frames, 3);
@@ -522,7 +460,7 @@ fn a_backend_thread_delivers_to_an_idle_guest_and_raises_the_interrupt() {
         line.clone(),
     )));
     connect_rx(&t);
-    bring_up(&mut *t.lock().unwrap(), ALL);
+    bring_up(&mut t.lock().unwrap(), ALL);
     let (mut avail, mut next) = (0u16, 0u16);
     post(
         &mem,
@@ -541,10 +479,10 @@ fn a_backend_thread_delivers_to_an_idle_guest_and_raises_the_interrupt() {
     });
     backend.join().unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
-    while used_idx(&mem, RX_QUEUE) == 0 && Instant::now() < deadline {
+    while rings(RX_QUEUE).used_idx(&mem) == 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(1));
     }
-    assert_eq!(used_idx(&mem, RX_QUEUE), 1);
+    assert_eq!(rings(RX_QUEUE).used_idx(&mem), 1);
     assert!(line.level());
     assert_eq!(line.edges(), 1);
     let mut b = vec![0u8; 64];
@@ -583,7 +521,10 @@ fn large_tcp_segments_are_delivered_as_tso_when_the_guest_accepts_them() {
     });
     r.post(RX_QUEUE, &[(BUF, 12 + 0x8000, F_WRITE)]);
     r.notify(RX_QUEUE);
-    assert_eq!(used_elem(&r.mem, RX_QUEUE, 0).1, (12 + frame.len()) as u32);
+    assert_eq!(
+        rings(RX_QUEUE).used_elem(&r.mem, 0).1,
+        (12 + frame.len()) as u32
+    );
     let hdr = r.bytes(BUF, HEADER_LEN);
     assert_eq!(hdr[0], h::F_NEEDS_CSUM);
     assert_eq!(hdr[1], h::GSO_TCPV4);
@@ -607,7 +548,7 @@ fn large_tcp_segments_are_delivered_as_tso_when_the_guest_accepts_them() {
     r.queue_frame(RxFrame::new(vec![7; 60]));
     r.post(RX_QUEUE, &[(BUF, 0x2000, F_WRITE)]);
     r.notify(RX_QUEUE);
-    assert_eq!(used_idx(&r.mem, RX_QUEUE), 1);
+    assert_eq!(rings(RX_QUEUE).used_idx(&r.mem), 1);
     assert_eq!(r.bytes(BUF + 12, 60), vec![7; 60]);
     assert_eq!(r.t.device().stats().rx_dropped, 1);
     let mut r = live(ALL);
@@ -617,7 +558,7 @@ fn large_tcp_segments_are_delivered_as_tso_when_the_guest_accepts_them() {
     });
     r.post(RX_QUEUE, &[(BUF, 0x2000, F_WRITE)]);
     r.notify(RX_QUEUE);
-    assert_eq!(used_idx(&r.mem, RX_QUEUE), 0);
+    assert_eq!(rings(RX_QUEUE).used_idx(&r.mem), 0);
     assert_eq!(r.t.device().stats().rx_dropped, 1);
 }
 
@@ -650,15 +591,15 @@ fn guest_garbage_in_the_transmit_queue_drops_frames_without_stopping_the_device(
     r.post(TX_QUEUE, &[(BUF + 0x3000, 12, 0), (BUF + 0x100, 60, 0)]);
     cases += 1;
     r.notify(TX_QUEUE);
-    assert_eq!(used_idx(&r.mem, TX_QUEUE), cases as u16);
+    assert_eq!(rings(TX_QUEUE).used_idx(&r.mem), cases as u16);
     assert!(r.sent().is_empty());
     assert_eq!(r.t.device().stats().tx_dropped, cases);
     // A descriptor loop: virtio-queue ends it, the device drops the frame.
     let head = r.next_desc[TX_QUEUE];
     r.post(TX_QUEUE, &[(BUF, 12, 0)]);
-    put_desc(&r.mem, TX_QUEUE, head, BUF, 12, F_NEXT, head);
+    rings(TX_QUEUE).put_desc(&r.mem, head, BUF, 12, F_NEXT, head);
     r.notify(TX_QUEUE);
-    assert_eq!(used_idx(&r.mem, TX_QUEUE), cases as u16 + 1);
+    assert_eq!(rings(TX_QUEUE).used_idx(&r.mem), cases as u16 + 1);
     // The device still works.
     assert!(!r.needs_reset());
     r.transmit(plain_header(), &frame);
@@ -680,8 +621,10 @@ fn guest_garbage_in_the_receive_queue_never_loses_the_device() {
     r.post(RX_QUEUE, &[(0x1_0000_0000, 2048, F_WRITE)]);
     r.post(RX_QUEUE, &[(BUF + 0x2000, 2048, F_WRITE)]);
     r.notify(RX_QUEUE);
-    assert_eq!(used_idx(&r.mem, RX_QUEUE), 4);
-    let lens: Vec<u32> = (0..4).map(|n| used_elem(&r.mem, RX_QUEUE, n).1).collect();
+    assert_eq!(rings(RX_QUEUE).used_idx(&r.mem), 4);
+    let lens: Vec<u32> = (0..4)
+        .map(|n| rings(RX_QUEUE).used_elem(&r.mem, n).1)
+        .collect();
     assert_eq!(lens, vec![0, 0, 0, 112]);
     assert_eq!(r.bytes(BUF + 0x2000 + 12, 100), vec![9; 100]);
     assert_eq!(r.t.device().stats().rx_dropped, 2);
@@ -693,7 +636,7 @@ fn guest_garbage_in_the_receive_queue_never_loses_the_device() {
     r.mem
         .write_obj(
             r.avail[RX_QUEUE].wrapping_add(100),
-            GuestAddress(avail_ring(RX_QUEUE) + 2),
+            GuestAddress(rings(RX_QUEUE).avail + 2),
         )
         .unwrap();
     r.notify(RX_QUEUE);

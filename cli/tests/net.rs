@@ -143,7 +143,7 @@ cat /tmp/lease
 #[test]
 fn the_guest_gets_an_address_by_dhcp_and_fetches_a_host_file_through_the_router() {
     let image = image(Flavour::Cloud);
-    let body = noise(4 << 20, 0x5eed_0e7);
+    let body = noise(4 << 20, 0x05ee_d0e7);
     let stop = Arc::new(AtomicBool::new(false));
     let (port, server) = http_server(body.clone(), stop.clone());
     let script = format!(

@@ -22,47 +22,11 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{assert_one_line_error, boot_with, find_line, image, Run};
+use common::{assert_clean_run, assert_one_line_error, boot_with, find_line, image, noise};
 use test_images::Flavour;
 
 /// How long the host side waits for the guest before failing (far above a normal boot).
 const PATIENCE: Duration = Duration::from_secs(120);
-
-/// `len` bytes of deterministic noise.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed;
-    (0..len)
-        .map(|_| {
-            x = x
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            (x >> 56) as u8
-        })
-        .collect()
-}
-
-/// The guest ran its whole script (status 0), powered off, and no module failed.
-fn assert_clean_run(run: &Run) {
-    assert!(
-        run.status.success(),
-        "quetzal did not exit 0 after the guest powered off\n{}",
-        run.transcript()
-    );
-    let (_, done) = find_line(run, "QUETZAL-DONE");
-    assert_eq!(
-        done,
-        "rc=0",
-        "the guest script failed\n{}",
-        run.transcript()
-    );
-    for bad in ["QUETZAL-WARN", "QUETZAL-ERROR", "Kernel panic"] {
-        assert!(
-            !run.stdout.contains(bad),
-            "{bad} on the console\n{}",
-            run.transcript()
-        );
-    }
-}
 
 /// A port on 127.0.0.1 that was free a moment ago.
 fn free_port() -> u16 {
@@ -165,7 +129,7 @@ fn the_guest_gets_an_address_by_dhcp_and_fetches_a_host_file_through_the_router(
     eprintln!("boot, DHCP, DNS and a 4 MiB fetch: {:?}", started.elapsed());
     stop.store(true, Ordering::SeqCst);
     server.join().expect("the HTTP server thread");
-    assert_clean_run(&run);
+    assert_clean_run(&run, &[]);
     assert_eq!(
         find_line(&run, "LEASE ").1,
         "ip=10.0.2.15 mask=24 router=10.0.2.2 dns=10.0.2.3",
@@ -226,7 +190,7 @@ fn the_host_reaches_a_server_in_the_guest_through_a_forwarded_port() {
         "boot and a 575 KiB transfer out of the guest: {:?}",
         started.elapsed()
     );
-    assert_clean_run(&run);
+    assert_clean_run(&run, &[]);
     assert!(run.stdout.contains("SERVED"), "{}", run.transcript());
     let (_, hash) = find_line(&run, "PAYLOAD=");
     let expected: String = (1..=100_000).map(|i| format!("{i}\n")).collect();

@@ -216,3 +216,51 @@ pub fn assert_one_line_error(case: &str, run: &Run, needle: &str) {
     );
     assert!(!run.stderr.contains("panicked"), "{case}: panicked");
 }
+
+/// `len` bytes of deterministic noise (an LCG seeded with `seed`): no two disks or
+/// offsets look alike, so a block read from or written to the wrong place shows.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed;
+    (0..len)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (x >> 56) as u8
+        })
+        .collect()
+}
+
+/// A `-drive` value for `path` (QEMU doubles commas inside values) followed by `rest`.
+pub fn drive(path: &Path, rest: &str) -> String {
+    format!(
+        "file={},format=raw,{rest}",
+        path.display().to_string().replace(',', ",,")
+    )
+}
+
+/// The guest ran its whole script (status 0), the machine powered off (exit status 0),
+/// and the console shows none of the init script's warnings, a kernel panic, or any of
+/// `also_bad` (messages a particular test knows to mean failure).
+pub fn assert_clean_run(run: &Run, also_bad: &[&str]) {
+    assert!(
+        run.status.success(),
+        "quetzal did not exit 0 after the guest powered off\n{}",
+        run.transcript()
+    );
+    let (_, done) = find_line(run, "QUETZAL-DONE");
+    assert_eq!(
+        done,
+        "rc=0",
+        "the guest script failed\n{}",
+        run.transcript()
+    );
+    let always = ["QUETZAL-WARN", "QUETZAL-ERROR", "Kernel panic"];
+    for bad in always.iter().chain(also_bad) {
+        assert!(
+            !run.stdout.contains(bad),
+            "{bad} on the console\n{}",
+            run.transcript()
+        );
+    }
+}

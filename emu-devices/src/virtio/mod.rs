@@ -90,6 +90,19 @@ pub enum QueueFault {
     },
 }
 
+/// Copies the device configuration space `config` at `offset` into `data`, as drivers
+/// read it: bytes past the end of `config` (or at offsets beyond any index) read as zero.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, byte) in data.iter_mut().enumerate() {
+        *byte = offset
+            .checked_add(i as u64)
+            .and_then(|at| usize::try_from(at).ok())
+            .and_then(|at| config.get(at))
+            .copied()
+            .unwrap_or(0);
+    }
+}
+
 /// The device model behind a VirtIO transport.
 pub trait VirtioDevice: Send {
     /// The VirtIO device type (see [`device_id`]).

@@ -194,16 +194,7 @@ impl VirtioDevice for Console {
         let mut config = [0u8; CONFIG_SIZE];
         // cols and rows are unknown (zero); one port.
         config[4..8].copy_from_slice(&1u32.to_le_bytes());
-        let Ok(start) = usize::try_from(offset) else {
-            return;
-        };
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = start
-                .checked_add(i)
-                .and_then(|at| config.get(at))
-                .copied()
-                .unwrap_or(0);
-        }
+        crate::virtio::read_config_bytes(&config, offset, data);
     }
 
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {

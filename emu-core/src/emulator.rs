@@ -249,20 +249,16 @@ impl Emulator {
     /// (unless the `QUETZAL_JIT` environment variable says otherwise, see
     /// [`JitConfig::from_env`]); `enabled: false` leaves everything to the interpreter.
     pub fn set_jit_config(&mut self, config: JitConfig) {
-        self.forget_compiled_code();
+        if let Some(jit) = self.jit.as_mut() {
+            // Blocks must not keep pointers into the code this `Jit` frees.
+            jit.flush(&mut self.cache);
+        }
         self.jit = Self::make_jit(config);
     }
 
     /// Counters of the compiling tier, if it is enabled.
     pub fn jit_stats(&self) -> Option<JitStats> {
         self.jit.as_ref().map(|j| j.stats)
-    }
-
-    /// Drops every compiled block and frees their code.
-    fn forget_compiled_code(&mut self) {
-        if let Some(jit) = self.jit.as_mut() {
-            jit.flush(&mut self.cache);
-        }
     }
 
     /// Chooses who handles exceptions and software interrupts (see [`InterruptDelivery`]).

@@ -15,7 +15,7 @@ use cranelift_codegen::ir::{
 use cranelift_codegen::isa::CallConv;
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
 use emu_mmu::{Mmu, TlbEntry, PAGE_MASK, TLB_ENTRIES};
-use iced_x86::{Code, Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
+use iced_x86::{Code, Decoder, DecoderOptions, Instruction, Mnemonic, OpKind};
 
 use super::helpers::{self, JitCtx, STATUS_TRAP};
 use super::Job;
@@ -175,15 +175,6 @@ fn live_flags_after(decoded: &[Instruction]) -> Vec<u64> {
     out
 }
 
-/// The GPR operands of an instruction: number (as in records) and width in bytes.
-fn gpr(r: Register) -> Option<(u8, u8)> {
-    if r.is_gpr() {
-        Some((register_number(r), r.size() as u8))
-    } else {
-        None
-    }
-}
-
 /// Width in bytes of operand `i` (a GPR or memory).
 fn operand_size(instr: &Instruction, i: u32) -> u8 {
     match instr.op_kind(i) {
@@ -208,10 +199,6 @@ fn int_type(size: u8) -> Type {
         4 => types::I32,
         _ => types::I64,
     }
-}
-
-fn log2(size: u8) -> u8 {
-    size.trailing_zeros() as u8
 }
 
 /// What the lowering does with one instruction.
@@ -291,8 +278,8 @@ fn plan(instr: &Instruction, insn: &Insn, live_after: u64) -> Plan {
     if !plain_operands(instr) || instr.op_count() == 0 {
         return Plan::Fallback;
     }
-    let flags_dead = flags_killed(instr) & live_after == 0
-        && flag_bits(instr.rflags_modified()) & live_after == 0;
+    // Every flag the instruction may write (conditionally or not) must be dead.
+    let flags_dead = flag_bits(instr.rflags_modified()) & live_after == 0;
     let m = instr.mnemonic();
     match m {
         Mnemonic::Mov => Plan::Mov,
@@ -734,7 +721,7 @@ impl Lower<'_> {
     fn set_flags(&mut self, op: FlagOp, size: u8, a: Value, b: Value, res: Value) {
         self.flags = Pending::Lazy {
             op,
-            width: log2(size),
+            width: flags::width_log2(size as usize),
             a,
             b,
             res,
@@ -795,7 +782,6 @@ impl Lower<'_> {
         b: Value,
         res: Value,
     ) -> Value {
-        let ty = int_type(size);
         if op == FlagOp::Sub {
             let cmp = match cc {
                 2 => Some(IntCC::UnsignedLessThan),
@@ -825,7 +811,6 @@ impl Lower<'_> {
                 _ => {}
             }
         }
-        let _ = ty;
         match cc {
             0 => self.of(op, size, a, b, res),
             2 => self.cf(op, size, a, b, res),
@@ -1267,8 +1252,8 @@ fn lower_native(
         }
         Plan::Xchg => {
             let size = operand_size(instr, 0);
-            let (r0, _) = gpr(instr.op0_register()).expect("GPR operand");
-            let (r1, _) = gpr(instr.op1_register()).expect("GPR operand");
+            let r0 = register_number(instr.op0_register());
+            let r1 = register_number(instr.op1_register());
             let v0 = l.read_gpr(r0, size);
             let v1 = l.read_gpr(r1, size);
             l.write_gpr(r0, size, v1);

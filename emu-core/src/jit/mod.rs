@@ -444,27 +444,21 @@ impl Jit {
         cache: &mut CodeCache,
         idx: u32,
     ) -> Option<CompiledBlock> {
-        let tier = cache.block(idx).tier;
-        let entries = match tier {
+        if let BlockTier::Compiled(f) = cache.block(idx).tier {
+            return Some(f);
+        }
+        if self.in_flight > 0 {
+            // Results that arrived may include this block's.
+            self.receive(cache);
+        }
+        let entries = match cache.block(idx).tier {
             BlockTier::Compiled(f) => return Some(f),
-            BlockTier::Queued | BlockTier::Interpreted => {
-                if self.in_flight > 0 {
-                    self.receive(cache);
-                }
-                return match cache.block(idx).tier {
-                    BlockTier::Compiled(f) => Some(f),
-                    _ => None,
-                };
-            }
+            BlockTier::Queued | BlockTier::Interpreted => return None,
             BlockTier::Cold => 1,
             BlockTier::Warm(n) => n + 1,
         };
-        if self.in_flight > 0 {
-            self.receive(cache);
-        }
-        let block = cache.block_mut(idx);
         if entries < self.config.threshold {
-            block.tier = BlockTier::Warm(entries);
+            cache.block_mut(idx).tier = BlockTier::Warm(entries);
             return None;
         }
         if self.code_bytes > self.config.max_code_bytes {

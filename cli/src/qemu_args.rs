@@ -214,14 +214,40 @@ fn memory(value: &str) -> Result<u64, ArgError> {
     parse_memory_size(size).map_err(|e| bad("m", value, &e.to_string()))
 }
 
-/// QEMU's `-smp` takes `N` or `cpus=N[,...]`.
+/// QEMU's `-smp` takes `[cpus=]N[,sockets=S][,dies=D][,cores=C][,threads=T][,maxcpus=M]`;
+/// without a count the topology's product is the count. Every CPU is its own core here
+/// (the topology only sizes the machine), and CPU hot-plug is not offered, so `maxcpus`
+/// may not exceed the count.
 fn cpus(value: &str) -> Result<u32, ArgError> {
-    let n = value
-        .split(',')
-        .find_map(|p| p.strip_prefix("cpus="))
-        .unwrap_or_else(|| value.split(',').next().unwrap_or(""));
-    n.parse::<u32>()
-        .map_err(|_| bad("smp", value, "expected a number of CPUs"))
+    let number = |v: &str| -> Result<u32, ArgError> {
+        v.parse::<u32>()
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| bad("smp", value, "expected a positive number of CPUs"))
+    };
+    let mut count = None;
+    let mut topology = 1u32;
+    let mut max = None;
+    for (i, part) in value.split(',').enumerate() {
+        match part.split_once('=') {
+            None if i == 0 => count = Some(number(part)?),
+            Some(("cpus", v)) => count = Some(number(v)?),
+            Some(("sockets" | "dies" | "clusters" | "cores" | "threads", v)) => {
+                topology = topology.saturating_mul(number(v)?);
+            }
+            Some(("maxcpus", v)) => max = Some(number(v)?),
+            _ => return Err(bad("smp", value, &format!("unknown part '{part}'"))),
+        }
+    }
+    let count = count.unwrap_or(topology);
+    if max.is_some_and(|m| m > count) {
+        return Err(bad(
+            "smp",
+            value,
+            "CPU hot-plug (maxcpus above the count) is not supported",
+        ));
+    }
+    Ok(count)
 }
 
 fn serial(value: &str) -> Result<SerialBackend, ArgError> {
@@ -812,12 +838,26 @@ mod tests {
     }
 
     #[test]
+    fn smp_takes_a_count_or_a_topology() {
+        assert_eq!(run(&["-smp", "4"]).unwrap().cpus, 4);
+        assert_eq!(run(&["-smp", "cpus=2,sockets=1"]).unwrap().cpus, 2);
+        assert_eq!(
+            run(&["-smp", "sockets=2,cores=2,threads=2"]).unwrap().cpus,
+            8
+        );
+        assert_eq!(run(&["-smp", "3,maxcpus=3"]).unwrap().cpus, 3);
+    }
+
+    #[test]
     fn errors_name_the_flag_or_value() {
         let err = |a: &[&str]| parse(a.iter().map(OsString::from)).unwrap_err().to_string();
         assert_eq!(err(&["-bogus"]), "unknown option '-bogus' (see -h)");
         assert_eq!(err(&["-kernel"]), "option '-kernel' needs a value");
         assert!(err(&["-m", "lots"]).starts_with("invalid value 'lots' for -m"));
         assert!(err(&["-smp", "two"]).contains("-smp"));
+        assert!(err(&["-smp", "0"]).contains("-smp"));
+        assert!(err(&["-smp", "2,frogs=3"]).contains("frogs"));
+        assert!(err(&["-smp", "2,maxcpus=4"]).contains("hot-plug"));
         assert!(err(&["-serial", "tcp:1234"]).contains("-serial"));
         assert!(err(&["-M", "q35"]).contains("-M"));
         assert!(err(&["-d", "everything"]).contains("everything"));

@@ -181,8 +181,8 @@ fn bad_input_gives_a_one_line_error_and_exit_status_1() {
         "-kernel".as_ref(),
         image.kernel.as_os_str(),
         "-smp".as_ref(),
-        "4".as_ref(),
+        "33".as_ref(),
         "-nographic".as_ref(),
     ]);
-    assert_one_line_error("-smp 4", &run, "CPU");
+    assert_one_line_error("-smp 33", &run, "CPU");
 }

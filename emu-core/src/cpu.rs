@@ -152,6 +152,9 @@ pub struct Cpu {
     pub io: std::sync::Arc<emu_mmu::Bus>,
     /// This vCPU's path to guest memory.
     pub mmu: Mmu,
+    /// The machine's exclusive-section gate when it has several vCPUs (split locks take
+    /// it; see [`crate::smp`]).
+    pub gate: Option<std::sync::Arc<crate::smp::Gate>>,
 }
 
 impl Cpu {
@@ -201,6 +204,7 @@ impl Cpu {
             package_cpus: 1,
             io: std::sync::Arc::new(emu_mmu::Bus::new()),
             mmu,
+            gate: None,
         }
     }
 

@@ -178,15 +178,23 @@ pub type DeliveryHook = Box<dyn FnMut(&mut Cpu, &Delivery) + Send>;
 /// mode.
 pub type BlockHook = Box<dyn FnMut(&mut Cpu, u64, u64) + Send>;
 
-/// Asks a running [`Emulator`] to stop, from any thread.
+/// Asks a running [`Emulator`] (or several: [`StopHandle::all`]) to stop, from any
+/// thread.
 #[derive(Clone, Debug)]
-pub struct StopHandle(Arc<Events>);
+pub struct StopHandle(Arc<[Arc<Events>]>);
 
 impl StopHandle {
     /// Requests a stop; the run returns [`StopReason::StopRequested`] within a block (or
-    /// at once from HLT).
+    /// at once from HLT, or from waiting for a start-up IPI).
     pub fn stop(&self) {
-        self.0.request_stop();
+        for events in self.0.iter() {
+            events.request_stop();
+        }
+    }
+
+    /// One handle that stops every vCPU the given handles stop (a machine's vCPUs).
+    pub fn all(handles: &[StopHandle]) -> StopHandle {
+        StopHandle(handles.iter().flat_map(|h| h.0.iter().cloned()).collect())
     }
 }
 
@@ -208,6 +216,19 @@ pub struct Emulator {
     mmio: Bus,
     /// The compiling tier, when enabled and supported on this host.
     jit: Option<Jit>,
+    /// The configuration `jit` was made from (siblings get the same).
+    jit_config: JitConfig,
+    /// Whether the vCPU runs or waits for a start-up IPI.
+    activity: Activity,
+}
+
+/// Whether a vCPU executes instructions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activity {
+    /// Running (or halted: HLT is an instruction that sleeps).
+    Active,
+    /// After INIT: nothing runs until a start-up IPI ([`InterruptLine::raise_startup`]).
+    WaitForStartup,
 }
 
 impl Default for Emulator {
@@ -234,7 +255,68 @@ impl Emulator {
             delivery: InterruptDelivery::Embedder,
             mmio: Bus::new(),
             jit: Self::make_jit(JitConfig::from_env()),
+            jit_config: JitConfig::from_env(),
+            activity: Activity::Active,
         }
+    }
+
+    /// Another vCPU of the same machine, for its own host thread: it shares this vCPU's
+    /// RAM (map all of it first), code-page marks, device-write log and virtual clock
+    /// (so both read the same TSC), and the machine's [`crate::smp::Gate`] (created on
+    /// the first call). It gets its own registers (reset state), code cache, compiling
+    /// tier (same configuration), event word and empty MMIO and port buses: the platform
+    /// attaches devices, and its own local APIC, to each vCPU. It starts
+    /// [`Activity::WaitForStartup`], as an application processor does.
+    pub fn new_vcpu(&mut self) -> Emulator {
+        let gate = self.attach_gate();
+        let mut cpu = Cpu::new(self.cpu.mmu.sibling());
+        cpu.clock = self.cpu.clock.clone();
+        cpu.gate = Some(gate.clone());
+        cpu.reset();
+        let events = Arc::new(Events::default());
+        gate.add_member(&events);
+        Emulator {
+            cpu,
+            cache: CodeCache::default(),
+            events,
+            deadline: None,
+            code_hooks: Vec::new(),
+            interrupt_hooks: Vec::new(),
+            delivery_hooks: Vec::new(),
+            block_hooks: Vec::new(),
+            delivery: self.delivery,
+            mmio: Bus::new(),
+            jit: Self::make_jit(self.jit_config),
+            jit_config: self.jit_config,
+            activity: Activity::WaitForStartup,
+        }
+    }
+
+    /// The machine's gate ([`crate::smp::Gate::pause`] holds every vCPU at a block
+    /// boundary), created on first use; [`Emulator::new_vcpu`] shares it. A vCPU with a
+    /// gate that halts with interrupts off sleeps until an NMI, INIT or stop request
+    /// unless every vCPU of the machine is in that state (then the run ends with
+    /// [`StopReason::Halted`] as without one).
+    pub fn attach_gate(&mut self) -> Arc<crate::smp::Gate> {
+        self.cpu
+            .gate
+            .get_or_insert_with(|| {
+                let gate = Arc::new(crate::smp::Gate::default());
+                gate.add_member(&self.events);
+                gate
+            })
+            .clone()
+    }
+
+    /// Whether the vCPU runs or waits for a start-up IPI.
+    pub fn activity(&self) -> Activity {
+        self.activity
+    }
+
+    /// Sets whether the vCPU runs or waits for a start-up IPI (a platform starting an
+    /// application processor by other means sets [`Activity::Active`]).
+    pub fn set_activity(&mut self, activity: Activity) {
+        self.activity = activity;
     }
 
     fn make_jit(config: JitConfig) -> Option<Jit> {
@@ -254,6 +336,7 @@ impl Emulator {
             jit.flush(&mut self.cache);
         }
         self.jit = Self::make_jit(config);
+        self.jit_config = config;
     }
 
     /// Counters of the compiling tier, if it is enabled.
@@ -412,7 +495,7 @@ impl Emulator {
 
     /// A handle that stops a run from another thread.
     pub fn stop_handle(&self) -> StopHandle {
-        StopHandle(self.events.clone())
+        StopHandle(Arc::new([self.events.clone()]))
     }
 
     /// The handle through which a platform raises external interrupts and NMIs. They are
@@ -534,6 +617,22 @@ impl Emulator {
     /// continue after a stop) until a stop condition or a guest event.
     pub fn resume(&mut self, options: &RunOptions) -> StopReason {
         self.events.clear(events::STOP);
+        let Some(gate) = self.cpu.gate.clone() else {
+            return self.run_loop(options);
+        };
+        // Counted in while running guest code, so exclusive sections wait for this vCPU.
+        let stop = if gate.enter(&self.events) {
+            self.run_loop(options)
+        } else {
+            self.events.clear(events::STOP);
+            StopReason::StopRequested
+        };
+        gate.leave();
+        stop
+    }
+
+    /// [`Emulator::resume`]'s loop (counted in at the gate, when there is one).
+    fn run_loop(&mut self, options: &RunOptions) -> StopReason {
         let deadline = options.timeout.map(|t| Instant::now() + t);
         self.deadline = deadline;
         let mut budget = options.max_instructions.unwrap_or(u64::MAX);
@@ -548,6 +647,12 @@ impl Emulator {
                 self.cpu.privilege_changed = false;
                 self.cache.set_user_mode(self.cpu.sys.cpl == 3);
             }
+            if self.activity == Activity::WaitForStartup {
+                if let Some(stop) = self.wait_for_startup() {
+                    return stop;
+                }
+                continue;
+            }
             let rip = self.cpu.rip;
             if Some(rip) == until {
                 return StopReason::ReachedEnd;
@@ -560,6 +665,12 @@ impl Emulator {
                 if pending & events::STOP != 0 {
                     self.events.clear(events::STOP);
                     return StopReason::StopRequested;
+                }
+                if pending & (events::KICK | events::INIT | events::SIPI) != 0 {
+                    if let Some(stop) = self.take_processor_event(pending) {
+                        return stop;
+                    }
+                    continue;
                 }
                 if let Some(stop) = self.take_external_event(pending) {
                     return stop;
@@ -575,12 +686,11 @@ impl Emulator {
                     return StopReason::Timeout;
                 }
             }
-            if self.cpu.mmu.dma_pending() {
-                // A device wrote guest RAM; drop translations of code it overwrote.
-                self.cpu.mmu.collect_dma_writes();
-                if self.cpu.mmu.code_written() {
-                    self.drop_written_code();
-                }
+            if self.cpu.mmu.memory_changed() {
+                // A device or another vCPU wrote guest RAM: drop translations of code
+                // they overwrote.
+                self.cpu.mmu.catch_up();
+                self.drop_written_code();
             }
             let page = self.cpu.mmu.fetch_page(self.cpu.code_linear(rip));
             let idx = match page.and_then(|page| self.cache.lookup_fast(rip, page)) {
@@ -674,7 +784,7 @@ impl Emulator {
                 || cpu.fetch_mapping_changed
                 || cpu.privilege_changed
                 || cpu.interrupt_shadow
-                || cpu.mmu.dma_pending()
+                || cpu.mmu.memory_changed()
                 || self.events.pending() != 0
                 || budget - (done as u64) < crate::translate::MAX_BLOCK_INSNS as u64
             {
@@ -708,9 +818,100 @@ impl Emulator {
     }
 
     fn drop_written_code(&mut self) {
+        if self.cpu.mmu.take_lost_track() {
+            if let Some(jit) = self.jit.as_mut() {
+                jit.flush(&mut self.cache);
+            }
+            self.cache.flush();
+        }
         for page in self.cpu.mmu.take_written_code_pages() {
             self.cache.invalidate_page(page);
         }
+    }
+
+    /// Handles a kick from the machine's gate, INIT and start-up IPIs. `Some` ends the
+    /// run (a stop request arrived while waiting at the gate).
+    fn take_processor_event(&mut self, pending: u32) -> Option<StopReason> {
+        if pending & events::KICK != 0 {
+            self.events.clear(events::KICK);
+            if let Some(gate) = self.cpu.gate.clone() {
+                if !gate.checkpoint(&self.events) {
+                    self.events.clear(events::STOP);
+                    return Some(StopReason::StopRequested);
+                }
+            }
+        }
+        if pending & events::INIT != 0 {
+            self.events.clear(events::INIT);
+            self.init();
+        }
+        if pending & events::SIPI != 0 && self.activity == Activity::Active {
+            // A start-up IPI to a running processor is ignored.
+            self.events.clear(events::SIPI);
+        }
+        None
+    }
+
+    /// INIT: the processor state goes to its power-up values (real mode at the reset
+    /// vector, paging off, caches of translations dropped) and the vCPU waits for a
+    /// start-up IPI. The local APIC, the TSC and the APIC ID are left alone.
+    fn init(&mut self) {
+        self.cpu.reset();
+        self.cache.flush_jump_cache();
+        self.events.clear(events::NMI | events::SIPI);
+        self.activity = Activity::WaitForStartup;
+    }
+
+    /// Waits, counted out at the gate, for a start-up IPI, and starts at its page. `Some`
+    /// ends the run (a stop request or the run's time limit).
+    fn wait_for_startup(&mut self) -> Option<StopReason> {
+        let wanted = events::STOP | events::SIPI | events::INIT;
+        let Some(woke) = self.sleep(wanted, true) else {
+            return Some(StopReason::Halted);
+        };
+        if woke & events::STOP != 0 {
+            self.events.clear(events::STOP);
+            return Some(StopReason::StopRequested);
+        }
+        if woke & events::INIT != 0 {
+            self.events.clear(events::INIT);
+            return None;
+        }
+        if woke & events::SIPI == 0 {
+            return Some(StopReason::Timeout);
+        }
+        let vector = self.events.take_startup();
+        let cs = crate::cpu::seg::CS as usize;
+        self.cpu.seg_sel[cs] = (vector as u16) << 8;
+        self.cpu.seg_base[cs] = (vector as u64) << 12;
+        self.cpu.seg_limit[cs] = 0xffff;
+        self.cpu.seg_attr[cs] = crate::cpu::attr::REAL_CODE;
+        self.cpu.rip = 0;
+        self.cpu.update_mode();
+        self.cpu.fetch_mapping_changed = true;
+        self.activity = Activity::Active;
+        None
+    }
+
+    /// Sleeps until one of `wanted` is pending or the run's time limit passes, counted
+    /// out at the gate meanwhile (an exclusive section need not wait for a sleeper).
+    /// Returns the pending bits (none of `wanted` on a timeout). `dormant`: only another
+    /// processor can wake this one (waiting for a start-up IPI, or halted with interrupts
+    /// off); `None` when every vCPU of the machine is dormant, which nothing can end.
+    fn sleep(&mut self, wanted: u32, dormant: bool) -> Option<u32> {
+        let Some(gate) = self.cpu.gate.clone() else {
+            return Some(self.events.wait(wanted, self.deadline));
+        };
+        let alive = gate.sleep_begin(dormant);
+        let woke = if alive {
+            self.events.wait(wanted, self.deadline)
+        } else {
+            0
+        };
+        if !gate.sleep_end(dormant, &self.events) {
+            return Some(woke | events::STOP);
+        }
+        alive.then_some(woke)
     }
 
     /// Handles a trap; `Some` ends the run.
@@ -842,10 +1043,20 @@ impl Emulator {
     fn halt(&mut self) -> Option<StopReason> {
         if self.cpu.rflags_other & crate::flags::IF == 0 {
             let nmi_waiting = !self.cpu.sys.nmi_blocked && self.events.pending() & events::NMI != 0;
-            return if nmi_waiting {
-                None
-            } else {
-                Some(StopReason::Halted)
+            if nmi_waiting {
+                return None;
+            }
+            if self.cpu.gate.is_none() {
+                return Some(StopReason::Halted);
+            }
+            // One of several processors: it sleeps until an NMI, INIT or stop request
+            // (from another processor) arrives, unless none is left to send one.
+            let wanted =
+                events::STOP | events::INIT | events::NMI * u32::from(!self.cpu.sys.nmi_blocked);
+            return match self.sleep(wanted, true) {
+                None => Some(StopReason::Halted),
+                Some(woke) if woke & wanted == 0 => Some(StopReason::Timeout),
+                Some(_) => None,
             };
         }
         let mut wanted = events::STOP | events::INTR;
@@ -853,7 +1064,7 @@ impl Emulator {
             wanted |= events::NMI;
         }
         loop {
-            let woke = self.events.wait(wanted, self.deadline);
+            let woke = self.sleep(wanted, false).unwrap_or(0);
             if woke & wanted == 0 {
                 return Some(StopReason::Timeout);
             }
@@ -982,9 +1193,29 @@ fn settle_trap(cpu: &mut Cpu, insn: &crate::insn::Insn, trap: Trap, n: usize) ->
 /// Executes the first `limit` instructions of `block`: the hot loop.
 #[inline]
 fn run_block(cpu: &mut Cpu, block: &Block, limit: usize) -> BlockOutcome {
+    if block.has_locked {
+        run_block_with::<true>(cpu, block, limit)
+    } else {
+        run_block_with::<false>(cpu, block, limit)
+    }
+}
+
+/// Executes one instruction: through its handler, atomically if it is locked.
+#[inline(always)]
+fn exec_insn<const LOCKS: bool>(cpu: &mut Cpu, insn: &crate::insn::Insn) -> crate::insn::Step {
+    if LOCKS && insn.flags & crate::insn::LOCKED != 0 {
+        crate::exec::locked::exec_locked(cpu, insn)
+    } else {
+        (insn.exec)(cpu, insn)
+    }
+}
+
+/// [`run_block`] for blocks with (`LOCKS`) or without locked instructions.
+#[inline(always)]
+fn run_block_with<const LOCKS: bool>(cpu: &mut Cpu, block: &Block, limit: usize) -> BlockOutcome {
     let insns = &block.insns[..limit];
     for (n, insn) in insns.iter().enumerate() {
-        if let Err(trap) = (insn.exec)(cpu, insn) {
+        if let Err(trap) = exec_insn::<LOCKS>(cpu, insn) {
             return settle_trap(cpu, insn, *trap, n);
         }
         if cpu.mmu.code_written() {
@@ -1029,7 +1260,7 @@ fn run_block_hooked(
         if cpu.rip != insn.rip {
             return Some((n, Ok(())));
         }
-        if let Err(trap) = (insn.exec)(cpu, insn) {
+        if let Err(trap) = exec_insn::<true>(cpu, insn) {
             return Some(settle_trap(cpu, insn, *trap, n));
         }
         if cpu.mmu.code_written() {

@@ -26,11 +26,20 @@ pub const STOP: u32 = 1 << 0;
 pub const NMI: u32 = 1 << 1;
 /// [`Events::pending`] bit: some external interrupt vector is requested.
 pub const INTR: u32 = 1 << 2;
+/// [`Events::pending`] bit: another party wants the machine to itself
+/// ([`crate::smp::Gate`]); the vCPU steps out at its next block boundary.
+pub const KICK: u32 = 1 << 3;
+/// [`Events::pending`] bit: an INIT signal (the vCPU resets and waits for a start-up IPI).
+pub const INIT: u32 = 1 << 4;
+/// [`Events::pending`] bit: a start-up IPI (its vector in [`Events::take_startup`]).
+pub const SIPI: u32 = 1 << 5;
 
 /// The shared event state of one vCPU.
 #[derive(Debug, Default)]
 pub struct Events {
     pending: AtomicU32,
+    /// The vector of the latest start-up IPI.
+    startup_vector: AtomicU32,
     requested: [AtomicU64; 4],
     sleep: Mutex<()>,
     wake: Condvar,
@@ -81,6 +90,28 @@ impl Events {
     /// Raises an NMI.
     pub fn raise_nmi(&self) {
         self.signal(NMI);
+    }
+
+    /// Asks a running vCPU to step out to its gate ([`KICK`]).
+    pub(crate) fn kick(&self) {
+        self.signal(KICK);
+    }
+
+    /// Raises INIT.
+    pub fn raise_init(&self) {
+        self.signal(INIT);
+    }
+
+    /// Raises a start-up IPI with `vector`.
+    pub fn raise_startup(&self, vector: u8) {
+        self.startup_vector.store(vector as u32, Ordering::Release);
+        self.signal(SIPI);
+    }
+
+    /// Clears [`SIPI`] and returns the start-up vector.
+    pub(crate) fn take_startup(&self) -> u8 {
+        self.clear(SIPI);
+        self.startup_vector.load(Ordering::Acquire) as u8
     }
 
     /// Takes the highest requested external vector, if any.
@@ -163,6 +194,18 @@ impl InterruptLine {
     /// until the handler's IRET).
     pub fn raise_nmi(&self) {
         self.0.raise_nmi();
+    }
+
+    /// Signals INIT: the vCPU resets (registers to their power-up values, paging off,
+    /// real mode) and waits for a start-up IPI, as an application processor does.
+    pub fn raise_init(&self) {
+        self.0.raise_init();
+    }
+
+    /// Sends a start-up IPI: a vCPU waiting for one (after INIT) starts in real mode at
+    /// `vector << 12` (CS = `vector << 8`, IP = 0); a running vCPU ignores it.
+    pub fn raise_startup(&self, vector: u8) {
+        self.0.raise_startup(vector);
     }
 
     /// Tells a vCPU with an attached [`LocalInterruptController`] that the controller may

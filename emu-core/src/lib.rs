@@ -35,6 +35,7 @@ pub mod insn;
 pub mod interrupt;
 pub mod jit;
 pub mod segment;
+pub mod smp;
 pub mod sysregs;
 pub mod translate;
 

@@ -32,6 +32,8 @@ pub struct Block {
     pub pages: Vec<u64>,
     /// Where the block stands with the compiling tier ([`crate::jit`]).
     pub tier: crate::jit::BlockTier,
+    /// Whether some instruction has [`LOCKED`] set (the run loop then checks each one).
+    pub has_locked: bool,
     /// Unique among all blocks ever translated in this process (a cache slot index is
     /// reused; this is not), so late compile results find the block they were for.
     pub id: u64,
@@ -96,9 +98,11 @@ pub fn translate_block(cpu: &mut Cpu, rip: u64) -> Result<Block, Trap> {
     if last_byte & PAGE_MASK != linear & PAGE_MASK {
         pages.push(cpu.mmu.mark_code_at(last_byte)?);
     }
+    let has_locked = insns.iter().any(|i| i.flags & LOCKED != 0);
     Ok(Block {
         rip,
         end_rip,
+        has_locked,
         insns: insns.into(),
         ends_in_branch,
         pages,
@@ -140,7 +144,8 @@ pub fn translate_insn(table: &OpTable, instr: &Instruction, bits: u32) -> (Insn,
     }
     let mut insn = raise_ud_record(instr.ip(), instr.len());
     insn.exec = handler;
-    if instr.has_lock_prefix() {
+    // XCHG with a memory operand is locked whether or not it has the prefix.
+    if instr.has_lock_prefix() || (has_mem && instr.mnemonic() == iced_x86::Mnemonic::Xchg) {
         insn.flags |= LOCKED;
     }
     if instr.is_string_instruction() {

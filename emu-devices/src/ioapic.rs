@@ -386,6 +386,8 @@ mod tests {
         impl CpuSignal for Quiet {
             fn interrupt(&self) {}
             fn nmi(&self) {}
+            fn init(&self) {}
+            fn startup(&self, _: u8) {}
         }
         let lapic = Arc::new(Mutex::new(LocalApic::new(
             0,

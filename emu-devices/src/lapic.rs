@@ -179,6 +179,11 @@ pub trait CpuSignal: Send + Sync {
     fn interrupt(&self);
     /// Deliver an NMI to the vCPU.
     fn nmi(&self);
+    /// Deliver INIT: the vCPU resets and waits for a start-up IPI.
+    fn init(&self);
+    /// Deliver a start-up IPI: a vCPU waiting for one starts in real mode at
+    /// `vector << 12`.
+    fn startup(&self, vector: u8);
 }
 
 /// An interrupt message's delivery mode (ICR, IOAPIC redirection entry and MSI bits
@@ -398,7 +403,8 @@ impl LapicInput {
     /// Delivers `message` to this APIC as its delivery mode says (without looking at
     /// the destination: see [`LapicInput::matches`] and [`route`]). Fixed and
     /// lowest-priority become IRR bits, NMI an NMI, ExtINT an acknowledge cycle on the
-    /// 8259; SMI, INIT and start-up are ignored for now.
+    /// 8259, INIT and start-up go to the vCPU ([`CpuSignal::init`],
+    /// [`CpuSignal::startup`]); SMI (no system-management mode here) is dropped.
     pub fn deliver(&self, message: &InterruptMessage) {
         match message.mode {
             DeliveryMode::Fixed | DeliveryMode::LowestPriority => {
@@ -409,10 +415,9 @@ impl LapicInput {
                 self.0.extint.store(true, Ordering::Release);
                 self.0.signal.interrupt();
             }
-            DeliveryMode::Smi
-            | DeliveryMode::Init
-            | DeliveryMode::StartUp
-            | DeliveryMode::Reserved => {}
+            DeliveryMode::Init => self.0.signal.init(),
+            DeliveryMode::StartUp => self.0.signal.startup(message.vector),
+            DeliveryMode::Smi | DeliveryMode::Reserved => {}
         }
     }
 
@@ -436,6 +441,29 @@ impl LapicInput {
 pub fn route(apics: &[LapicInput], message: &InterruptMessage) {
     for apic in apics {
         if apic.matches(message.dest, message.logical) {
+            apic.deliver(message);
+            if message.mode == DeliveryMode::LowestPriority {
+                return;
+            }
+        }
+    }
+}
+
+/// Delivers an IPI handed to a sender's router ([`LocalApic::set_ipi_router`]) to the
+/// other APICs in `apics` it addresses: every one but the sender for the "all" shorthands,
+/// the ones its destination matches otherwise (lowest priority: the first of them). The
+/// sender's own copy was delivered by the sender.
+pub fn route_ipi(apics: &[LapicInput], ipi: &Ipi) {
+    let message = &ipi.message;
+    for apic in apics.iter().filter(|a| a.id() != ipi.source) {
+        let addressed = match ipi.shorthand {
+            Shorthand::ToSelf => false,
+            Shorthand::AllIncludingSelf | Shorthand::AllExcludingSelf => {
+                apic.0.state.load(Ordering::Acquire) & STATE_HW_ENABLED != 0
+            }
+            Shorthand::None => apic.matches(message.dest, message.logical),
+        };
+        if addressed {
             apic.deliver(message);
             if message.mode == DeliveryMode::LowestPriority {
                 return;
@@ -1345,11 +1373,13 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
     use std::sync::Mutex;
 
-    /// Counts notifications and NMIs.
+    /// Counts notifications, NMIs and INITs; remembers start-up vectors.
     #[derive(Default)]
     struct Signals {
         interrupts: AtomicUsize,
         nmis: AtomicUsize,
+        inits: AtomicUsize,
+        startups: Mutex<Vec<u8>>,
     }
 
     impl CpuSignal for Signals {
@@ -1358,6 +1388,12 @@ mod tests {
         }
         fn nmi(&self) {
             self.nmis.fetch_add(1, Ordering::SeqCst);
+        }
+        fn init(&self) {
+            self.inits.fetch_add(1, Ordering::SeqCst);
+        }
+        fn startup(&self, vector: u8) {
+            self.startups.lock().unwrap().push(vector);
         }
     }
 
@@ -1750,5 +1786,39 @@ mod tests {
         mmio_write(&mut a, reg::ICR_LOW, 0x4_4005);
         mmio_write(&mut a, reg::ESR, 0);
         assert_eq!(mmio_read(&mut a, reg::ESR), ESR_SEND_ILLEGAL_VECTOR);
+    }
+
+    #[test]
+    fn init_and_startup_ipis_reach_the_addressed_vcpus_only() {
+        let (mut a, _, clock) = enabled();
+        let signals: Vec<Arc<Signals>> = (0..3).map(|_| Arc::new(Signals::default())).collect();
+        let others: Vec<LocalApic> = (1..3)
+            .map(|id| LocalApic::new(id, false, clock.clone(), signals[id as usize].clone()))
+            .collect();
+        let inputs: Vec<LapicInput> = others.iter().map(|o| o.input()).collect();
+        a.set_ipi_router(Box::new(move |ipi| route_ipi(&inputs, ipi)));
+        // INIT (level, assert) to all excluding self, then STARTUP 0x08 to APIC 2.
+        mmio_write(&mut a, reg::ICR_LOW, 0xc_c500);
+        mmio_write(&mut a, reg::ICR_HIGH, 2 << 24);
+        mmio_write(&mut a, reg::ICR_LOW, 0x0608);
+        // INIT de-assert is a no-op.
+        mmio_write(&mut a, reg::ICR_LOW, 0xc_8500);
+        assert_eq!(signals[1].inits.load(Ordering::SeqCst), 1);
+        assert_eq!(signals[2].inits.load(Ordering::SeqCst), 1);
+        assert!(signals[1].startups.lock().unwrap().is_empty());
+        assert_eq!(*signals[2].startups.lock().unwrap(), vec![0x08]);
+        // A fixed IPI by physical ID reaches only that APIC; NMI by shorthand all others.
+        mmio_write(&mut a, reg::ICR_HIGH, 1 << 24);
+        mmio_write(&mut a, reg::ICR_LOW, 0x4041);
+        mmio_write(&mut a, reg::ICR_LOW, 0xc_4400);
+        assert_eq!(signals[1].interrupts.load(Ordering::SeqCst), 1);
+        assert_eq!(signals[2].interrupts.load(Ordering::SeqCst), 0);
+        assert_eq!(signals[1].nmis.load(Ordering::SeqCst), 1);
+        assert_eq!(signals[2].nmis.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            signals[0].inits.load(Ordering::SeqCst),
+            0,
+            "never to the sender"
+        );
     }
 }

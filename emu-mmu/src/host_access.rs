@@ -10,10 +10,21 @@
 //!
 //! Guest RAM may be touched concurrently by other vCPUs and device threads, so it is never
 //! turned into `&[u8]`/`&mut [u8]` (which would promise exclusivity). Aligned accesses are
-//! relaxed atomics; unaligned ones and bulk copies are byte-wise volatile accesses, which
-//! are valid at any address.
+//! atomics; unaligned ones and bulk copies are byte-wise volatile accesses, which are valid
+//! at any address.
+//!
+//! # Memory ordering (TSO on every host)
+//!
+//! x86 guests rely on total store order: loads are not reordered with older loads, stores
+//! not with older stores or loads; only a store followed by a load may pass. Guest loads
+//! here are acquire loads and guest stores release stores, which is exactly that: on
+//! x86-64 hosts both compile to plain moves (the host is TSO already, and the orderings
+//! keep the compiler from reordering), on aarch64 to LDAR/STLR. The byte-wise paths fence
+//! the same way (acquire after, release before), and locked instructions use
+//! compare-exchanges with acquire-release ordering, which are full barriers like the
+//! guest's LOCK prefix. MFENCE is a sequentially consistent fence.
 
-use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{fence, AtomicU16, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 /// Loads `N` little-endian bytes (N is 1, 2, 4 or 8) and zero-extends them to a `u64`.
 ///
@@ -35,10 +46,10 @@ pub unsafe fn load<const N: usize>(ptr: *const u8) -> u64 {
     // through atomics or volatile accesses, never through references.
     unsafe {
         match N {
-            1 => AtomicU8::from_ptr(ptr as *mut u8).load(Ordering::Relaxed) as u64,
-            2 => u16::from_le(AtomicU16::from_ptr(ptr as *mut u16).load(Ordering::Relaxed)) as u64,
-            4 => u32::from_le(AtomicU32::from_ptr(ptr as *mut u32).load(Ordering::Relaxed)) as u64,
-            8 => u64::from_le(AtomicU64::from_ptr(ptr as *mut u64).load(Ordering::Relaxed)),
+            1 => AtomicU8::from_ptr(ptr as *mut u8).load(Ordering::Acquire) as u64,
+            2 => u16::from_le(AtomicU16::from_ptr(ptr as *mut u16).load(Ordering::Acquire)) as u64,
+            4 => u32::from_le(AtomicU32::from_ptr(ptr as *mut u32).load(Ordering::Acquire)) as u64,
+            8 => u64::from_le(AtomicU64::from_ptr(ptr as *mut u64).load(Ordering::Acquire)),
             _ => unreachable!("access width must be 1, 2, 4 or 8"),
         }
     }
@@ -59,12 +70,12 @@ pub unsafe fn store<const N: usize>(ptr: *mut u8, value: u64) {
     // SAFETY: as in `load`; the region is writable RAM.
     unsafe {
         match N {
-            1 => AtomicU8::from_ptr(ptr).store(value as u8, Ordering::Relaxed),
+            1 => AtomicU8::from_ptr(ptr).store(value as u8, Ordering::Release),
             2 => AtomicU16::from_ptr(ptr as *mut u16)
-                .store((value as u16).to_le(), Ordering::Relaxed),
+                .store((value as u16).to_le(), Ordering::Release),
             4 => AtomicU32::from_ptr(ptr as *mut u32)
-                .store((value as u32).to_le(), Ordering::Relaxed),
-            8 => AtomicU64::from_ptr(ptr as *mut u64).store(value.to_le(), Ordering::Relaxed),
+                .store((value as u32).to_le(), Ordering::Release),
+            8 => AtomicU64::from_ptr(ptr as *mut u64).store(value.to_le(), Ordering::Release),
             _ => unreachable!("access width must be 1, 2, 4 or 8"),
         }
     }
@@ -77,11 +88,13 @@ unsafe fn load_bytewise<const N: usize>(ptr: *const u8) -> u64 {
         // SAFETY: `ptr + i` is inside the range the caller vouched for.
         value |= (unsafe { ptr.add(i).read_volatile() } as u64) << (8 * i);
     }
+    fence(Ordering::Acquire);
     value
 }
 
 #[cold]
 unsafe fn store_bytewise<const N: usize>(ptr: *mut u8, value: u64) {
+    fence(Ordering::Release);
     for i in 0..N {
         // SAFETY: `ptr + i` is inside the range the caller vouched for.
         unsafe { ptr.add(i).write_volatile((value >> (8 * i)) as u8) };
@@ -147,6 +160,28 @@ pub unsafe fn compare_exchange_u64(ptr: *mut u8, old: u64, new: u64) -> bool {
     debug_assert!(ptr as usize % 8 == 0, "entry pointer must be aligned");
     // SAFETY: as in `compare_exchange_u32`, for an aligned 8-byte location.
     unsafe { AtomicU64::from_ptr(ptr as *mut u64) }
+        .compare_exchange(
+            old.to_le(),
+            new.to_le(),
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        )
+        .is_ok()
+}
+
+/// Atomically replaces the little-endian `u128` at `ptr` with `new` if it holds `old`
+/// (CMPXCHG16B). Returns whether it did. Uses the host's 16-byte compare-exchange
+/// (CMPXCHG16B on x86-64, CASP or LDXP/STXP on aarch64) through `portable-atomic`.
+///
+/// # Safety
+///
+/// `ptr..ptr + 16` must lie inside a live guest RAM region and `ptr` must be 16-byte
+/// aligned.
+#[inline]
+pub unsafe fn compare_exchange_u128(ptr: *mut u8, old: u128, new: u128) -> bool {
+    debug_assert!(ptr as usize % 16 == 0, "operand pointer must be aligned");
+    // SAFETY: as in `compare_exchange_u32`, for an aligned 16-byte location.
+    unsafe { portable_atomic::AtomicU128::from_ptr(ptr as *mut u128) }
         .compare_exchange(
             old.to_le(),
             new.to_le(),

@@ -26,6 +26,7 @@
 
 pub mod bus;
 pub mod clock;
+pub mod code;
 pub mod dma;
 pub mod host_access;
 pub mod paging;
@@ -152,8 +153,9 @@ pub struct TlbLayout {
 
 /// One vCPU's path to guest memory.
 ///
-/// For now an `Mmu` also owns the machine's RAM and code-page marks; when several vCPUs
-/// arrive those move into a shared machine memory object and each `Mmu` keeps only its TLB.
+/// The RAM (shared mappings), the device-write log and the machine-wide code-page marks
+/// ([`code::CodeShare`]) are shared with the other vCPUs' `Mmu`s ([`Mmu::sibling`]); the
+/// TLBs, the paging state and a local copy of the code-page marks are this vCPU's own.
 pub struct Mmu {
     /// The TLB of the current privilege class.
     tlb: SoftTlb,
@@ -170,15 +172,71 @@ pub struct Mmu {
     /// if any. INVLPG inside it flushes everything.
     large_pages: Option<(u64, u64)>,
     ram: GuestRam,
-    /// Physical pages (page-aligned) that hold translated code.
+    /// Physical pages (page-aligned) that hold translated code, this vCPU's copy of the
+    /// machine-wide set (see [`code`]).
     code_pages: HashSet<u64>,
     /// Code pages written since the code cache last drained this list.
     written_code_pages: Vec<u64>,
+    /// Set when this vCPU lost track of the other vCPUs' code writes: every translation
+    /// must go ([`Mmu::take_lost_track`]).
+    lost_track: bool,
+    /// The marks shared with the other vCPUs, this vCPU's number among them and the last
+    /// change it has applied.
+    code_share: std::sync::Arc<code::CodeShare>,
+    member: usize,
+    code_seen: u64,
     /// Writes by devices, which bypass the code-page marks ([`dma`]).
     dma: std::sync::Arc<dma::DmaWrites>,
     hooks: Vec<MemHook>,
     /// Devices at physical addresses that are not RAM.
     mmio: Option<std::sync::Arc<Bus>>,
+    /// Where a LOCK-prefixed instruction's memory operand stands ([`Mmu::begin_locked`]).
+    locked: Locked,
+    /// Empty read and write arrays swapped in while a locked instruction runs, so that
+    /// its accesses take the slow path.
+    locked_spare: (TlbArray, TlbArray),
+}
+
+/// The state of a locked read-modify-write (see [`Mmu::begin_locked`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Locked {
+    /// No locked instruction is running.
+    #[default]
+    Off,
+    /// A locked instruction runs; its operand has not been touched yet.
+    Armed,
+    /// The operand was read: `word` is the host address of the naturally aligned 8-byte
+    /// word (16 bytes when `wide`) holding it, `old` that word's value at the read.
+    Held {
+        vaddr: u64,
+        size: u8,
+        paddr: u64,
+        word: usize,
+        old: u128,
+        wide: bool,
+    },
+    /// The operand is a device register: accesses go to the device as they come.
+    Device,
+    /// The write went through atomically.
+    Stored,
+    /// Another vCPU or a device changed the word between the read and the write.
+    Raced,
+    /// The operand cannot be updated with one host compare-exchange (it straddles an
+    /// 8-byte word, a cache line or a page, or the instruction touched a second place).
+    Unsupported,
+}
+
+/// How a locked instruction's memory update ended ([`Mmu::end_locked`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LockedOutcome {
+    /// The read-modify-write happened atomically (or wrote nothing).
+    Done,
+    /// The memory changed under it and nothing was written: run the instruction again
+    /// from its original register state.
+    Retry,
+    /// Nothing was written because the operand cannot be updated atomically by this
+    /// path: run the instruction again, with every other vCPU stopped.
+    NeedsExclusive,
 }
 
 impl Default for Mmu {
@@ -200,7 +258,7 @@ impl std::fmt::Debug for Mmu {
 impl Mmu {
     /// Creates an access path over `ram` with an empty TLB.
     pub fn new(ram: GuestRam) -> Self {
-        Self {
+        let mut mmu = Self {
             tlb: SoftTlb::default(),
             parked: Default::default(),
             class: CLASS_SUPERVISOR,
@@ -212,9 +270,34 @@ impl Mmu {
             ram,
             code_pages: HashSet::new(),
             written_code_pages: Vec::new(),
+            lost_track: false,
+            code_share: Default::default(),
+            member: 0,
+            code_seen: 0,
             dma: Default::default(),
             hooks: Vec::new(),
             mmio: None,
+            locked: Locked::Off,
+            locked_spare: Default::default(),
+        };
+        mmu.member = mmu.code_share.join();
+        mmu
+    }
+
+    /// A path to the same memory for another vCPU: it shares the RAM, the device-write
+    /// log and the code-page marks, and starts with an empty TLB, paging off and no MMIO
+    /// bus or hooks. RAM added later to either `Mmu` is not seen by the other, so a
+    /// machine maps all of its RAM before it creates siblings.
+    pub fn sibling(&self) -> Mmu {
+        let (member, marks, seen) = self.code_share.join_sibling(&self.code_pages);
+        Mmu {
+            ram: self.ram.clone(),
+            code_pages: marks,
+            code_share: self.code_share.clone(),
+            member,
+            code_seen: seen,
+            dma: self.dma.clone(),
+            ..Mmu::new(GuestRam::new())
         }
     }
 
@@ -516,6 +599,9 @@ impl Mmu {
     /// [`MemFault`] if any byte is not mapped.
     #[inline]
     pub fn read_u128(&mut self, vaddr: u64) -> Result<u128, MemFault> {
+        if self.locked != Locked::Off {
+            return self.locked_read_u128(vaddr);
+        }
         let lo = self.read::<8>(vaddr)?;
         let hi = self.read::<8>(vaddr.wrapping_add(8))?;
         Ok(lo as u128 | (hi as u128) << 64)
@@ -528,6 +614,9 @@ impl Mmu {
     /// [`MemFault`] if any byte is not mapped; nothing is written then.
     #[inline]
     pub fn write_u128(&mut self, vaddr: u64, value: u128) -> Result<(), MemFault> {
+        if self.locked != Locked::Off {
+            return self.locked_write_u128(vaddr, value);
+        }
         self.check_writable(vaddr, 16)?;
         self.write::<8>(vaddr, value as u64)?;
         self.write::<8>(vaddr.wrapping_add(8), (value >> 64) as u64)
@@ -615,14 +704,26 @@ impl Mmu {
     }
 
     /// Marks the physical page holding `paddr` as holding translated code, so writes to it
-    /// are seen by the code cache.
+    /// (by any vCPU sharing this memory) are seen by the code cache.
     pub fn mark_code_page(&mut self, paddr: u64) {
         let page = paddr & PAGE_MASK;
         if self.code_pages.insert(page) {
-            self.tlb.write.flush_phys_page(page);
-            for t in &mut self.parked {
-                t.write.flush_phys_page(page);
+            self.forget_write_entries(page);
+            if self.code_share.shared() {
+                let change = code::Change::Marked {
+                    page,
+                    by: self.member,
+                };
+                self.code_share.publish(change, &mut self.code_seen);
             }
+        }
+    }
+
+    /// Drops every write entry for physical page `page`, in every privilege class.
+    fn forget_write_entries(&mut self, page: u64) {
+        self.tlb.write.flush_phys_page(page);
+        for t in &mut self.parked {
+            t.write.flush_phys_page(page);
         }
     }
 
@@ -642,42 +743,100 @@ impl Mmu {
         self.dma.clone()
     }
 
-    /// Whether devices reported writes since the last [`Mmu::collect_dma_writes`].
+    /// Whether devices or other vCPUs changed something about translated code since the
+    /// last [`Mmu::catch_up`]: one or two relaxed loads, for the run loop to call once
+    /// per block.
     #[inline(always)]
-    pub fn dma_pending(&self) -> bool {
-        self.dma.pending()
+    pub fn memory_changed(&self) -> bool {
+        self.dma.pending() || self.code_share.next_seq() != self.code_seen
+    }
+
+    /// Applies what devices wrote and what other vCPUs marked or wrote since the last
+    /// call: their code pages join [`Mmu::take_written_code_pages`]'s list, newly marked
+    /// pages leave the write TLB.
+    pub fn catch_up(&mut self) {
+        if self.dma.pending() {
+            self.collect_dma_writes();
+        }
+        if self.code_share.next_seq() == self.code_seen {
+            return;
+        }
+        match self.code_share.replay(&mut self.code_seen) {
+            code::Replay::Changes(changes) => {
+                for change in changes {
+                    match change {
+                        code::Change::Marked { page, by } if by != self.member => {
+                            if self.code_pages.insert(page) {
+                                self.forget_write_entries(page);
+                            }
+                        }
+                        code::Change::Written { page, by } if by != self.member => {
+                            if self.code_pages.remove(&page) {
+                                self.written_code_pages.push(page);
+                            }
+                        }
+                        code::Change::DeviceWrote { first, last } => {
+                            self.drop_code_marks_in(first, last);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            code::Replay::Resync(marks) => {
+                self.flush_tlb();
+                self.code_pages = marks;
+                self.lost_track = true;
+            }
+        }
+    }
+
+    /// Whether this vCPU fell so far behind the others' code writes that it cannot tell
+    /// which of its translations are stale: if so (once), the caller drops them all.
+    pub fn take_lost_track(&mut self) -> bool {
+        std::mem::take(&mut self.lost_track)
     }
 
     /// Turns the device writes reported so far into written code pages: every code page
-    /// they touched loses its mark and joins [`Mmu::take_written_code_pages`]'s list.
+    /// they touched loses its mark and joins [`Mmu::take_written_code_pages`]'s list (on
+    /// every vCPU sharing this memory).
     pub fn collect_dma_writes(&mut self) {
         for (addr, len) in self.dma.take() {
             let first = addr & PAGE_MASK;
             let last = addr.saturating_add(len - 1) & PAGE_MASK;
-            let pages = ((last - first) >> PAGE_SHIFT) + 1;
-            if pages as usize > self.code_pages.len() {
-                // A huge range: cheaper to look at each code page than each page.
-                let hit: Vec<u64> = self
-                    .code_pages
-                    .iter()
-                    .copied()
-                    .filter(|&p| p >= first && p <= last)
-                    .collect();
-                for page in hit {
-                    self.code_pages.remove(&page);
+            self.drop_code_marks_in(first, last);
+            if self.code_share.shared() {
+                let change = code::Change::DeviceWrote { first, last };
+                self.code_share.publish(change, &mut self.code_seen);
+            }
+        }
+    }
+
+    /// Unmarks the code pages in `first..=last` (page addresses) and queues them for the
+    /// code cache.
+    fn drop_code_marks_in(&mut self, first: u64, last: u64) {
+        let pages = ((last - first) >> PAGE_SHIFT) + 1;
+        if pages as usize > self.code_pages.len() {
+            // A huge range: cheaper to look at each code page than each page.
+            let hit: Vec<u64> = self
+                .code_pages
+                .iter()
+                .copied()
+                .filter(|&p| p >= first && p <= last)
+                .collect();
+            for page in hit {
+                self.code_pages.remove(&page);
+                self.written_code_pages.push(page);
+            }
+        } else {
+            let mut page = first;
+            loop {
+                if self.code_pages.remove(&page) {
                     self.written_code_pages.push(page);
                 }
-            } else {
-                let mut page = first;
-                loop {
-                    if self.code_pages.remove(&page) {
-                        self.written_code_pages.push(page);
-                    }
-                    if page >= last {
-                        break;
-                    }
-                    page += PAGE_SIZE;
+                if page >= last {
+                    break;
                 }
+                page += PAGE_SIZE;
             }
         }
     }
@@ -785,8 +944,9 @@ impl Mmu {
             global: t.global,
             large: (t.page_size > PAGE_SIZE).then(|| (vaddr & !(t.page_size - 1), t.page_size)),
         };
-        let fill =
-            self.hooks.is_empty() && !(access == Access::Write && self.is_code_page(r.paddr));
+        let fill = self.hooks.is_empty()
+            && self.locked == Locked::Off
+            && !(access == Access::Write && self.is_code_page(r.paddr));
         if fill {
             if let Some((base, size)) = r.large {
                 self.note_large_page(base, size);
@@ -817,12 +977,22 @@ impl Mmu {
         let page = paddr & PAGE_MASK;
         if self.code_pages.remove(&page) {
             self.written_code_pages.push(page);
+            if self.code_share.shared() {
+                let change = code::Change::Written {
+                    page,
+                    by: self.member,
+                };
+                self.code_share.publish(change, &mut self.code_seen);
+            }
         }
     }
 
     #[cold]
     #[inline(never)]
     fn read_slow<const N: usize>(&mut self, vaddr: u64) -> Result<u64, MemFault> {
+        if self.locked != Locked::Off {
+            return self.locked_read::<N>(vaddr);
+        }
         let offset = (vaddr & !PAGE_MASK) as usize;
         let value = if offset + N > ram::PAGE_BYTES {
             // Crosses a page: translate both pages first, then assemble byte by byte.
@@ -859,6 +1029,9 @@ impl Mmu {
     #[cold]
     #[inline(never)]
     fn write_slow<const N: usize>(&mut self, vaddr: u64, value: u64) -> Result<(), MemFault> {
+        if self.locked != Locked::Off {
+            return self.locked_write::<N>(vaddr, value);
+        }
         self.run_hooks(Access::Write, vaddr, N, value);
         let offset = (vaddr & !PAGE_MASK) as usize;
         if offset + N > ram::PAGE_BYTES {
@@ -929,6 +1102,198 @@ impl Mmu {
                 access: Access::Write,
             })
         }
+    }
+
+    /// Starts a LOCK-prefixed read-modify-write (or an XCHG with memory). Until
+    /// [`Mmu::end_locked`] every access takes the slow path: the first read of the operand
+    /// translates it for writing and remembers the naturally aligned host word holding it
+    /// (8 bytes; 16 for CMPXCHG16B) and that word's value; the write of the same operand
+    /// then replaces the word with one host compare-exchange, which fails if anything
+    /// (another vCPU, a device) changed the word in between. So the update is atomic
+    /// against every other access, locked or not, as on x86. Operands one compare-exchange
+    /// cannot cover are reported, not written ([`LockedOutcome::NeedsExclusive`]).
+    pub fn begin_locked(&mut self) {
+        debug_assert_eq!(self.locked, Locked::Off);
+        std::mem::swap(&mut self.tlb.read, &mut self.locked_spare.0);
+        std::mem::swap(&mut self.tlb.write, &mut self.locked_spare.1);
+        self.locked = Locked::Armed;
+    }
+
+    /// Ends what [`Mmu::begin_locked`] started and says how the update went. Call it
+    /// whether or not the instruction faulted.
+    pub fn end_locked(&mut self) -> LockedOutcome {
+        std::mem::swap(&mut self.tlb.read, &mut self.locked_spare.0);
+        std::mem::swap(&mut self.tlb.write, &mut self.locked_spare.1);
+        let outcome = match self.locked {
+            Locked::Raced => LockedOutcome::Retry,
+            Locked::Unsupported => LockedOutcome::NeedsExclusive,
+            _ => LockedOutcome::Done,
+        };
+        self.locked = Locked::Off;
+        outcome
+    }
+
+    /// Translates a locked operand at `vaddr` of `size` bytes for writing: its page, or
+    /// `None` when it is a device register (the state becomes [`Locked::Device`]).
+    fn locked_page(&mut self, vaddr: u64, size: u64) -> Result<Option<Resolved>, MemFault> {
+        if (vaddr & !PAGE_MASK) + size > PAGE_SIZE {
+            self.locked = Locked::Unsupported;
+            return Ok(None);
+        }
+        match self.access_page(vaddr, Access::Write) {
+            Ok(page) => Ok(Some(page)),
+            Err(MemFault::Unmapped { .. }) if self.mmio.is_some() => {
+                self.locked = Locked::Device;
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn locked_read<const N: usize>(&mut self, vaddr: u64) -> Result<u64, MemFault> {
+        let bits = if N == 8 {
+            u64::MAX
+        } else {
+            (1u64 << (8 * N)) - 1
+        };
+        let shift = (vaddr & 7) * 8;
+        let value = match self.locked {
+            Locked::Armed => {
+                let Some(page) = self.locked_page(vaddr, N as u64)? else {
+                    return match self.locked {
+                        Locked::Device => self.mmio_read::<N>(vaddr),
+                        _ => Ok(0),
+                    };
+                };
+                if (vaddr & 7) + N as u64 > 8 {
+                    self.locked = Locked::Unsupported;
+                    return Ok(0);
+                }
+                let offset = (vaddr & !PAGE_MASK & !7) as usize;
+                // SAFETY: an aligned 8-byte word inside a live RAM page.
+                let word = unsafe { page.host_page.add(offset) };
+                // SAFETY: as above.
+                let old = unsafe { host_access::load::<8>(word) };
+                self.locked = Locked::Held {
+                    vaddr,
+                    size: N as u8,
+                    paddr: page.paddr,
+                    word: word as usize,
+                    old: old as u128,
+                    wide: false,
+                };
+                (old >> shift) & bits
+            }
+            Locked::Held {
+                vaddr: v,
+                size,
+                old,
+                wide: false,
+                ..
+            } if v == vaddr && size as usize == N => (old as u64 >> shift) & bits,
+            Locked::Device => return self.mmio_read::<N>(vaddr),
+            _ => {
+                self.locked = Locked::Unsupported;
+                return Ok(0);
+            }
+        };
+        self.run_hooks(Access::Read, vaddr, N, value);
+        Ok(value)
+    }
+
+    fn locked_write<const N: usize>(&mut self, vaddr: u64, value: u64) -> Result<(), MemFault> {
+        let Locked::Held {
+            vaddr: v,
+            size,
+            paddr,
+            word,
+            old,
+            wide: false,
+        } = self.locked
+        else {
+            if self.locked == Locked::Device {
+                return self.mmio_write::<N>(vaddr, value);
+            }
+            // A write that was not read first, or of another place: not one word.
+            self.locked = Locked::Unsupported;
+            return Ok(());
+        };
+        if v != vaddr || size as usize != N {
+            self.locked = Locked::Unsupported;
+            return Ok(());
+        }
+        let bits = if N == 8 {
+            u64::MAX
+        } else {
+            (1u64 << (8 * N)) - 1
+        };
+        let shift = (vaddr & 7) * 8;
+        let old = old as u64;
+        let new = old & !(bits << shift) | (value & bits) << shift;
+        // SAFETY: `word` is the aligned 8-byte word in a live RAM page found by the read.
+        if unsafe { host_access::compare_exchange_u64(word as *mut u8, old, new) } {
+            self.note_code_write(paddr);
+            self.run_hooks(Access::Write, vaddr, N, value);
+            self.locked = Locked::Stored;
+        } else {
+            self.locked = Locked::Raced;
+        }
+        Ok(())
+    }
+
+    fn locked_read_u128(&mut self, vaddr: u64) -> Result<u128, MemFault> {
+        if self.locked != Locked::Armed || vaddr & 15 != 0 {
+            self.locked = Locked::Unsupported;
+            return Ok(0);
+        }
+        let Some(page) = self.locked_page(vaddr, 16)? else {
+            // No device takes 16-byte locked accesses; treat it as unsupported.
+            self.locked = Locked::Unsupported;
+            return Ok(0);
+        };
+        let word = page.host_page as usize + (vaddr & !PAGE_MASK) as usize;
+        // SAFETY: two aligned 8-byte words inside a live RAM page. The halves may tear;
+        // the 16-byte compare-exchange of the write checks the whole value.
+        let old = unsafe {
+            host_access::load::<8>(word as *const u8) as u128
+                | (host_access::load::<8>((word + 8) as *const u8) as u128) << 64
+        };
+        self.locked = Locked::Held {
+            vaddr,
+            size: 16,
+            paddr: page.paddr,
+            word,
+            old,
+            wide: true,
+        };
+        self.run_hooks(Access::Read, vaddr, 8, old as u64);
+        self.run_hooks(Access::Read, vaddr + 8, 8, (old >> 64) as u64);
+        Ok(old)
+    }
+
+    fn locked_write_u128(&mut self, vaddr: u64, value: u128) -> Result<(), MemFault> {
+        match self.locked {
+            Locked::Held {
+                vaddr: v,
+                paddr,
+                word,
+                old,
+                wide: true,
+                ..
+            } if v == vaddr => {
+                // SAFETY: `word` is the 16-byte aligned operand in a live RAM page.
+                if unsafe { host_access::compare_exchange_u128(word as *mut u8, old, value) } {
+                    self.note_code_write(paddr);
+                    self.run_hooks(Access::Write, vaddr, 8, value as u64);
+                    self.run_hooks(Access::Write, vaddr + 8, 8, (value >> 64) as u64);
+                    self.locked = Locked::Stored;
+                } else {
+                    self.locked = Locked::Raced;
+                }
+            }
+            _ => self.locked = Locked::Unsupported,
+        }
+        Ok(())
     }
 
     fn run_hooks(&mut self, access: Access, addr: u64, size: usize, value: u64) {
@@ -1002,13 +1367,13 @@ mod tests {
         m.mark_code_page(0x3000);
         m.mark_code_page(0x9000);
         let dma = m.dma_writes();
-        assert!(!m.dma_pending());
+        assert!(!m.memory_changed());
         // Touches 0x2000..=0x3000 (one code page) and 0x8000 (none).
         dma.wrote(0x2ff0, 0x20);
         dma.wrote(0x8000, 0x10);
-        assert!(m.dma_pending());
+        assert!(m.memory_changed());
         m.collect_dma_writes();
-        assert!(!m.dma_pending());
+        assert!(!m.memory_changed());
         assert!(m.code_written());
         assert_eq!(m.take_written_code_pages(), vec![0x3000]);
         assert!(!m.is_code_page(0x3000));
@@ -1443,5 +1808,74 @@ mod tests {
             m.read::<4>(0xfef0_0000),
             Err(MemFault::Unmapped { .. })
         ));
+    }
+
+    #[test]
+    fn a_sibling_shares_ram_and_hears_of_code_written_by_the_other() {
+        let mut a = mmu_with(0x1000, 0x4000);
+        a.mark_code_page(0x1000);
+        let mut b = a.sibling();
+        assert!(
+            b.is_code_page(0x1000),
+            "siblings start with their creator's marks"
+        );
+        // B translates code from 0x2000: A must stop caching writes to it.
+        a.write::<8>(0x2000, 1).unwrap();
+        b.mark_code_page(0x2000);
+        assert!(a.memory_changed());
+        a.catch_up();
+        assert!(a.is_code_page(0x2000));
+        // A writes B's code page: A hears of it at once, B at its next catch-up.
+        a.write::<8>(0x2008, 0x90).unwrap();
+        assert_eq!(a.take_written_code_pages(), vec![0x2000]);
+        assert!(b.memory_changed());
+        b.catch_up();
+        assert_eq!(b.take_written_code_pages(), vec![0x2000]);
+        assert_eq!(b.read::<8>(0x2008).unwrap(), 0x90, "one RAM");
+        assert!(!b.memory_changed());
+        // Device writes collected by one reach the other.
+        a.dma_writes().wrote(0x1000, 16);
+        b.catch_up();
+        assert_eq!(b.take_written_code_pages(), vec![0x1000]);
+        a.catch_up();
+        assert_eq!(a.take_written_code_pages(), vec![0x1000]);
+    }
+
+    #[test]
+    fn a_locked_update_is_one_compare_exchange_that_fails_if_the_word_changed() {
+        let mut a = mmu_with(0x1000, 0x1000);
+        let mut b = a.sibling();
+        a.write::<8>(0x1100, 0x1111_2222_3333_4444).unwrap();
+        a.begin_locked();
+        let old = a.read::<4>(0x1104).unwrap();
+        a.write::<4>(0x1104, old + 1).unwrap();
+        assert_eq!(a.end_locked(), LockedOutcome::Done);
+        assert_eq!(a.read::<8>(0x1100).unwrap(), 0x1111_2223_3333_4444);
+        // Another vCPU changes a byte of the same word between the read and the write.
+        a.begin_locked();
+        let old = a.read::<2>(0x1100).unwrap();
+        b.write::<1>(0x1107, 0x99).unwrap();
+        a.write::<2>(0x1100, old + 1).unwrap();
+        assert_eq!(a.end_locked(), LockedOutcome::Retry);
+        assert_eq!(
+            a.read::<8>(0x1100).unwrap(),
+            0x9911_2223_3333_4444,
+            "nothing stored"
+        );
+        // An operand straddling two words is not written at all.
+        a.begin_locked();
+        let old = a.read::<4>(0x1106).unwrap();
+        a.write::<4>(0x1106, old ^ 0xffff_ffff).unwrap();
+        assert_eq!(a.end_locked(), LockedOutcome::NeedsExclusive);
+        assert_eq!(a.read::<8>(0x1100).unwrap(), 0x9911_2223_3333_4444);
+        // 16 bytes, aligned.
+        a.begin_locked();
+        let old = a.read_u128(0x1200).unwrap();
+        a.write_u128(0x1200, old | 1 << 100).unwrap();
+        assert_eq!(a.end_locked(), LockedOutcome::Done);
+        assert_eq!(a.read_u128(0x1200).unwrap(), 1 << 100);
+        // The TLB works again afterwards.
+        a.write::<8>(0x1300, 5).unwrap();
+        assert_eq!(a.read::<8>(0x1300).unwrap(), 5);
     }
 }

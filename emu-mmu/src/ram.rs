@@ -44,7 +44,7 @@ pub enum RamError {
 ///
 /// Regions live in `Arc`s inside the `vm-memory` collection, so host pointers into a region
 /// stay valid for as long as this `GuestRam` (or a clone of its collection) is alive.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct GuestRam {
     memory: Option<GuestMemoryMmap>,
     /// `(guest start, length, host address of the start)` of every region, in address

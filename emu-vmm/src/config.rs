@@ -9,7 +9,7 @@ pub use emu_net::{HostForward, UserNetConfig};
 pub const DEFAULT_MAC: [u8; 6] = emu_devices::virtio::net::DEFAULT_MAC;
 
 /// The most vCPUs this release runs (SMP arrives with a later issue).
-pub const MAX_CPUS: u32 = 1;
+pub const MAX_CPUS: u32 = 32;
 /// Smallest guest memory the default machine accepts.
 pub const MIN_MEMORY: u64 = 16 << 20;
 /// Largest guest memory the default machine accepts.

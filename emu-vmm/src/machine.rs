@@ -389,6 +389,12 @@ impl emu_devices::lapic::CpuSignal for CpuWake {
     fn nmi(&self) {
         self.0.raise_nmi();
     }
+    fn init(&self) {
+        self.0.raise_init();
+    }
+    fn startup(&self, vector: u8) {
+        self.0.raise_startup(vector);
+    }
 }
 
 /// The local APIC as the CPU, the MMIO bus and the timer thread each see it.
@@ -499,7 +505,12 @@ impl emu_mmu::BusDevice for WakeOnWrite {
 
 /// A built machine, ready to run.
 pub struct Machine {
-    emu: Emulator,
+    /// The vCPUs; the first is the boot processor, the others wait for start-up IPIs.
+    cpus: Vec<Emulator>,
+    /// Holds every vCPU at a block boundary for [`Machine::pause_handle`].
+    gate: Arc<emu_core::smp::Gate>,
+    /// Stops every vCPU.
+    stop: emu_core::StopHandle,
     exit: Arc<ExitLatch>,
     serial: Arc<Mutex<emu_devices::serial::Serial>>,
     timed: Vec<Arc<Mutex<dyn TimedDevice>>>,
@@ -623,9 +634,32 @@ impl Machine {
             })?
         };
 
+        // The other vCPUs share the boot vCPU's RAM (all mapped by now), code marks and
+        // clock; each gets its own local APIC and its own view of the buses below.
+        let gate = emu.attach_gate();
+        let mut cpus = vec![emu];
+        for _ in 1..config.cpus {
+            let mut ap = cpus[0].new_vcpu();
+            ap.set_interrupt_delivery(InterruptDelivery::Guest);
+            if let Some(t) = &tracer {
+                t.install(&mut ap);
+            }
+            cpus.push(ap);
+        }
+        for cpu in &mut cpus[1..] {
+            cpu.set_unassigned_mmio(Some(match &tracer {
+                Some(t) => {
+                    let t = t.clone();
+                    Arc::new(move |a: &emu_mmu::UnassignedAccess| t.unassigned(a))
+                }
+                None => Arc::new(|_: &emu_mmu::UnassignedAccess| {}),
+            }));
+        }
+
         let exit = Arc::new(ExitLatch::default());
-        let clock = emu.clock();
-        let stop = emu.stop_handle();
+        let clock = cpus[0].clock();
+        let stop =
+            emu_core::StopHandle::all(&cpus.iter().map(|c| c.stop_handle()).collect::<Vec<_>>());
         let signal = |outcome: Outcome| -> emu_devices::legacy::Signal {
             let exit = exit.clone();
             let stop = stop.clone();
@@ -634,34 +668,52 @@ impl Machine {
                 stop.stop();
             })
         };
+        let add_mmio = |cpus: &mut [Emulator], base: u64, len: u64, device: SharedDevice| {
+            cpus.iter_mut().try_for_each(|c| {
+                c.add_mmio_device(base, len, device.clone())
+                    .map_err(|e| MachineError::Bus(e.to_string()))
+            })
+        };
 
-        // Interrupts: the local APIC is the vCPU's controller; the IOAPIC routes device
-        // pins to it; the 8259 pair reaches it through LINT0 (virtual-wire mode, which the
-        // kernel turns off once it switches to the IOAPIC).
-        let mut lapic = emu_devices::lapic::LocalApic::new(
-            0,
-            true,
-            clock.clone(),
-            Arc::new(CpuWake(emu.interrupt_line())),
-        );
-        lapic.set_virtual_wire();
-        {
-            // A deadline sooner than the timer thread's current sleep must not wait for
-            // its next poll: a one-shot of 100 us fires after 100 us, not 1 ms.
-            let waker = waker.clone();
-            lapic.set_timer_listener(Box::new(move |_| waker.wake()));
-        }
-        let apic_input = lapic.input();
-        let ioapic = Arc::new(Mutex::new(emu_devices::ioapic::IoApic::new(
-            config.cpus as u8,
-            Box::new(move |message| {
-                emu_devices::lapic::route(std::slice::from_ref(&apic_input), message)
-            }),
-        )));
+        // Interrupts: each vCPU's local APIC is its controller; the IOAPIC routes device
+        // pins to them; the 8259 pair reaches the boot vCPU's through LINT0 (virtual-wire
+        // mode, which the kernel turns off once it switches to the IOAPIC); IPIs go from
+        // any APIC to the others it addresses.
+        let mut lapics: Vec<emu_devices::lapic::LocalApic> = cpus
+            .iter_mut()
+            .enumerate()
+            .map(|(i, cpu)| {
+                let id = i as u32;
+                cpu.cpu_mut().apic_id = id;
+                cpu.cpu_mut().package_cpus = config.cpus;
+                let mut lapic = emu_devices::lapic::LocalApic::new(
+                    id,
+                    i == 0,
+                    clock.clone(),
+                    Arc::new(CpuWake(cpu.interrupt_line())),
+                );
+                // A deadline sooner than the timer thread's current sleep must not wait
+                // for its next poll: a one-shot of 100 us fires after 100 us, not 1 ms.
+                let waker = waker.clone();
+                lapic.set_timer_listener(Box::new(move |_| waker.wake()));
+                lapic
+            })
+            .collect();
+        lapics[0].set_virtual_wire();
+        let apic_inputs: Vec<emu_devices::lapic::LapicInput> =
+            lapics.iter().map(|l| l.input()).collect();
+        let ioapic = {
+            let inputs = apic_inputs.clone();
+            Arc::new(Mutex::new(emu_devices::ioapic::IoApic::new(
+                config.cpus as u8,
+                Box::new(move |message| emu_devices::lapic::route(&inputs, message)),
+            )))
+        };
         let pic = Arc::new(Mutex::new(emu_devices::pic::PicPair::new(
-            lapic.input().lint(0),
+            apic_inputs[0].lint(0),
         )));
-        {
+        let mut apics: Vec<Arc<Mutex<Apic>>> = Vec::new();
+        for (cpu, mut lapic) in cpus.iter_mut().zip(lapics) {
             let pic = pic.clone();
             lapic.set_extint_acknowledge(Box::new(move || {
                 pic.lock().unwrap_or_else(|e| e.into_inner()).acknowledge()
@@ -673,21 +725,27 @@ impl Machine {
                     .unwrap_or_else(|e| e.into_inner())
                     .end_of_interrupt(vector)
             }));
+            let inputs = apic_inputs.clone();
+            lapic.set_ipi_router(Box::new(move |ipi| {
+                emu_devices::lapic::route_ipi(&inputs, ipi)
+            }));
+            let apic = Arc::new(Mutex::new(Apic(lapic)));
+            cpu.set_interrupt_controller(apic.clone());
+            // Each vCPU sees its own APIC at the architectural address.
+            cpu.add_mmio_device(
+                emu_devices::lapic::APIC_BASE_ADDR,
+                emu_devices::lapic::APIC_PAGE_SIZE,
+                apic.clone(),
+            )
+            .map_err(|e| MachineError::Bus(e.to_string()))?;
+            apics.push(apic);
         }
-        let apic = Arc::new(Mutex::new(Apic(lapic)));
-        emu.set_interrupt_controller(apic.clone());
-        emu.add_mmio_device(
-            emu_devices::lapic::APIC_BASE_ADDR,
-            emu_devices::lapic::APIC_PAGE_SIZE,
-            apic.clone(),
-        )
-        .map_err(|e| MachineError::Bus(e.to_string()))?;
-        emu.add_mmio_device(
+        add_mmio(
+            &mut cpus,
             emu_devices::ioapic::IOAPIC_BASE_ADDR,
             emu_devices::ioapic::IOAPIC_MMIO_SIZE,
             ioapic.clone(),
-        )
-        .map_err(|e| MachineError::Bus(e.to_string()))?;
+        )?;
         let isa = |irq: u8| -> Arc<dyn IrqLine> {
             let gsi = if irq == 0 { 2 } else { irq as usize };
             Arc::new(IsaIrq {
@@ -702,12 +760,12 @@ impl Machine {
                 .map(|n| emu_devices::ioapic::IoApic::pin(&ioapic, n))
                 .collect(),
         )));
-        emu.add_mmio_device(
+        add_mmio(
+            &mut cpus,
             emu_devices::hpet::HPET_BASE,
             emu_devices::hpet::HPET_LEN,
             wake_on_write(hpet.clone()),
-        )
-        .map_err(|e| MachineError::Bus(e.to_string()))?;
+        )?;
 
         // The serial console, and hvc0 when a virtconsole is on the terminal: the same
         // panic-watched writer when the serial port is on the terminal too, else standard
@@ -731,7 +789,7 @@ impl Machine {
             balloon: None,
         };
         if !virtio_models.is_empty() {
-            let mem = emu
+            let mem = cpus[0]
                 .cpu()
                 .mmu
                 .ram()
@@ -741,25 +799,19 @@ impl Machine {
             for (i, model) in virtio_models.into_iter().enumerate() {
                 let (base, gsi) = virtio_slot(i);
                 let irq = emu_devices::ioapic::IoApic::pin(&ioapic, gsi as usize);
-                emu.add_mmio_device(
-                    base,
-                    VIRTIO_MMIO_STRIDE,
-                    model.into_transport(
-                        mem.clone(),
-                        irq,
-                        emu.cpu().mmu.dma_writes(),
-                        &mut virtio_host,
-                    ),
-                )
-                .map_err(|e| MachineError::Bus(e.to_string()))?;
+                let dma = cpus[0].cpu().mmu.dma_writes();
+                let transport = model.into_transport(mem.clone(), irq, dma, &mut virtio_host);
+                add_mmio(&mut cpus, base, VIRTIO_MMIO_STRIDE, transport)?;
             }
         }
 
         let mut map_ports =
             |ranges: &[(u16, u16)], device: SharedDevice| -> Result<(), MachineError> {
                 for &(base, len) in ranges {
-                    emu.add_io_device(base, len, device.clone())
-                        .map_err(|e| MachineError::Bus(e.to_string()))?;
+                    for cpu in cpus.iter_mut() {
+                        cpu.add_io_device(base, len, device.clone())
+                            .map_err(|e| MachineError::Bus(e.to_string()))?;
+                    }
                 }
                 Ok(())
             };
@@ -831,9 +883,14 @@ impl Machine {
             Arc::new(Mutex::new(emu_devices::legacy::DebugExit::new(debug_exit))),
         )?;
 
-        let timed: Vec<Arc<Mutex<dyn TimedDevice>>> = vec![pit, rtc, pm, hpet, apic];
+        let mut timed: Vec<Arc<Mutex<dyn TimedDevice>>> = vec![pit, rtc, pm, hpet];
+        for apic in apics {
+            timed.push(apic);
+        }
         let mut machine = Machine {
-            emu,
+            cpus,
+            gate,
+            stop,
             exit,
             serial,
             timed,
@@ -851,7 +908,7 @@ impl Machine {
     /// Puts the boot vCPU in the state emu-boot's protocol asks for.
     fn apply_entry_state(&mut self) {
         let e = self.entry;
-        let cpu = self.emu.cpu_mut();
+        let cpu = self.cpus[0].cpu_mut();
         cpu.regs = [0; 17];
         cpu.regs[emu_core::cpu::reg::RAX as usize] = e.rax;
         cpu.regs[emu_core::cpu::reg::RBX as usize] = e.rbx;
@@ -892,9 +949,23 @@ impl Machine {
         self.timer_poll = poll;
     }
 
-    /// A handle that stops [`Machine::run`] from another thread.
+    /// A handle that stops [`Machine::run`] (every vCPU) from another thread.
     pub fn stop_handle(&self) -> emu_core::StopHandle {
-        self.emu.stop_handle()
+        self.stop.clone()
+    }
+
+    /// A handle that pauses and resumes the running machine from another thread:
+    /// [`emu_core::smp::Gate::pause`] returns once no vCPU runs guest code (each stops
+    /// at its next block boundary; halted ones stay halted and cannot wake until
+    /// [`emu_core::smp::Gate::resume`]). Guest memory and devices are then quiescent, as a
+    /// snapshot needs them.
+    pub fn pause_handle(&self) -> Arc<emu_core::smp::Gate> {
+        self.gate.clone()
+    }
+
+    /// How many vCPUs the machine has.
+    pub fn cpu_count(&self) -> usize {
+        self.cpus.len()
     }
 
     /// Gives typed input to the guest's serial port (the terminal thread calls this).
@@ -940,63 +1011,99 @@ impl Machine {
 
     fn run_until_outcome(&mut self) -> Outcome {
         let _timers = TimerThread::start_with(
-            self.emu.clock(),
+            self.cpus[0].clock(),
             self.timed.clone(),
             self.waker.clone(),
             self.timer_poll,
         );
-        loop {
-            let stop = self.emu.resume(&RunOptions::default());
-            if let Some(outcome) = self.exit.take() {
-                return outcome;
+        let (bsp, aps) = self.cpus.split_first_mut().expect("a machine has a vCPU");
+        let exit = &self.exit;
+        let stop = &self.stop;
+        let tracer = self.tracer.as_deref();
+        std::thread::scope(|scope| {
+            for (i, ap) in aps.iter_mut().enumerate() {
+                std::thread::Builder::new()
+                    .name(format!("quetzal-vcpu{}", i + 1))
+                    .spawn_scoped(scope, move || {
+                        // An application processor ends the machine only by dying;
+                        // everything else (a stop, a power-off) goes through the exit
+                        // latch, which the boot vCPU's loop reports.
+                        if let Some(outcome) = run_vcpu(ap, tracer) {
+                            exit.request(outcome);
+                            stop.stop();
+                        }
+                    })
+                    .expect("cannot start a vCPU thread");
             }
-            match stop {
-                StopReason::StopRequested => return Outcome::Stopped,
-                StopReason::TripleFault { .. } => return Outcome::TripleFault(self.describe_cpu()),
-                StopReason::Halted => return Outcome::HaltedForever(self.describe_cpu()),
-                StopReason::Unmapped { fault, rip } => {
-                    let what = format!("{fault} (instruction at RIP {rip:#x})");
-                    if let Some(t) = self.tracer.as_ref().filter(|t| t.flags().guest_errors) {
-                        t.line(&format!("guest_errors: {what}"));
-                    }
-                    return Outcome::Unmapped(format!("{what}\n{}", self.describe_cpu()));
-                }
-                // Anything else (a timeout, an instruction limit) just continues.
-                _ => continue,
+            if let Some(outcome) = run_vcpu(bsp, tracer) {
+                exit.request(outcome);
             }
-        }
+            // Without a device's (or a dying vCPU's) request, the stop handle was used.
+            let outcome = exit.take().unwrap_or(Outcome::Stopped);
+            // The other vCPUs end with the machine.
+            stop.stop();
+            outcome
+        })
     }
 
-    /// The vCPU's registers, for fatal-error messages.
+    /// The boot vCPU's registers, for fatal-error messages.
     pub fn describe_cpu(&self) -> String {
-        let cpu = self.emu.cpu();
-        let names = [
-            "RAX", "RCX", "RDX", "RBX", "RSP", "RBP", "RSI", "RDI", "R8", "R9", "R10", "R11",
-            "R12", "R13", "R14", "R15",
-        ];
-        let mut s = format!(
-            "RIP={:#018x} RFLAGS={:#x} CS={:#x} CPL={} CR0={:#x} CR2={:#x} CR3={:#x} CR4={:#x} EFER={:#x}\n",
-            cpu.rip,
-            cpu.rflags(),
-            cpu.seg_sel[1],
-            cpu.sys.cpl,
-            cpu.sys.cr0,
-            cpu.sys.cr2,
-            cpu.sys.cr3,
-            cpu.sys.cr4,
-            cpu.sys.efer
-        );
-        for (k, name) in names.iter().enumerate() {
-            s.push_str(&format!("{name:>3}={:#018x}", cpu.regs[k]));
-            s.push(if k % 4 == 3 { '\n' } else { ' ' });
-        }
-        s
+        describe_cpu(&self.cpus[0])
     }
 
     /// Instructions retired so far.
     pub fn instructions(&self) -> u64 {
-        self.emu.cpu().icount
+        self.cpus.iter().map(|c| c.cpu().icount).sum()
     }
+}
+
+/// Runs one vCPU until something ends its part in the machine: `Some` with the outcome
+/// when it died (triple fault, fetch from nothing, or every vCPU halted for good), `None`
+/// when it was stopped.
+fn run_vcpu(emu: &mut Emulator, tracer: Option<&Tracer>) -> Option<Outcome> {
+    loop {
+        match emu.resume(&RunOptions::default()) {
+            StopReason::StopRequested => return None,
+            StopReason::TripleFault { .. } => return Some(Outcome::TripleFault(describe_cpu(emu))),
+            StopReason::Halted => return Some(Outcome::HaltedForever(describe_cpu(emu))),
+            StopReason::Unmapped { fault, rip } => {
+                let what = format!("{fault} (instruction at RIP {rip:#x})");
+                if let Some(t) = tracer.filter(|t| t.flags().guest_errors) {
+                    t.line(&format!("guest_errors: {what}"));
+                }
+                return Some(Outcome::Unmapped(format!("{what}\n{}", describe_cpu(emu))));
+            }
+            // Anything else (a timeout, an instruction limit) just continues.
+            _ => continue,
+        }
+    }
+}
+
+/// A vCPU's registers, for fatal-error messages.
+fn describe_cpu(emu: &Emulator) -> String {
+    let cpu = emu.cpu();
+    let names = [
+        "RAX", "RCX", "RDX", "RBX", "RSP", "RBP", "RSI", "RDI", "R8", "R9", "R10", "R11", "R12",
+        "R13", "R14", "R15",
+    ];
+    let mut s = format!(
+        "CPU {} RIP={:#018x} RFLAGS={:#x} CS={:#x} CPL={} CR0={:#x} CR2={:#x} CR3={:#x} CR4={:#x} EFER={:#x}\n",
+        cpu.apic_id,
+        cpu.rip,
+        cpu.rflags(),
+        cpu.seg_sel[1],
+        cpu.sys.cpl,
+        cpu.sys.cr0,
+        cpu.sys.cr2,
+        cpu.sys.cr3,
+        cpu.sys.cr4,
+        cpu.sys.efer
+    );
+    for (k, name) in names.iter().enumerate() {
+        s.push_str(&format!("{name:>3}={:#018x}", cpu.regs[k]));
+        s.push(if k % 4 == 3 { '\n' } else { ' ' });
+    }
+    s
 }
 
 /// Opens the serial backend's output.

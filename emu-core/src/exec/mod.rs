@@ -12,6 +12,7 @@ pub mod control;
 pub mod data;
 pub mod io;
 pub mod legacy;
+pub mod locked;
 pub mod logic;
 pub mod muldiv;
 pub mod privileged;

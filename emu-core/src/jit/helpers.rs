@@ -131,7 +131,12 @@ pub unsafe extern "C" fn helper_write(
 pub unsafe extern "C" fn helper_exec(cpu: *mut Cpu, ctx: *mut JitCtx, insn: *const Insn) -> u64 {
     // SAFETY: the caller's guarantee.
     let (cpu, ctx, insn) = unsafe { (&mut *cpu, &mut *ctx, &*insn) };
-    match (insn.exec)(cpu, insn) {
+    let result = if insn.flags & crate::insn::LOCKED != 0 {
+        crate::exec::locked::exec_locked(cpu, insn)
+    } else {
+        (insn.exec)(cpu, insn)
+    };
+    match result {
         Ok(()) if cpu.mmu.code_written() => STATUS_CODE_WRITTEN,
         Ok(()) => STATUS_OK,
         Err(trap) => {

@@ -72,6 +72,12 @@ impl CpuSignal for Wake {
     fn nmi(&self) {
         self.0.raise_nmi();
     }
+    fn init(&self) {
+        self.0.raise_init();
+    }
+    fn startup(&self, vector: u8) {
+        self.0.raise_startup(vector);
+    }
 }
 
 /// Attaches a local APIC (ID 0, the BSP) to `emu`: its MMIO page, the CPU hook.

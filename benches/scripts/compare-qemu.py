@@ -10,14 +10,20 @@ markers, and timestamps every console line on the host:
   gzip      gzip -9 of 4 MiB of generated text (the text is made before, untimed)
   bzip2     bzip2 -9 of the same text
   awk       an awk loop of 500,000 iterations of integer arithmetic
+  pair      two processes at once, each the awk loop (not run by default: with --smp
+            1,2 it shows what a second vCPU buys)
   total     host seconds until the emulator exits (the guest powers off)
+
+With --smp N[,M...] every emulator runs once per CPU count (QEMU with multi-threaded TCG,
+`-accel tcg,thread=multi`, one host thread per vCPU as quetzal), and the speed-up of each
+workload from the first count to the others is printed per emulator.
 
 Each workload prints a checksum of its output; the script checks that both emulators
 printed the same ones (a fast wrong answer is no answer). Runs are interleaved, and the
 ratio uses the best run of each emulator.
 
 Usage: benches/scripts/compare-qemu.py [--flavour cloud|generic] [--runs N]
-                                      [--only sha256,gzip,...]
+                                      [--only sha256,gzip,...] [--smp 1,2]
 Needs: test-images/build.sh (run first), a release build of quetzal, and
 qemu-system-x86_64 (apt-get install qemu-system-x86; brew install qemu).
 """
@@ -37,7 +43,11 @@ WORKLOADS = {
     "bzip2": "bzip2 -9 -c /tmp/text | md5sum | sed 's/^/SUM bzip2 /'",
     "awk": "awk 'BEGIN { s = 0; for (i = 0; i < 500000; i++) s = (s + i * i) % 1000003; "
            "print \"SUM awk \" s }'",
+    "pair": "for i in 1 2; do awk 'BEGIN { s = 0; for (i = 0; i < 500000; i++) "
+            "s = (s + i * i) % 1000003; print s }' > /tmp/pair$i & done; wait; "
+            "cat /tmp/pair1 /tmp/pair2 | md5sum | sed 's/^/SUM pair /'",
 }
+DEFAULT_WORKLOADS = ["sha256", "gzip", "bzip2", "awk"]
 
 # Makes /tmp/text: 4 MiB of varied text (numbers and words), untimed.
 SETUP = ("seq 1 250000 | sed 's/\\(.*\\)\\(.\\)$/\\1 line \\2 of \\1/' | head -c 4194304 > /tmp/text")
@@ -88,9 +98,12 @@ def main():
     ap.add_argument("--flavour", default="cloud")
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--quetzal", default="target/release/quetzal")
-    ap.add_argument("--only", default=",".join(WORKLOADS),
-                    help="comma-separated workloads (default: all)")
+    ap.add_argument("--only", default=",".join(DEFAULT_WORKLOADS),
+                    help="comma-separated workloads (default: all but pair)")
+    ap.add_argument("--smp", default="1",
+                    help="comma-separated vCPU counts to run each emulator with")
     args = ap.parse_args()
+    counts = [int(c) for c in args.smp.split(",") if c]
     names = [n for n in args.only.split(",") if n]
     for n in names:
         if n not in WORKLOADS:
@@ -108,14 +121,18 @@ def main():
     append = f"console=ttyS0 quetzal.cmd={cmd64}"
     common = ["-kernel", kernel, "-initrd", initrd, "-append", append, "-m", "512",
               "-nographic", "-no-reboot"]
-    emulators = {
-        "quetzal": [args.quetzal] + common,
+    emulators = {}
+    for n in counts:
+        suffix = "" if counts == [1] else f"-smp{n}"
+        # Multi-threaded TCG is QEMU's default on x86-64 hosts; say so anyway.
+        accel = "tcg" if n == 1 else "tcg,thread=multi"
+        emulators["quetzal" + suffix] = [args.quetzal, "-smp", str(n)] + common
         # Plain `-M microvm` hangs these kernels in TSC calibration; the legacy timers fix it.
-        "qemu-tcg": [qemu, "-M", "microvm,pit=on,pic=on,rtc=on", "-accel", "tcg", "-cpu", "max",
-                     "-nodefaults", "-serial", "stdio", "-display", "none",
-                     "-kernel", kernel, "-initrd", initrd,
-                     "-append", append, "-m", "512", "-no-reboot"],
-    }
+        emulators["qemu-tcg" + suffix] = [
+            qemu, "-M", "microvm,pit=on,pic=on,rtc=on", "-accel", accel, "-cpu", "max",
+            "-smp", str(n), "-nodefaults", "-serial", "stdio", "-display", "none",
+            "-kernel", kernel, "-initrd", initrd, "-append", append, "-m", "512",
+            "-no-reboot"]
     print(f"kernel {kernel} ({args.flavour}), {args.runs} run(s) each, interleaved")
     results = {name: [] for name in emulators}
     for _ in range(args.runs):
@@ -133,8 +150,8 @@ def main():
                 if r.get(c) is not None:
                     best.setdefault(name, {})
                     best[name][c] = min(best[name].get(c, float("inf")), r[c])
-    # Same answers from both?
-    reference = results["qemu-tcg"][0]["sums"]
+    # Same answers from all?
+    reference = results[next(iter(results))][0]["sums"]
     ok = True
     for name, runs in results.items():
         for r in runs:
@@ -142,11 +159,22 @@ def main():
                 if r["sums"].get(w) != reference.get(w):
                     ok = False
                     print(f"MISMATCH: {name} printed {r['sums'].get(w)!r} for {w}, "
-                          f"QEMU {reference.get(w)!r}")
-    if "quetzal" in best and "qemu-tcg" in best:
-        q, t = best["quetzal"], best["qemu-tcg"]
-        ratios = ", ".join(f"{c} {q[c] / t[c]:.2f}x" for c in columns if c in q and c in t)
-        print(f"ratio quetzal/qemu (best of runs): {ratios} (below 1 = quetzal faster)")
+                          f"the first run {reference.get(w)!r}")
+    for n in counts:
+        suffix = "" if counts == [1] else f"-smp{n}"
+        q, t = best.get("quetzal" + suffix), best.get("qemu-tcg" + suffix)
+        if q and t:
+            ratios = ", ".join(f"{c} {q[c] / t[c]:.2f}x" for c in columns if c in q and c in t)
+            label = "" if not suffix else f" at -smp {n}"
+            print(f"ratio quetzal/qemu{label} (best of runs): {ratios} "
+                  f"(below 1 = quetzal faster)")
+    for emu in ("quetzal", "qemu-tcg"):
+        for n in counts[1:]:
+            base, more = best.get(f"{emu}-smp{counts[0]}"), best.get(f"{emu}-smp{n}")
+            if base and more:
+                ups = ", ".join(f"{c} {base[c] / more[c]:.2f}x" for c in names
+                                if c in base and c in more)
+                print(f"speed-up of {emu} from -smp {counts[0]} to -smp {n}: {ups}")
     print("outputs match" if ok else "OUTPUTS DIFFER")
     sys.exit(0 if ok else 1)
 

@@ -8,7 +8,8 @@ pub use emu_net::{HostForward, UserNetConfig};
 /// The MAC address of the first NIC unless one is given (QEMU's: 52:54:00:12:34:56).
 pub const DEFAULT_MAC: [u8; 6] = emu_devices::virtio::net::DEFAULT_MAC;
 
-/// The most vCPUs this release runs (SMP arrives with a later issue).
+/// The most vCPUs a machine runs (each is a host thread; the IOAPIC and xAPIC address
+/// up to 255, the limit is a sanity bound for hosts with a handful of cores).
 pub const MAX_CPUS: u32 = 32;
 /// Smallest guest memory the default machine accepts.
 pub const MIN_MEMORY: u64 = 16 << 20;
@@ -255,14 +256,22 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(ok.validate(), Ok(()));
-        let two = MachineConfig {
-            cpus: 2,
+        let many = MachineConfig {
+            cpus: MAX_CPUS + 1,
             ..ok.clone()
         };
         assert_eq!(
-            two.validate(),
-            Err(ConfigError::TooManyCpus { got: 2, max: 1 })
+            many.validate(),
+            Err(ConfigError::TooManyCpus {
+                got: MAX_CPUS + 1,
+                max: MAX_CPUS
+            })
         );
+        let all = MachineConfig {
+            cpus: MAX_CPUS,
+            ..ok.clone()
+        };
+        assert_eq!(all.validate(), Ok(()));
         let tiny = MachineConfig {
             memory: 1 << 20,
             ..ok.clone()

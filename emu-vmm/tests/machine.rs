@@ -680,3 +680,60 @@ fn a_missing_disk_image_is_an_error_naming_it() {
     assert!(!err.contains('\n'), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Waits (up to 10 s) until `f` holds.
+fn eventually(what: &str, f: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < Duration::from_secs(10), "never: {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn pause_holds_every_vcpu_whether_spinning_halted_or_waiting_to_start() {
+    // Two vCPUs: the boot vCPU spins forever (or halts, below); the second waits for a
+    // start-up IPI that never comes. Pausing must return with no vCPU running, keep it
+    // so until resumed, and a stop must still end the machine afterwards.
+    for halt in [false, true] {
+        let image = kernel(
+            |a| {
+                let mut spin = a.create_label();
+                a.set_label(&mut spin)?;
+                if halt {
+                    a.sti()?;
+                    a.hlt()?;
+                } else {
+                    a.inc(dword_ptr(0x7000))?;
+                }
+                a.jmp(spin)
+            },
+            vec![],
+        );
+        let dir = scratch(&format!("pause-{halt}"));
+        let config = MachineConfig {
+            cpus: 2,
+            ..config_for(&dir, &image)
+        };
+        let mut m = Machine::new(&config, Box::new(std::io::sink())).unwrap();
+        assert_eq!(m.cpu_count(), 2);
+        let gate = m.pause_handle();
+        let stop = m.stop_handle();
+        let machine = std::thread::spawn(move || m.run());
+        if !halt {
+            eventually("the boot vCPU runs", || gate.running() == 1);
+        }
+        gate.pause();
+        assert_eq!(gate.running(), 0, "paused");
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(gate.running(), 0, "still paused");
+        assert!(!machine.is_finished());
+        gate.resume();
+        if !halt {
+            eventually("the boot vCPU runs again", || gate.running() == 1);
+        }
+        stop.stop();
+        assert_eq!(machine.join().unwrap(), Outcome::Stopped);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

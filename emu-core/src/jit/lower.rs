@@ -24,6 +24,14 @@ use crate::flags::{self, FlagOp, LazyFlags};
 use crate::insn::{Insn, ADDR16, ADDR32, LOCKED};
 use crate::translate::{register_number, Block};
 
+/// Whether the host may reorder memory accesses that x86's total store order keeps in
+/// order (aarch64). Inline guest loads are then followed and guest stores preceded by a
+/// full fence, which gives the acquire/release pairs TSO needs; the interpreter's
+/// accesses get the same from `emu_mmu::host_access` (LDAR/STLR). A full fence is more
+/// than TSO needs (an LDAR/STLR pair would do for aligned accesses, which unaligned ones
+/// would have to branch around); on x86-64 hosts nothing is emitted.
+const WEAK_HOST: bool = cfg!(not(target_arch = "x86_64"));
+
 /// How a block's instructions were lowered.
 #[derive(Clone, Debug, Default)]
 pub struct Counts {
@@ -608,6 +616,10 @@ impl Lower<'_> {
             4 => self.b.ins().uload32(flags, host, 0),
             _ => self.b.ins().load(types::I64, flags, host, 0),
         };
+        if WEAK_HOST {
+            // Acquire: later guest accesses may not pass this load (see `WEAK_HOST`).
+            self.b.ins().fence();
+        }
         self.b.ins().jump(join, &[v]);
 
         self.b.switch_to_block(slow);
@@ -638,6 +650,10 @@ impl Lower<'_> {
         let join = self.b.create_block();
         let host = self.tlb_hit(addr, size, self.lay.tlb_write, slow);
         let flags = MemFlags::trusted();
+        if WEAK_HOST {
+            // Release: earlier guest accesses may not pass this store.
+            self.b.ins().fence();
+        }
         match size {
             1 => self.b.ins().istore8(flags, value, host, 0),
             2 => self.b.ins().istore16(flags, value, host, 0),

@@ -213,6 +213,14 @@ fn clflush(cpu: &mut Cpu, i: &Insn) -> Step {
     Ok(())
 }
 
+/// MFENCE: no later load may pass an earlier store, the one reordering x86 allows
+/// without it (guest accesses are acquire loads and release stores otherwise, see
+/// `emu_mmu::host_access`). LFENCE and SFENCE order nothing TSO does not already order.
+fn mfence(_: &mut Cpu, _: &Insn) -> Step {
+    std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+    Ok(())
+}
+
 pub(super) fn register(t: &mut OpTable) {
     let aligned_load = OpEntry::rm(mov_load::<false, true>, mov_load::<true, true>);
     let unaligned_load = OpEntry::rm(mov_load::<false, false>, mov_load::<true, false>);
@@ -340,14 +348,6 @@ pub(super) fn register(t: &mut OpTable) {
         Code::Lfence_ED,
         Code::Lfence_EE,
         Code::Lfence_EF,
-        Code::Mfence,
-        Code::Mfence_F1,
-        Code::Mfence_F2,
-        Code::Mfence_F3,
-        Code::Mfence_F4,
-        Code::Mfence_F5,
-        Code::Mfence_F6,
-        Code::Mfence_F7,
         Code::Sfence,
         Code::Sfence_F9,
         Code::Sfence_FA,
@@ -358,6 +358,18 @@ pub(super) fn register(t: &mut OpTable) {
         Code::Sfence_FF,
     ] {
         t.set(code, OpEntry::reg(no_effect));
+    }
+    for code in [
+        Code::Mfence,
+        Code::Mfence_F1,
+        Code::Mfence_F2,
+        Code::Mfence_F3,
+        Code::Mfence_F4,
+        Code::Mfence_F5,
+        Code::Mfence_F6,
+        Code::Mfence_F7,
+    ] {
+        t.set(code, OpEntry::reg(mfence));
     }
     for code in [
         Code::Prefetchnta_m8,

@@ -49,7 +49,12 @@ fn boots_with_every_cpu_working(cpus: usize) {
     let jobs = cpus * 2;
     let run = boot_with(image, &script(jobs), &["-smp".as_ref(), cpus_arg.as_ref()]);
     assert_clean_run(&run, &["TSC-TROUBLE", "BUG:", "soft lockup"]);
-    assert_eq!(find_line(&run, "NPROC=").1, cpus_arg, "{}", run.transcript());
+    assert_eq!(
+        find_line(&run, "NPROC=").1,
+        cpus_arg,
+        "{}",
+        run.transcript()
+    );
     let online = if cpus == 1 {
         "0".to_string()
     } else {

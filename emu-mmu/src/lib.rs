@@ -17,7 +17,11 @@
 //!   [`Mmu::set_paging`], [`Mmu::write_cr3`], [`Mmu::invlpg`] and [`Mmu::invpcid`].
 //! * Pages that hold translated guest code are marked. Their write entries are never put in
 //!   the TLB, so every store to them goes through the slow path, which records the page in
-//!   a list the code cache drains to drop stale blocks (self-modifying code).
+//!   a list the code cache drains to drop stale blocks (self-modifying code). The vCPUs of
+//!   one machine share the marks through [`code::CodeShare`] (cross-modifying code).
+//! * LOCK-prefixed read-modify-writes are one host compare-exchange of the aligned word
+//!   holding the operand ([`Mmu::begin_locked`]), so they are atomic against every other
+//!   vCPU and device.
 //! * Memory hooks (for embedders and tracing) turn the TLB off, so every access takes the
 //!   slow path where the hooks run.
 //!

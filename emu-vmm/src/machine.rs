@@ -1,9 +1,15 @@
-//! A whole machine: RAM, one vCPU, the PC platform devices, a kernel loaded and
-//! configured by emu-boot, and the loop that runs it until the guest powers off, resets,
-//! asks the debug-exit port to end, or dies.
+//! A whole machine: RAM, its vCPUs (one host thread each), the PC platform devices, a
+//! kernel loaded and configured by emu-boot, and the loops that run it until the guest
+//! powers off, resets, asks the debug-exit port to end, or dies.
+//!
+//! vCPU 0 is the boot processor and enters the kernel; the others (`-smp N`) are
+//! application processors waiting for INIT and start-up IPIs, as on a PC. Each vCPU has
+//! its own local APIC (ID = its index) mapped at 0xFEE00000 in its own view of the MMIO
+//! bus; every other device is shared. The boot vCPU runs on the caller's thread, the
+//! others on scoped threads; a device's exit request or a dying vCPU stops them all.
 //!
 //! The platform ("quetzal", microvm-like): RAM from 0 (with the 3..4 GiB hole above
-//! 3 GiB), a local APIC at 0xFEE00000, an IOAPIC at 0xFEC00000, an HPET at 0xFED00000,
+//! 3 GiB), a local APIC per vCPU at 0xFEE00000, an IOAPIC at 0xFEC00000, an HPET at 0xFED00000,
 //! COM1 at 0x3F8 (IRQ 4), the 8259 pair (reaching the APIC's LINT0), 8254 PIT, CMOS RTC,
 //! i8042, ACPI PM block at 0x600 with the PM timer and S5 power-off, the reset register
 //! at 0xCF9, POST port 0x80 and the debug-exit port 0xF4, all described to the guest by

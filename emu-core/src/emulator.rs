@@ -1052,7 +1052,7 @@ impl Emulator {
             // One of several processors: it sleeps until an NMI, INIT or stop request
             // (from another processor) arrives, unless none is left to send one.
             let wanted =
-                events::STOP | events::INIT | events::NMI * u32::from(!self.cpu.sys.nmi_blocked);
+                events::STOP | events::INIT | (events::NMI * u32::from(!self.cpu.sys.nmi_blocked));
             return match self.sleep(wanted, true) {
                 None => Some(StopReason::Halted),
                 Some(woke) if woke & wanted == 0 => Some(StopReason::Timeout),

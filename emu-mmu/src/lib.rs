@@ -769,15 +769,15 @@ impl Mmu {
             code::Replay::Changes(changes) => {
                 for change in changes {
                     match change {
-                        code::Change::Marked { page, by } if by != self.member => {
-                            if self.code_pages.insert(page) {
-                                self.forget_write_entries(page);
-                            }
+                        code::Change::Marked { page, by }
+                            if by != self.member && self.code_pages.insert(page) =>
+                        {
+                            self.forget_write_entries(page);
                         }
-                        code::Change::Written { page, by } if by != self.member => {
-                            if self.code_pages.remove(&page) {
-                                self.written_code_pages.push(page);
-                            }
+                        code::Change::Written { page, by }
+                            if by != self.member && self.code_pages.remove(&page) =>
+                        {
+                            self.written_code_pages.push(page);
                         }
                         code::Change::DeviceWrote { first, last } => {
                             self.drop_code_marks_in(first, last);

@@ -263,16 +263,16 @@ impl Emulator {
     /// Another vCPU of the same machine, for its own host thread: it shares this vCPU's
     /// RAM (map all of it first), code-page marks, device-write log and virtual clock
     /// (so both read the same TSC), and the machine's [`crate::smp::Gate`] (created on
-    /// the first call). It gets its own registers (reset state), code cache, compiling
-    /// tier (same configuration), event word and empty MMIO and port buses: the platform
-    /// attaches devices, and its own local APIC, to each vCPU. It starts
-    /// [`Activity::WaitForStartup`], as an application processor does.
+    /// the first call). It gets its own registers (in [`Emulator::new`]'s starting
+    /// state), code cache, compiling tier (same configuration), event word and empty MMIO
+    /// and port buses: the platform attaches devices, and its own local APIC, to each
+    /// vCPU. A PC platform then puts it through [`Emulator::reset`] and
+    /// [`Activity::WaitForStartup`], as an application processor.
     pub fn new_vcpu(&mut self) -> Emulator {
         let gate = self.attach_gate();
         let mut cpu = Cpu::new(self.cpu.mmu.sibling());
         cpu.clock = self.cpu.clock.clone();
         cpu.gate = Some(gate.clone());
-        cpu.reset();
         let events = Arc::new(Events::default());
         gate.add_member(&events);
         Emulator {
@@ -288,7 +288,7 @@ impl Emulator {
             mmio: Bus::new(),
             jit: Self::make_jit(self.jit_config),
             jit_config: self.jit_config,
-            activity: Activity::WaitForStartup,
+            activity: Activity::Active,
         }
     }
 
@@ -858,7 +858,9 @@ impl Emulator {
     fn init(&mut self) {
         self.cpu.reset();
         self.cache.flush_jump_cache();
-        self.events.clear(events::NMI | events::SIPI);
+        // Start-up IPIs raised after the INIT (often within microseconds of it) stay
+        // pending: they are what starts the processor again.
+        self.events.clear(events::NMI);
         self.activity = Activity::WaitForStartup;
     }
 

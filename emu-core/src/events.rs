@@ -97,8 +97,11 @@ impl Events {
         self.signal(KICK);
     }
 
-    /// Raises INIT.
+    /// Raises INIT. A start-up IPI still pending from before is void (the order of the
+    /// two matters and the bits alone would not keep it): only start-ups raised after
+    /// this INIT start the processor.
     pub fn raise_init(&self) {
+        self.clear(SIPI);
         self.signal(INIT);
     }
 

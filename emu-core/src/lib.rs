@@ -41,8 +41,9 @@ pub mod translate;
 
 pub use cpu::Cpu;
 pub use emulator::{
-    BlockHook, CodeHook, Delivery, DeliveryHook, EmuError, Emulator, HookAction, InterruptDelivery,
-    InterruptEvent, InterruptHook, RunOptions, SegmentState, StopHandle, StopReason,
+    Activity, BlockHook, CodeHook, Delivery, DeliveryHook, EmuError, Emulator, HookAction,
+    InterruptDelivery, InterruptEvent, InterruptHook, RunOptions, SegmentState, StopHandle,
+    StopReason,
 };
 pub use events::{InterruptLine, LocalInterruptController, MsrAccess};
 pub use exception::Exception;

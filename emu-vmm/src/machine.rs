@@ -646,6 +646,9 @@ impl Machine {
         let mut cpus = vec![emu];
         for _ in 1..config.cpus {
             let mut ap = cpus[0].new_vcpu();
+            // Application processors wait in their power-up state for INIT and SIPI.
+            ap.reset();
+            ap.set_activity(emu_core::Activity::WaitForStartup);
             ap.set_interrupt_delivery(InterruptDelivery::Guest);
             if let Some(t) = &tracer {
                 t.install(&mut ap);

@@ -1798,3 +1798,54 @@ fn ipi_delivery_modes() {
     let (outcome, took) = run("ipi-modes", CPUS, &image);
     assert_success(&outcome, &checks, took);
 }
+
+// ---------------------------------------------------------------------------------------
+// How a machine of several vCPUs ends.
+
+/// Three CPUs whose APs park (CLI; HLT) at once; the BSP then runs `bsp_end`.
+fn parked_aps(name: &str, bsp_end: impl Fn(&mut Asm) -> Step) -> Outcome {
+    let setup = |_: &mut Asm| Ok(());
+    let main = |a: &mut Asm| -> Step {
+        let mut bsp = a.create_label();
+        a.test(ebx, ebx)?;
+        a.jz(bsp)?;
+        park(a)?;
+        a.set_label(&mut bsp)?;
+        bsp_end(a)
+    };
+    let image = smp_image(&Smp {
+        cpus: 3,
+        wake: Wake::Broadcast,
+        long_mode: false,
+        bsp_setup: &setup,
+        main: &main,
+        handlers: vec![],
+    });
+    run(name, 3, &image).0
+}
+
+#[test]
+fn halted_aps_do_not_end_the_machine_while_the_bsp_runs() {
+    // The APs are parked for 200 ms before the BSP exits through the debug port.
+    let checks = Checks::default();
+    let outcome = parked_aps("halted-aps", |a| {
+        wait_for(a, STARTS, 3, checks.code("both APs start"))?;
+        delay_ns(a, 200_000_000)?;
+        exit_success(a)
+    });
+    assert_success(&outcome, &checks, Duration::ZERO);
+}
+
+#[test]
+fn the_machine_ends_halted_once_every_vcpu_is_halted_with_interrupts_off() {
+    let checks = Checks::default();
+    let outcome = parked_aps("all-halted", |a| {
+        wait_for(a, STARTS, 3, checks.code("both APs start"))?;
+        park(a)
+    });
+    assert!(
+        matches!(outcome, Outcome::HaltedForever(_)),
+        "{}",
+        checks.describe(&outcome)
+    );
+}

@@ -67,6 +67,10 @@ pub struct CodeCache {
     salt: u64,
     /// The current epoch (1..0x8000); wrapping around clears the caches for real.
     epoch: u64,
+    /// Bumped with every jump-cache flush (a block dropped, paging or mode changed, the
+    /// compiled code freed): direct links filled before are stale
+    /// ([`crate::jit::LinkSlot`]). Never wraps, unlike `epoch`.
+    link_generation: u64,
     /// Blocks translated since creation (a statistic).
     pub translated: u64,
 }
@@ -83,6 +87,7 @@ impl Default for CodeCache {
             user_active: false,
             salt: 1 << 48,
             epoch: 1,
+            link_generation: 1,
             translated: 0,
         }
     }
@@ -261,7 +266,14 @@ impl CodeCache {
         }
     }
 
+    /// The current link generation (see [`crate::jit::LinkSlot`]).
+    #[inline(always)]
+    pub fn link_generation(&self) -> u64 {
+        self.link_generation
+    }
+
     fn clear_jump_caches(&mut self) {
+        self.link_generation += 1;
         self.epoch += 1;
         if self.epoch == 0x8000 {
             self.epoch = 1;
@@ -291,6 +303,8 @@ impl CodeCache {
     }
 
     fn remove(&mut self, idx: u32) {
+        // Links into the block's code must not be followed any more.
+        self.link_generation += 1;
         let Some((key, block)) = self.blocks[idx as usize].take() else {
             return;
         };

@@ -729,7 +729,7 @@ impl Emulator {
             let block = self.cache.block(idx);
             let (executed, result) = if let Some(code) = compiled {
                 let chain = until.is_none();
-                self.run_compiled_chain(code, idx, budget, chain)
+                self.run_compiled_chain(code, budget, chain)
             } else if self.code_hooks.is_empty() {
                 run_block(&mut self.cpu, block, limit)
             } else {
@@ -754,30 +754,49 @@ impl Emulator {
         }
     }
 
-    /// Runs compiled block `idx` and, if `chain`, the compiled blocks it leads to, for as
+    /// Runs compiled block `code` and, if `chain`, the compiled blocks it leads to, for as
     /// long as nothing needs the run loop: no trap, no pending event, no change of fetch
     /// mapping or privilege, no written code, room in the instruction budget. This is
-    /// where compiled code spends its time, so it checks only what can have changed.
+    /// where compiled code spends its time. Blocks follow their direct links themselves
+    /// (see [`jit::LinkSlot`]); when one returns here, this loop looks up where execution
+    /// goes next, fills the link slot the block named, and goes on.
     fn run_compiled_chain(
         &mut self,
         mut code: jit::CompiledBlock,
-        mut idx: u32,
         budget: u64,
         chain: bool,
     ) -> BlockOutcome {
-        /// Blocks run back to back before the run loop looks at timeouts again.
+        /// Times the blocks return here before the run loop looks at timeouts again.
         const MAX_CHAIN: u32 = 256;
-        let mut done = 0usize;
+        /// Instructions linked blocks may run before they return here.
+        const LINK_FUEL: u64 = 1 << 14;
+        let margin = crate::translate::MAX_BLOCK_INSNS as u64;
+        let mut ctx = jit::JitCtx {
+            generation: self.cache.link_generation(),
+            events: self.events.pending_word(),
+            ..Default::default()
+        };
+        let mut done = 0u64;
         for _ in 0..MAX_CHAIN {
-            // SAFETY: `code` was compiled from block `idx`, which is still cached, and
-            // the code region has not been flushed since (flushes reset every block).
-            let (n, trap) = unsafe { jit::run_compiled(&mut self.cpu, code) };
-            if let Some(trap) = trap {
-                let block = self.cache.block(idx);
-                let (k, r) = settle_trap(&mut self.cpu, &block.insns[n], *trap, n);
-                return (done + k, r);
+            let left = budget - done;
+            ctx.fuel = if chain && left > 2 * margin {
+                (left - 2 * margin).min(LINK_FUEL) as i64
+            } else {
+                0
+            };
+            ctx.executed = 0;
+            // SAFETY: `code` was compiled from a block that is still cached, the code
+            // region has not been flushed since (flushes reset every block), and the
+            // context carries the cache's current link generation.
+            unsafe { jit::run_compiled(&mut self.cpu, &mut ctx, code) };
+            done += ctx.executed;
+            if let Some(trap) = ctx.take_trap() {
+                // SAFETY: the trapping block stored its own record, which lives as long
+                // as the block, still cached.
+                let insn = unsafe { &*ctx.trap_insn };
+                let (k, r) = settle_trap(&mut self.cpu, insn, *trap, 0);
+                return ((done as usize) + k, r);
             }
-            done += n;
             let cpu = &self.cpu;
             if !chain
                 || cpu.mmu.code_written()
@@ -786,7 +805,7 @@ impl Emulator {
                 || cpu.interrupt_shadow
                 || cpu.mmu.memory_changed()
                 || self.events.pending() != 0
-                || budget - (done as u64) < crate::translate::MAX_BLOCK_INSNS as u64
+                || budget - done < margin
             {
                 break;
             }
@@ -794,13 +813,24 @@ impl Emulator {
             let Some(page) = cpu.mmu.fetch_page(cpu.rip) else {
                 break;
             };
-            let Some((next, f)) = self.cache.lookup_compiled(cpu.rip, page) else {
+            let Some((_, next)) = self.cache.lookup_compiled(cpu.rip, page) else {
                 break;
             };
-            code = f;
-            idx = next;
+            if !ctx.last_link.is_null() {
+                // SAFETY: the slot belongs to the block that just ran, still cached (no
+                // code was written and nothing was dropped since, checked above); only
+                // this thread writes slots, and no reference to them exists.
+                unsafe {
+                    *ctx.last_link = jit::LinkSlot {
+                        code: next as usize as u64,
+                        generation: ctx.generation,
+                        page,
+                    };
+                }
+            }
+            code = next;
         }
-        (done, Ok(()))
+        (done as usize, Ok(()))
     }
 
     fn find_or_translate(&mut self, rip: u64) -> Result<u32, Trap> {

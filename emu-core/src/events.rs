@@ -46,10 +46,17 @@ pub struct Events {
 }
 
 impl Events {
-    /// The pending-event bits ([`STOP`], [`NMI`], [`INTR`]).
+    /// The pending-event bits ([`STOP`], [`NMI`], [`INTR`], ...).
     #[inline(always)]
     pub fn pending(&self) -> u32 {
         self.pending.load(Ordering::Acquire)
+    }
+
+    /// Where the pending-event word lives, for compiled code that reads it between
+    /// blocks (a plain 32-bit load, which is an acquire load on x86-64; compiled code on
+    /// weaker hosts fences its loads).
+    pub(crate) fn pending_word(&self) -> *const u32 {
+        self.pending.as_ptr() as *const u32
     }
 
     fn signal(&self, bit: u32) {

@@ -34,6 +34,8 @@ pub struct Block {
     pub tier: crate::jit::BlockTier,
     /// Whether some instruction has [`LOCKED`] set (the run loop then checks each one).
     pub has_locked: bool,
+    /// The block's direct-link slots, once it is queued for compiling.
+    pub links: Option<crate::jit::LinkSlots>,
     /// Unique among all blocks ever translated in this process (a cache slot index is
     /// reused; this is not), so late compile results find the block they were for.
     pub id: u64,
@@ -103,6 +105,7 @@ pub fn translate_block(cpu: &mut Cpu, rip: u64) -> Result<Block, Trap> {
         rip,
         end_rip,
         has_locked,
+        links: None,
         insns: insns.into(),
         ends_in_branch,
         pages,

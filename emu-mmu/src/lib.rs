@@ -153,6 +153,8 @@ pub struct TlbLayout {
     pub read_entries: usize,
     /// Offset of the write array's pointer.
     pub write_entries: usize,
+    /// Offset of the instruction-fetch array's pointer.
+    pub fetch_entries: usize,
 }
 
 /// One vCPU's path to guest memory.
@@ -529,6 +531,7 @@ impl Mmu {
         TlbLayout {
             read_entries: tlb + offset_of!(SoftTlb, read) + TlbArray::ENTRIES_OFFSET,
             write_entries: tlb + offset_of!(SoftTlb, write) + TlbArray::ENTRIES_OFFSET,
+            fetch_entries: tlb + offset_of!(SoftTlb, fetch) + TlbArray::ENTRIES_OFFSET,
         }
     }
 

@@ -24,6 +24,22 @@ pub struct JitCtx {
     pub status: u64,
     /// The trap that ended the block, if any (owned: a leaked `Box<Trap>`).
     pub trap: *mut Trap,
+    /// The record of the instruction that raised [`JitCtx::trap`].
+    pub trap_insn: *const Insn,
+    /// Instructions completed by the blocks run since the run loop last looked (each
+    /// block adds its own as it leaves).
+    pub executed: u64,
+    /// Instructions the blocks may still run before a direct link must return to the run
+    /// loop (each block subtracts its own; at or below zero nothing links).
+    pub fuel: i64,
+    /// The code cache's link generation ([`crate::cache::CodeCache::link_generation`]):
+    /// a link slot filled in another generation is stale.
+    pub generation: u64,
+    /// The link slot of the exit the last block left through without following it, for
+    /// the run loop to fill (null after exits that cannot link).
+    pub last_link: *mut super::LinkSlot,
+    /// The vCPU's pending-event word: a block does not follow a link while it is non-zero.
+    pub events: *const u32,
 }
 
 impl Default for JitCtx {
@@ -31,6 +47,12 @@ impl Default for JitCtx {
         JitCtx {
             status: STATUS_OK,
             trap: std::ptr::null_mut(),
+            trap_insn: std::ptr::null(),
+            executed: 0,
+            fuel: 0,
+            generation: 0,
+            last_link: std::ptr::null_mut(),
+            events: std::ptr::null(),
         }
     }
 }
@@ -38,6 +60,18 @@ impl Default for JitCtx {
 impl JitCtx {
     /// Offset of [`JitCtx::status`].
     pub const STATUS_OFFSET: i32 = std::mem::offset_of!(JitCtx, status) as i32;
+    /// Offset of [`JitCtx::trap_insn`].
+    pub const TRAP_INSN_OFFSET: i32 = std::mem::offset_of!(JitCtx, trap_insn) as i32;
+    /// Offset of [`JitCtx::executed`].
+    pub const EXECUTED_OFFSET: i32 = std::mem::offset_of!(JitCtx, executed) as i32;
+    /// Offset of [`JitCtx::fuel`].
+    pub const FUEL_OFFSET: i32 = std::mem::offset_of!(JitCtx, fuel) as i32;
+    /// Offset of [`JitCtx::generation`].
+    pub const GENERATION_OFFSET: i32 = std::mem::offset_of!(JitCtx, generation) as i32;
+    /// Offset of [`JitCtx::last_link`].
+    pub const LAST_LINK_OFFSET: i32 = std::mem::offset_of!(JitCtx, last_link) as i32;
+    /// Offset of [`JitCtx::events`].
+    pub const EVENTS_OFFSET: i32 = std::mem::offset_of!(JitCtx, events) as i32;
 
     fn set_trap(&mut self, trap: Box<Trap>) {
         if !self.trap.is_null() {

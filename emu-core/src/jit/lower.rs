@@ -17,7 +17,7 @@ use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
 use emu_mmu::{Mmu, TlbEntry, PAGE_MASK, TLB_ENTRIES};
 use iced_x86::{Code, Decoder, DecoderOptions, Instruction, Mnemonic, OpKind};
 
-use super::helpers::{self, JitCtx, STATUS_TRAP};
+use super::helpers::{self, JitCtx, STATUS_CODE_WRITTEN, STATUS_TRAP};
 use super::Job;
 use crate::cpu::{reg, seg, Cpu};
 use crate::flags::{self, FlagOp, LazyFlags};
@@ -79,6 +79,10 @@ struct Layout {
     seg_base: i32,
     tlb_read: i32,
     tlb_write: i32,
+    tlb_fetch: i32,
+    fetch_mapping_changed: i32,
+    privilege_changed: i32,
+    interrupt_shadow: i32,
 }
 
 impl Layout {
@@ -96,6 +100,10 @@ impl Layout {
             seg_base: offset_of!(Cpu, seg_base) as i32,
             tlb_read: (mmu + tlb.read_entries) as i32,
             tlb_write: (mmu + tlb.write_entries) as i32,
+            tlb_fetch: (mmu + tlb.fetch_entries) as i32,
+            fetch_mapping_changed: offset_of!(Cpu, fetch_mapping_changed) as i32,
+            privilege_changed: offset_of!(Cpu, privilege_changed) as i32,
+            interrupt_shadow: offset_of!(Cpu, interrupt_shadow) as i32,
         }
     }
 }
@@ -398,8 +406,11 @@ struct Lower<'f> {
     code_written: Variable,
     /// The current instruction stored through the slow path (so may have written code).
     slow_store: bool,
-    /// Trap exits to emit once the straight-line code is done: (block, count returned).
+    /// Trap exits to emit once the straight-line code is done: (block, instructions
+    /// completed before the trapping one).
     deferred_exits: Vec<(IrBlock, usize)>,
+    /// Address of the block's two link slots.
+    links: u64,
 }
 
 const TRUSTED: MemFlags = MemFlags::trusted();
@@ -543,15 +554,147 @@ impl Lower<'_> {
         }
     }
 
-    /// Leaves the block from the current IR block: state written back, RIP set if given,
-    /// `count` instructions reported complete.
+    /// Leaves the block for the run loop from the current IR block: state written back,
+    /// RIP set if given, `count` instructions reported complete, no link to fill.
     fn exit(&mut self, count: usize, rip: Option<Value>) {
         self.write_back();
         if let Some(rip) = rip {
             self.b.ins().store(TRUSTED, rip, self.cpu, self.lay.rip);
         }
-        let n = self.iconst(count as u64);
-        self.b.ins().return_(&[n]);
+        self.add_executed(count);
+        let null = self.iconst(0);
+        self.b
+            .ins()
+            .store(TRUSTED, null, self.ctx, JitCtx::LAST_LINK_OFFSET);
+        self.b.ins().return_(&[null]);
+    }
+
+    /// Adds `count` to `ctx.executed`.
+    fn add_executed(&mut self, count: usize) {
+        let done = self
+            .b
+            .ins()
+            .load(types::I64, TRUSTED, self.ctx, JitCtx::EXECUTED_OFFSET);
+        let done = self.b.ins().iadd_imm(done, count as i64);
+        self.b
+            .ins()
+            .store(TRUSTED, done, self.ctx, JitCtx::EXECUTED_OFFSET);
+    }
+
+    /// Leaves the block for fixed address `target` through link slot `slot` (0 or 1),
+    /// `count` instructions complete: returns the target's code if the slot holds a
+    /// link that is still good (see [`super::LinkSlot`]), else returns 0 to the run loop
+    /// with the slot named for it to fill.
+    fn linked_exit(&mut self, count: usize, target: u64, slot: usize) {
+        use super::LinkSlot;
+        self.write_back();
+        let rip = self.iconst(target);
+        self.b.ins().store(TRUSTED, rip, self.cpu, self.lay.rip);
+        self.add_executed(count);
+        let fuel = self
+            .b
+            .ins()
+            .load(types::I64, TRUSTED, self.ctx, JitCtx::FUEL_OFFSET);
+        let fuel = self.b.ins().iadd_imm(fuel, -(count as i64));
+        self.b
+            .ins()
+            .store(TRUSTED, fuel, self.ctx, JitCtx::FUEL_OFFSET);
+        let slot_addr = self.links + (slot * std::mem::size_of::<LinkSlot>()) as u64;
+        let unlinked = self.b.create_block();
+        self.b.set_cold_block(unlinked);
+
+        // Fuel left and nothing stored into translated code.
+        let spent = self.b.ins().icmp_imm(IntCC::SignedLessThanOrEqual, fuel, 0);
+        let written = self.b.use_var(self.code_written);
+        let written = self.b.ins().icmp_imm(IntCC::NotEqual, written, 0);
+        let stop = self.b.ins().bor(spent, written);
+        self.check(stop, unlinked);
+        // The slot was filled in this generation.
+        let slot_v = self.iconst(slot_addr);
+        let generation =
+            self.b
+                .ins()
+                .load(types::I64, TRUSTED, slot_v, LinkSlot::GENERATION_OFFSET);
+        let current = self
+            .b
+            .ins()
+            .load(types::I64, TRUSTED, self.ctx, JitCtx::GENERATION_OFFSET);
+        let stale = self.b.ins().icmp(IntCC::NotEqual, generation, current);
+        self.check(stale, unlinked);
+        // No event pending, no change the run loop must see.
+        let events = self
+            .b
+            .ins()
+            .load(types::I64, TRUSTED, self.ctx, JitCtx::EVENTS_OFFSET);
+        let pending = self.b.ins().uload32(TRUSTED, events, 0);
+        let fmc = self.b.ins().uload8(
+            types::I64,
+            TRUSTED,
+            self.cpu,
+            self.lay.fetch_mapping_changed,
+        );
+        let pc = self
+            .b
+            .ins()
+            .uload8(types::I64, TRUSTED, self.cpu, self.lay.privilege_changed);
+        let shadow = self
+            .b
+            .ins()
+            .uload8(types::I64, TRUSTED, self.cpu, self.lay.interrupt_shadow);
+        let any = self.b.ins().bor(pending, fmc);
+        let any = self.b.ins().bor(any, pc);
+        let any = self.b.ins().bor(any, shadow);
+        self.check(any, unlinked);
+        // The fetch TLB still maps the target's page where the slot says.
+        let entries = self
+            .b
+            .ins()
+            .load(types::I64, TRUSTED, self.cpu, self.lay.tlb_fetch);
+        let entry_offset = ((target >> emu_mmu::PAGE_SHIFT) as usize & (TLB_ENTRIES - 1))
+            * std::mem::size_of::<TlbEntry>();
+        let entry = self.b.ins().iadd_imm(entries, entry_offset as i64);
+        let tag = self
+            .b
+            .ins()
+            .load(types::I64, TRUSTED, entry, offset_of!(TlbEntry, tag) as i32);
+        let miss = self
+            .b
+            .ins()
+            .icmp_imm(IntCC::NotEqual, tag, (target & PAGE_MASK) as i64);
+        self.check(miss, unlinked);
+        let phys = self.b.ins().load(
+            types::I64,
+            TRUSTED,
+            entry,
+            offset_of!(TlbEntry, phys_page) as i32,
+        );
+        let phys = self.b.ins().band_imm(phys, PAGE_MASK as i64);
+        let want = self
+            .b
+            .ins()
+            .load(types::I64, TRUSTED, slot_v, LinkSlot::PAGE_OFFSET);
+        let moved = self.b.ins().icmp(IntCC::NotEqual, phys, want);
+        self.check(moved, unlinked);
+        let code = self
+            .b
+            .ins()
+            .load(types::I64, TRUSTED, slot_v, LinkSlot::CODE_OFFSET);
+        self.b.ins().return_(&[code]);
+
+        self.b.switch_to_block(unlinked);
+        let slot_v = self.iconst(slot_addr);
+        self.b
+            .ins()
+            .store(TRUSTED, slot_v, self.ctx, JitCtx::LAST_LINK_OFFSET);
+        let zero = self.iconst(0);
+        self.b.ins().return_(&[zero]);
+    }
+
+    /// Continues in a new block unless `cond` (non-zero) holds, which goes to `out`.
+    fn check(&mut self, cond: Value, out: IrBlock) {
+        let next = self.b.create_block();
+        self.b.ins().brif(cond, out, &[], next, &[]);
+        self.b.switch_to_block(next);
     }
 
     /// A cold block that returns `count` (state already written back by its predecessor).
@@ -949,9 +1092,25 @@ impl Lower<'_> {
         self.b.ins().brif(trapped, exit, &[], cont, &[]);
         self.b.switch_to_block(cont);
         if last {
-            // The handler set RIP if it is a branch; otherwise fall through to the end.
-            let rip = (!block.ends_in_branch).then(|| self.iconst(block.end_rip));
-            self.exit(n + 1, rip);
+            // The handler set RIP if it is a branch: back to the run loop. Otherwise fall
+            // through to the end, linked unless the handler stored into translated code.
+            if block.ends_in_branch {
+                self.exit(n + 1, None);
+                return;
+            }
+            let written = self
+                .b
+                .ins()
+                .icmp_imm(IntCC::Equal, status, STATUS_CODE_WRITTEN as i64);
+            let out = self.b.create_block();
+            self.b.set_cold_block(out);
+            let next = self.b.create_block();
+            self.b.ins().brif(written, out, &[], next, &[]);
+            self.b.switch_to_block(out);
+            let rip = self.iconst(block.end_rip);
+            self.exit(n + 1, Some(rip));
+            self.b.switch_to_block(next);
+            self.linked_exit(n + 1, block.end_rip, 0);
             return;
         }
         // Stored into translated code: leave after it, as the interpreter does.
@@ -1016,6 +1175,7 @@ pub fn lower_block(
         code_written,
         slow_store: false,
         deferred_exits: Vec::new(),
+        links: block.links as u64,
     };
     let live = live_flags_after(decoded);
     let mut counts = Counts::default();
@@ -1040,8 +1200,7 @@ pub fn lower_block(
             continue;
         }
         if last {
-            let rip = l.iconst(block.end_rip);
-            l.exit(count, Some(rip));
+            l.linked_exit(count, block.end_rip, 0);
         } else if l.slow_store {
             // A slow-path store may have hit translated code: leave after this
             // instruction, as the interpreter does.
@@ -1058,8 +1217,14 @@ pub fn lower_block(
     }
     for (exit, n) in std::mem::take(&mut l.deferred_exits) {
         l.b.switch_to_block(exit);
-        let n = l.iconst(n as u64);
-        l.b.ins().return_(&[n]);
+        l.add_executed(n);
+        let record = l.iconst(&block.insns[n] as *const Insn as u64);
+        l.b.ins()
+            .store(TRUSTED, record, l.ctx, JitCtx::TRAP_INSN_OFFSET);
+        let null = l.iconst(0);
+        l.b.ins()
+            .store(TRUSTED, null, l.ctx, JitCtx::LAST_LINK_OFFSET);
+        l.b.ins().return_(&[null]);
     }
     l.b.seal_all_blocks();
     l.b.finalize();
@@ -1289,17 +1454,20 @@ fn lower_native(
             l.write_gpr(r, size, wide);
         }
         Plan::Jmp => {
-            let target = l.iconst(insn.imm);
-            l.exit(count, Some(target));
+            l.linked_exit(count, insn.imm, 0);
             return true;
         }
         Plan::Jcc => {
             let cc = insn.imm2 as u8;
             let cond = l.condition(cc);
-            let taken = l.iconst(insn.imm);
-            let not_taken = l.iconst(insn.next_rip());
-            let rip = l.b.ins().select(cond, taken, not_taken);
-            l.exit(count, Some(rip));
+            // Both ways write the same state back; each has its own link.
+            let not_taken = l.b.create_block();
+            let taken = l.b.create_block();
+            l.b.ins().brif(cond, taken, &[], not_taken, &[]);
+            l.b.switch_to_block(taken);
+            l.linked_exit(count, insn.imm, 0);
+            l.b.switch_to_block(not_taken);
+            l.linked_exit(count, insn.next_rip(), 1);
             return true;
         }
         Plan::Call => {
@@ -1308,8 +1476,7 @@ fn lower_native(
             let ret = l.iconst(insn.next_rip());
             l.store(new, 8, ret, n);
             l.set_reg64(reg::RSP, new);
-            let target = l.iconst(insn.imm);
-            l.exit(count, Some(target));
+            l.linked_exit(count, insn.imm, 0);
             return true;
         }
         Plan::Ret => {

@@ -59,14 +59,76 @@ use iced_x86::Instruction;
 
 use crate::cache::CodeCache;
 use crate::cpu::Cpu;
-use crate::insn::{Insn, Trap};
+use crate::insn::Insn;
 
 pub use helpers::JitCtx;
 
-/// A compiled block: `f(cpu, ctx)` runs it and returns how many of its instructions
-/// completed. If `ctx.trap` is set on return, the instruction at that index raised it
-/// (with no effect, for faults) and the run loop settles it as for interpreted code.
+/// A compiled block: `f(cpu, ctx)` runs it, adds how many of its instructions completed
+/// to `ctx.executed`, and returns the next block's code when it may go straight on
+/// (a direct link, see [`LinkSlot`]), else 0. If `ctx.trap` is set on return, the
+/// instruction whose record is `ctx.trap_insn` raised it (with no effect, for faults)
+/// and the run loop settles it as for interpreted code.
 pub type CompiledBlock = unsafe extern "C" fn(*mut Cpu, *mut JitCtx) -> u64;
+
+/// Where a compiled block's exit to a fixed address finds the compiled code of the block
+/// there (QEMU calls this chaining). A block has one slot per such exit (a JMP, CALL or
+/// fall-through has one, a Jcc two). The run loop fills a slot when the exit was taken
+/// and the next block turned out to be compiled; after that the exit returns that code
+/// directly, without the run loop, if `generation` is the code cache's current link
+/// generation (no block was dropped and no shortcut flushed since), the fetch TLB still
+/// maps the target's page to `page`, no event is pending, no fetch-mapping, privilege
+/// or interrupt-shadow change is waiting for the run loop, nothing stored into
+/// translated code, and `ctx.fuel` is not spent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LinkSlot {
+    /// The target block's code.
+    pub code: u64,
+    /// The link generation the slot was filled in (0: never filled).
+    pub generation: u64,
+    /// The physical page the target's first byte was fetched from.
+    pub page: u64,
+}
+
+impl LinkSlot {
+    /// Offset of [`LinkSlot::code`].
+    pub const CODE_OFFSET: i32 = std::mem::offset_of!(LinkSlot, code) as i32;
+    /// Offset of [`LinkSlot::generation`].
+    pub const GENERATION_OFFSET: i32 = std::mem::offset_of!(LinkSlot, generation) as i32;
+    /// Offset of [`LinkSlot::page`].
+    pub const PAGE_OFFSET: i32 = std::mem::offset_of!(LinkSlot, page) as i32;
+}
+
+/// A block's two link slots, at a fixed address for as long as the block exists
+/// (compiled code holds that address; the run loop writes the slots through it).
+#[derive(Debug)]
+pub struct LinkSlots(std::ptr::NonNull<[LinkSlot; 2]>);
+
+// SAFETY: the slots are plain integers, written only by the vCPU thread that owns the
+// code cache (through raw pointers while no reference to them exists).
+unsafe impl Send for LinkSlots {}
+unsafe impl Sync for LinkSlots {}
+
+impl LinkSlots {
+    fn new() -> Self {
+        let boxed = Box::new([LinkSlot::default(); 2]);
+        LinkSlots(std::ptr::NonNull::from(Box::leak(boxed)))
+    }
+
+    /// Address of slot `i` (0 or 1).
+    pub fn slot(&self, i: usize) -> *mut LinkSlot {
+        debug_assert!(i < 2);
+        // SAFETY: in bounds of the two-slot allocation.
+        unsafe { (self.0.as_ptr() as *mut LinkSlot).add(i) }
+    }
+}
+
+impl Drop for LinkSlots {
+    fn drop(&mut self) {
+        // SAFETY: allocated by `Box::leak` in `new`, freed once here.
+        drop(unsafe { Box::from_raw(self.0.as_ptr()) });
+    }
+}
 
 /// Where a block stands with the compiler.
 #[derive(Clone, Copy, Debug, Default)]
@@ -167,6 +229,8 @@ pub struct Job {
     pub end_rip: u64,
     /// Whether the last instruction sets RIP itself.
     pub ends_in_branch: bool,
+    /// Address of the block's two [`LinkSlot`]s.
+    pub links: usize,
 }
 
 /// What came of a [`Job`].
@@ -466,8 +530,10 @@ impl Jit {
             return None;
         }
         let block = cache.block_mut(idx);
+        let links = block.links.get_or_insert_with(LinkSlots::new).slot(0) as usize;
         let job = if cpu.code_bits == 64 && !block.insns.is_empty() {
             lower::decode_again(cpu, block).map(|decoded| Job {
+                links,
                 block_id: block.id,
                 idx,
                 epoch: self.epoch,
@@ -595,16 +661,27 @@ impl Jit {
     }
 }
 
-/// Runs a compiled block, returning instructions completed and the trap that stopped it.
+/// Runs compiled block `f` and the blocks it links to directly, until one returns to
+/// the run loop: `ctx.executed` grows by the instructions completed, `ctx.trap` and
+/// `ctx.trap_insn` say what stopped it if a trap did, `ctx.last_link` names the slot of
+/// an exit that could not link.
 ///
 /// # Safety
 ///
 /// `f` must have been compiled from a block that is still in the code cache, and the
-/// compiler's code region must not have been flushed since.
-pub unsafe fn run_compiled(cpu: &mut Cpu, f: CompiledBlock) -> (usize, Option<Box<Trap>>) {
-    let mut ctx = JitCtx::default();
-    // SAFETY: forwarded to the caller; `cpu` and `ctx` are valid exclusive pointers for
-    // the duration of the call.
-    let n = unsafe { f(cpu, &mut ctx) } as usize;
-    (n, ctx.take_trap())
+/// compiler's code region must not have been flushed since; `ctx.generation` must be
+/// the cache's current link generation.
+pub unsafe fn run_compiled(cpu: &mut Cpu, ctx: &mut JitCtx, f: CompiledBlock) {
+    let mut f = f;
+    loop {
+        // SAFETY: forwarded to the caller; `cpu` and `ctx` are valid exclusive pointers
+        // for the duration of the call. A non-zero result is the code of a block the
+        // link checks found valid (see `LinkSlot`).
+        let next = unsafe { f(cpu, ctx) };
+        if next == 0 {
+            return;
+        }
+        // SAFETY: link slots only ever hold `CompiledBlock` addresses.
+        f = unsafe { std::mem::transmute::<u64, CompiledBlock>(next) };
+    }
 }

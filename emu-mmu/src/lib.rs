@@ -1147,7 +1147,27 @@ impl Mmu {
             self.locked = Locked::Unsupported;
             return Ok(None);
         }
-        match self.access_page(vaddr, Access::Write) {
+        // The real write array is parked in `locked_spare` meanwhile: a hit there is the
+        // common case (and never a code page); a miss walks with the arrays back in
+        // place, so the walk fills them as any write would.
+        let e = self.locked_spare.1.entry(vaddr);
+        let tag = vaddr & PAGE_MASK;
+        if e.tag == tag {
+            return Ok(Some(Resolved {
+                paddr: e.phys_page & PAGE_MASK | vaddr & !PAGE_MASK,
+                host_page: tag.wrapping_add(e.addend) as *mut u8,
+                global: e.phys_page & TlbEntry::GLOBAL != 0,
+                large: None,
+            }));
+        }
+        let state = std::mem::replace(&mut self.locked, Locked::Off);
+        std::mem::swap(&mut self.tlb.read, &mut self.locked_spare.0);
+        std::mem::swap(&mut self.tlb.write, &mut self.locked_spare.1);
+        let page = self.access_page(vaddr, Access::Write);
+        std::mem::swap(&mut self.tlb.read, &mut self.locked_spare.0);
+        std::mem::swap(&mut self.tlb.write, &mut self.locked_spare.1);
+        self.locked = state;
+        match page {
             Ok(page) => Ok(Some(page)),
             Err(MemFault::Unmapped { .. }) if self.mmio.is_some() => {
                 self.locked = Locked::Device;

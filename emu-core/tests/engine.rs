@@ -339,3 +339,45 @@ fn block_hooks_see_each_block_once_when_translated() {
         ]
     );
 }
+
+#[test]
+fn rep_movs_and_stos_in_bulk_keep_element_order_page_crossings_and_faults_exact() {
+    // Overlapping forward MOVSB (dst = src + 1) smears the first byte, as element-wise
+    // copying does; it crosses a page boundary on the way. Then REP STOSQ runs into
+    // unmapped memory: the stores before the fault stay, RCX/RDI count them, and the
+    // fault reports the first address that is not there.
+    let code = assemble(|a| {
+        a.mov(rsi, DATA + 0xff0)?;
+        a.mov(rdi, DATA + 0xff1)?;
+        a.mov(rcx, 0x40u64)?;
+        a.rep().movsb()?;
+        a.mov(rdi, 0x1f_ffe0u64)?;
+        a.mov(rax, 0x1122_3344_5566_7788u64)?;
+        a.mov(rcx, 100u64)?;
+        a.rep().stosq()?;
+        a.hlt()
+    });
+    let mut emu = machine(&code);
+    emu.write_memory(DATA + 0xff0, &[0xab]).unwrap();
+    let stop = emu.run(CODE, &RunOptions::default());
+    let mut smeared = [0u8; 0x41];
+    emu.read_memory(DATA + 0xff0, &mut smeared).unwrap();
+    assert!(smeared.iter().all(|&b| b == 0xab), "{smeared:x?}");
+    assert!(
+        matches!(
+            stop,
+            StopReason::Unmapped { .. } | StopReason::Exception { .. }
+        ),
+        "{stop:?}"
+    );
+    assert_eq!(
+        emu.reg(Register::RDI).unwrap(),
+        0x20_0000,
+        "four stores fit"
+    );
+    assert_eq!(emu.reg(Register::RCX).unwrap(), 96);
+    let mut tail = [0u8; 32];
+    emu.read_memory(0x1f_ffe0, &mut tail).unwrap();
+    assert_eq!(&tail[..8], &0x1122_3344_5566_7788u64.to_le_bytes());
+    assert_eq!(&tail[24..], &0x1122_3344_5566_7788u64.to_le_bytes());
+}

@@ -854,6 +854,38 @@ impl Mmu {
         std::mem::take(&mut self.written_code_pages)
     }
 
+    /// Host address of the `len` bytes at `vaddr`, translated for `access`, when they lie
+    /// in one RAM page: for bulk work (REP MOVS/STOS) that then touches them through
+    /// [`host_access`]. `None` (the caller goes access by access) when they cross a page,
+    /// are not RAM, or memory hooks must see every access. A write access drops the
+    /// page's translated code as any store does.
+    ///
+    /// # Errors
+    ///
+    /// As [`Mmu::translate`], for the page.
+    pub fn host_span(
+        &mut self,
+        vaddr: u64,
+        len: u64,
+        access: Access,
+    ) -> Result<Option<*mut u8>, MemFault> {
+        let offset = vaddr & !PAGE_MASK;
+        if len == 0 || offset + len > PAGE_SIZE || !self.hooks.is_empty() {
+            return Ok(None);
+        }
+        match self.access_page(vaddr, access) {
+            Ok(page) => {
+                if access == Access::Write {
+                    self.note_code_write(page.paddr);
+                }
+                // SAFETY: `offset + len` is within the page (checked above).
+                Ok(Some(unsafe { page.host_page.add(offset as usize) }))
+            }
+            Err(MemFault::Unmapped { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Reads guest memory into `buf` (embedder and loader access, not through hooks), at
     /// linear addresses translated with the current paging state and privilege.
     ///

@@ -106,6 +106,70 @@ fn iterate<const OP: u8, const N: usize>(
     }
 }
 
+/// Up to `limit` iterations of REP MOVS or REP STOS (DF clear) at once, as many as stay
+/// inside one source and one destination page: both pages are translated once and the
+/// elements copied or stored through host pointers, in order (so overlapping MOVS
+/// behaves element by element, as on hardware). Returns how many iterations it did, 0
+/// when the next element straddles a page, wraps the address size or is not plain RAM
+/// (the caller then does one iteration the ordinary way).
+#[inline(always)]
+fn bulk<const OP: u8, const N: usize>(
+    cpu: &mut Cpu,
+    i: &Insn,
+    amask: u64,
+    limit: u64,
+) -> Result<u64, Trap> {
+    use emu_mmu::{host_access, Access, PAGE_SIZE};
+    let n_bytes = N as u64;
+    let room = |offset: u64, linear: u64| {
+        let in_page = (PAGE_SIZE - (linear & (PAGE_SIZE - 1))) / n_bytes;
+        let in_size = (amask - offset) / n_bytes + 1;
+        in_page.min(in_size)
+    };
+    let di = addr_reg(cpu, reg::RDI, amask);
+    let dst = string_linear(cpu, i.imm2 as u8, di);
+    let mut n = limit.min(room(di, dst));
+    let si = addr_reg(cpu, reg::RSI, amask);
+    let src = string_linear(cpu, i.seg, si);
+    if OP == MOVS {
+        n = n.min(room(si, src));
+    }
+    if n == 0 {
+        return Ok(0);
+    }
+    let len = n * n_bytes;
+    // The source first: a fault there leaves the destination untouched.
+    let from = if OP == MOVS {
+        match cpu.mmu.host_span(src, len, Access::Read)? {
+            Some(p) => p,
+            None => return Ok(0),
+        }
+    } else {
+        std::ptr::null_mut()
+    };
+    let Some(to) = cpu.mmu.host_span(dst, len, Access::Write)? else {
+        return Ok(0);
+    };
+    let value = cpu.reg::<N>(reg::RAX);
+    for k in 0..n as usize {
+        // SAFETY: both spans are inside live RAM pages (`host_span`), `k * N + N <= len`.
+        unsafe {
+            let v = if OP == MOVS {
+                host_access::load::<N>(from.add(k * N))
+            } else {
+                value
+            };
+            host_access::store::<N>(to.add(k * N), v);
+        }
+    }
+    step_reg(cpu, reg::RDI, len, amask);
+    if OP == MOVS {
+        step_reg(cpu, reg::RSI, len, amask);
+    }
+    step_reg(cpu, reg::RCX, n.wrapping_neg(), amask);
+    Ok(n)
+}
+
 fn string_op<const OP: u8, const N: usize>(cpu: &mut Cpu, i: &Insn) -> Step {
     let amask = address_mask(i.flags);
     if i.flags & (REP | REPNE) == 0 {
@@ -120,6 +184,17 @@ fn string_op<const OP: u8, const N: usize>(cpu: &mut Cpu, i: &Insn) -> Step {
         let count = addr_reg(cpu, reg::RCX, amask);
         if count == 0 {
             return Ok(());
+        }
+        if (OP == MOVS || OP == STOS) && !cpu.df() {
+            let n = bulk::<OP, N>(cpu, i, amask, count.min(REP_CHUNK - done))?;
+            if n > 0 {
+                done += n;
+                if done >= REP_CHUNK && count > n {
+                    cpu.rip = i.rip;
+                    return Err(Trap::EndBlock.into());
+                }
+                continue;
+            }
         }
         let equal = iterate::<OP, N>(cpu, i, amask)?;
         step_reg(cpu, reg::RCX, u64::MAX, amask);

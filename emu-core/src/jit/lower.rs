@@ -411,6 +411,8 @@ struct Lower<'f> {
     deferred_exits: Vec<(IrBlock, usize)>,
     /// Address of the block's two link slots.
     links: u64,
+    /// The shared tail of exits that do not link ([`Lower::exit`]), once one is needed.
+    unlinked_tail: Option<IrBlock>,
 }
 
 const TRUSTED: MemFlags = MemFlags::trusted();
@@ -561,7 +563,37 @@ impl Lower<'_> {
         if let Some(rip) = rip {
             self.b.ins().store(TRUSTED, rip, self.cpu, self.lay.rip);
         }
-        self.add_executed(count);
+        // One shared tail per block does the bookkeeping (code size is compile time).
+        let tail = match self.unlinked_tail {
+            Some(tail) => tail,
+            None => {
+                let tail = self.b.create_block();
+                self.b.set_cold_block(tail);
+                self.b.append_block_param(tail, types::I64);
+                self.unlinked_tail = Some(tail);
+                tail
+            }
+        };
+        let n = self.iconst(count as u64);
+        self.b.ins().jump(tail, &[n]);
+    }
+
+    /// Emits the shared tail of [`Lower::exit`], if any exit used it: `ctx.executed`
+    /// grows by the count passed, no link slot is named, and 0 goes back to the run loop.
+    fn finish_unlinked_tail(&mut self) {
+        let Some(tail) = self.unlinked_tail else {
+            return;
+        };
+        self.b.switch_to_block(tail);
+        let n = self.b.block_params(tail)[0];
+        let done = self
+            .b
+            .ins()
+            .load(types::I64, TRUSTED, self.ctx, JitCtx::EXECUTED_OFFSET);
+        let done = self.b.ins().iadd(done, n);
+        self.b
+            .ins()
+            .store(TRUSTED, done, self.ctx, JitCtx::EXECUTED_OFFSET);
         let null = self.iconst(0);
         self.b
             .ins()
@@ -582,14 +614,28 @@ impl Lower<'_> {
     }
 
     /// Leaves the block for fixed address `target` through link slot `slot` (0 or 1),
-    /// `count` instructions complete: returns the target's code if the slot holds a
-    /// link that is still good (see [`super::LinkSlot`]), else returns 0 to the run loop
-    /// with the slot named for it to fill.
+    /// `count` instructions complete (see [`Lower::link_tail`]).
     fn linked_exit(&mut self, count: usize, target: u64, slot: usize) {
-        use super::LinkSlot;
         self.write_back();
-        let rip = self.iconst(target);
-        self.b.ins().store(TRUSTED, rip, self.cpu, self.lay.rip);
+        let target = self.iconst(target);
+        let slot = self.iconst(self.slot_addr(slot));
+        self.link_tail(count, target, slot);
+    }
+
+    /// Address of link slot `slot` of this block.
+    fn slot_addr(&self, slot: usize) -> u64 {
+        self.links + (slot * std::mem::size_of::<super::LinkSlot>()) as u64
+    }
+
+    /// The end of a block that leaves for `target` (a 64-bit RIP) through the link slot
+    /// at `slot`, state already written back, `count` instructions complete: returns the
+    /// target's code if the slot holds a link that is still good (see
+    /// [`super::LinkSlot`]), else returns 0 to the run loop with the slot named for it
+    /// to fill. A block has one of these (a Jcc selects its target and slot first), so
+    /// the checks cost code once per block.
+    fn link_tail(&mut self, count: usize, target: Value, slot: Value) {
+        use super::LinkSlot;
+        self.b.ins().store(TRUSTED, target, self.cpu, self.lay.rip);
         self.add_executed(count);
         let fuel = self
             .b
@@ -599,7 +645,6 @@ impl Lower<'_> {
         self.b
             .ins()
             .store(TRUSTED, fuel, self.ctx, JitCtx::FUEL_OFFSET);
-        let slot_addr = self.links + (slot * std::mem::size_of::<LinkSlot>()) as u64;
         let unlinked = self.b.create_block();
         self.b.set_cold_block(unlinked);
 
@@ -610,11 +655,10 @@ impl Lower<'_> {
         let stop = self.b.ins().bor(spent, written);
         self.check(stop, unlinked);
         // The slot was filled in this generation.
-        let slot_v = self.iconst(slot_addr);
-        let generation =
-            self.b
-                .ins()
-                .load(types::I64, TRUSTED, slot_v, LinkSlot::GENERATION_OFFSET);
+        let generation = self
+            .b
+            .ins()
+            .load(types::I64, TRUSTED, slot, LinkSlot::GENERATION_OFFSET);
         let current = self
             .b
             .ins()
@@ -650,17 +694,19 @@ impl Lower<'_> {
             .b
             .ins()
             .load(types::I64, TRUSTED, self.cpu, self.lay.tlb_fetch);
-        let entry_offset = ((target >> emu_mmu::PAGE_SHIFT) as usize & (TLB_ENTRIES - 1))
-            * std::mem::size_of::<TlbEntry>();
-        let entry = self.b.ins().iadd_imm(entries, entry_offset as i64);
+        let page = self.b.ins().ushr_imm(target, emu_mmu::PAGE_SHIFT as i64);
+        let index = self.b.ins().band_imm(page, (TLB_ENTRIES - 1) as i64);
+        let offset = self
+            .b
+            .ins()
+            .imul_imm(index, std::mem::size_of::<TlbEntry>() as i64);
+        let entry = self.b.ins().iadd(entries, offset);
         let tag = self
             .b
             .ins()
             .load(types::I64, TRUSTED, entry, offset_of!(TlbEntry, tag) as i32);
-        let miss = self
-            .b
-            .ins()
-            .icmp_imm(IntCC::NotEqual, tag, (target & PAGE_MASK) as i64);
+        let want_tag = self.b.ins().band_imm(target, PAGE_MASK as i64);
+        let miss = self.b.ins().icmp(IntCC::NotEqual, tag, want_tag);
         self.check(miss, unlinked);
         let phys = self.b.ins().load(
             types::I64,
@@ -672,20 +718,19 @@ impl Lower<'_> {
         let want = self
             .b
             .ins()
-            .load(types::I64, TRUSTED, slot_v, LinkSlot::PAGE_OFFSET);
+            .load(types::I64, TRUSTED, slot, LinkSlot::PAGE_OFFSET);
         let moved = self.b.ins().icmp(IntCC::NotEqual, phys, want);
         self.check(moved, unlinked);
         let code = self
             .b
             .ins()
-            .load(types::I64, TRUSTED, slot_v, LinkSlot::CODE_OFFSET);
+            .load(types::I64, TRUSTED, slot, LinkSlot::CODE_OFFSET);
         self.b.ins().return_(&[code]);
 
         self.b.switch_to_block(unlinked);
-        let slot_v = self.iconst(slot_addr);
         self.b
             .ins()
-            .store(TRUSTED, slot_v, self.ctx, JitCtx::LAST_LINK_OFFSET);
+            .store(TRUSTED, slot, self.ctx, JitCtx::LAST_LINK_OFFSET);
         let zero = self.iconst(0);
         self.b.ins().return_(&[zero]);
     }
@@ -1176,6 +1221,7 @@ pub fn lower_block(
         slow_store: false,
         deferred_exits: Vec::new(),
         links: block.links as u64,
+        unlinked_tail: None,
     };
     let live = live_flags_after(decoded);
     let mut counts = Counts::default();
@@ -1215,15 +1261,33 @@ pub fn lower_block(
             l.b.switch_to_block(next);
         }
     }
-    for (exit, n) in std::mem::take(&mut l.deferred_exits) {
-        l.b.switch_to_block(exit);
-        l.add_executed(n);
-        let record = l.iconst(&block.insns[n] as *const Insn as u64);
+    l.finish_unlinked_tail();
+    // Every trap exit jumps to one shared tail with the trapping instruction's index:
+    // it reports the instructions before it and the record of the one that trapped.
+    let exits = std::mem::take(&mut l.deferred_exits);
+    if !exits.is_empty() {
+        let tail = l.b.create_block();
+        l.b.set_cold_block(tail);
+        l.b.append_block_param(tail, types::I64);
+        for (exit, n) in exits {
+            l.b.switch_to_block(exit);
+            let n = l.iconst(n as u64);
+            l.b.ins().jump(tail, &[n]);
+        }
+        l.b.switch_to_block(tail);
+        let n = l.b.block_params(tail)[0];
+        let done =
+            l.b.ins()
+                .load(types::I64, TRUSTED, l.ctx, JitCtx::EXECUTED_OFFSET);
+        let done = l.b.ins().iadd(done, n);
+        l.b.ins()
+            .store(TRUSTED, done, l.ctx, JitCtx::EXECUTED_OFFSET);
+        let offset = l.b.ins().imul_imm(n, std::mem::size_of::<Insn>() as i64);
+        let base = l.iconst(block.insns.as_ptr() as u64);
+        let record = l.b.ins().iadd(base, offset);
         l.b.ins()
             .store(TRUSTED, record, l.ctx, JitCtx::TRAP_INSN_OFFSET);
         let null = l.iconst(0);
-        l.b.ins()
-            .store(TRUSTED, null, l.ctx, JitCtx::LAST_LINK_OFFSET);
         l.b.ins().return_(&[null]);
     }
     l.b.seal_all_blocks();
@@ -1460,14 +1524,16 @@ fn lower_native(
         Plan::Jcc => {
             let cc = insn.imm2 as u8;
             let cond = l.condition(cc);
-            // Both ways write the same state back; each has its own link.
-            let not_taken = l.b.create_block();
-            let taken = l.b.create_block();
-            l.b.ins().brif(cond, taken, &[], not_taken, &[]);
-            l.b.switch_to_block(taken);
-            l.linked_exit(count, insn.imm, 0);
-            l.b.switch_to_block(not_taken);
-            l.linked_exit(count, insn.next_rip(), 1);
+            // Both ways write the same state back and share the link checks; each has
+            // its own slot.
+            l.write_back();
+            let taken = l.iconst(insn.imm);
+            let not_taken = l.iconst(insn.next_rip());
+            let target = l.b.ins().select(cond, taken, not_taken);
+            let taken_slot = l.iconst(l.slot_addr(0));
+            let not_taken_slot = l.iconst(l.slot_addr(1));
+            let slot = l.b.ins().select(cond, taken_slot, not_taken_slot);
+            l.link_tail(count, target, slot);
             return true;
         }
         Plan::Call => {

@@ -4,43 +4,25 @@
 //! the virtio-mmio window (placement, a request served on notify, its IOAPIC interrupt).
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use emu_vmm::config::{MachineConfig, SerialBackend, TraceFlags, VirtioDeviceConfig};
 use emu_vmm::machine::{Machine, Outcome};
 use iced_x86::code_asm::*;
 
-/// Where the a.out kludge loads the image: the 32-byte multiboot header, then the code.
-const LOAD: u32 = 0x10_0000;
-const CODE: u32 = LOAD + 32;
+mod common;
+use common::{multiboot, Console, CODE};
+
+/// A temporary directory for one test's files.
+fn scratch(name: &str) -> PathBuf {
+    common::scratch("test", name)
+}
+
 /// Scratch places in low RAM, identity-mapped and otherwise unused by emu-boot.
 const IDT: u32 = 0x6_0000;
 const PAGE_DIR: u32 = 0x5_0000;
 const STACK_TOP: u32 = 0x8_0000;
 const APIC: u32 = 0xfee0_0000;
-
-/// A multiboot a.out-kludge image of `code`, loaded at [`LOAD`] and entered at [`CODE`].
-fn multiboot(code: &[u8]) -> Vec<u8> {
-    const MAGIC: u32 = 0x1bad_b002;
-    let flags = (1 << 16) | (1 << 1) | (1 << 0); // a.out kludge, memory info, page align
-    let end = CODE + code.len() as u32;
-    let mut img = Vec::new();
-    for w in [
-        MAGIC,
-        flags,
-        0u32.wrapping_sub(MAGIC).wrapping_sub(flags),
-        LOAD,
-        LOAD,
-        end,
-        end,
-        CODE,
-    ] {
-        img.extend_from_slice(&w.to_le_bytes());
-    }
-    img.extend_from_slice(code);
-    img
-}
 
 type Asm = CodeAssembler;
 type Step = Result<(), IcedError>;
@@ -99,27 +81,6 @@ fn exit_handler(code: u32) -> Handler {
         a.mov(eax, code)?;
         exit_with_eax(a)
     })
-}
-
-/// A temporary directory for one test's files.
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("emu-vmm-test-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// A shared buffer standing in for the serial console.
-#[derive(Clone, Default)]
-struct Console(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Console {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 fn config_for(dir: &Path, image: &[u8]) -> MachineConfig {

@@ -42,15 +42,20 @@ use emu_vmm::machine::{Machine, Outcome};
 use iced_x86::code_asm::*;
 use iced_x86::{Code, Instruction, MemoryOperand};
 
+mod common;
+use common::{multiboot, Console, CODE, LOAD};
+
+/// A temporary directory for one test's files.
+fn scratch(name: &str) -> PathBuf {
+    common::scratch("smp", name)
+}
+
 // ---------------------------------------------------------------------------------------
 // Memory map. The image is loaded at 1 MiB in fixed sections (32-bit code has no
 // label-relative data operands, and code assembled separately can only reach other code
 // at addresses fixed up front).
 
-/// Where the a.out kludge loads the image: the 32-byte multiboot header, then the code.
-const LOAD: u32 = 0x10_0000;
-/// The BSP's entry point (multiboot state: 32-bit protected mode, flat, no paging).
-const CODE: u32 = LOAD + 32;
+// The image's load address and the BSP's entry point are `common::LOAD` and `CODE`.
 /// Code every CPU runs once in protected mode on our GDT: segments, stack, IDT, and the
 /// switch to long mode in the 64-bit tests; then it jumps to [`MAIN`].
 const COMMON32: u32 = LOAD + 0x1000;
@@ -551,49 +556,6 @@ fn smp_image(spec: &Smp) -> Vec<u8> {
     }
     place(&mut code, MAIN, &main);
     multiboot(&code)
-}
-
-/// A multiboot a.out-kludge image of `code`, loaded at [`LOAD`] and entered at [`CODE`].
-fn multiboot(code: &[u8]) -> Vec<u8> {
-    const MAGIC: u32 = 0x1bad_b002;
-    let flags = (1 << 16) | (1 << 1) | (1 << 0); // a.out kludge, memory info, page align
-    let end = CODE + code.len() as u32;
-    let mut img = Vec::new();
-    for w in [
-        MAGIC,
-        flags,
-        0u32.wrapping_sub(MAGIC).wrapping_sub(flags),
-        LOAD,
-        LOAD,
-        end,
-        end,
-        CODE,
-    ] {
-        img.extend_from_slice(&w.to_le_bytes());
-    }
-    img.extend_from_slice(code);
-    img
-}
-
-/// A temporary directory for one test's files.
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("emu-vmm-smp-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// A shared buffer standing in for the serial console.
-#[derive(Clone, Default)]
-struct Console(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Console {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 /// Runs `image` on `cpus` vCPUs under the host watchdog; returns the outcome and the

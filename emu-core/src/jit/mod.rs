@@ -107,6 +107,7 @@ pub struct LinkSlots(std::ptr::NonNull<[LinkSlot; 2]>);
 // SAFETY: the slots are plain integers, written only by the vCPU thread that owns the
 // code cache (through raw pointers while no reference to them exists).
 unsafe impl Send for LinkSlots {}
+// SAFETY: as for `Send`: sharing a `&LinkSlots` only shares the address.
 unsafe impl Sync for LinkSlots {}
 
 impl LinkSlots {

@@ -90,6 +90,27 @@ pub enum QueueFault {
     },
 }
 
+impl From<virtio_queue::Error> for QueueFault {
+    fn from(e: virtio_queue::Error) -> Self {
+        QueueFault::Ring(e.to_string())
+    }
+}
+
+/// Takes every chain the driver made available on `queue` off its ring. Devices take them
+/// all first because the iterator borrows the queue and completing a chain
+/// (`add_used`) needs it too; there are at most a ring's worth.
+///
+/// # Errors
+///
+/// [`QueueFault::Ring`] if the available ring cannot be read.
+pub(crate) fn take_chains<'m>(
+    queue: &mut virtio_queue::Queue,
+    mem: &'m GuestMemory,
+) -> Result<Vec<virtio_queue::DescriptorChain<&'m GuestMemory>>, QueueFault> {
+    use virtio_queue::QueueOwnedT;
+    Ok(queue.iter(mem)?.collect())
+}
+
 /// Copies the device configuration space `config` at `offset` into `data`, as drivers
 /// read it: bytes past the end of `config` (or at offsets beyond any index) read as zero.
 pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {

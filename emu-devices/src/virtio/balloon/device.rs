@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::backend;
@@ -237,10 +237,7 @@ impl Balloon {
         queue: &mut Queue,
         mem: &GuestMemory,
     ) -> Result<bool, QueueFault> {
-        let chains: Vec<_> = queue
-            .iter(mem)
-            .map_err(|e| QueueFault::Ring(e.to_string()))?
-            .collect();
+        let chains: Vec<_> = crate::virtio::take_chains(queue, mem)?;
         let mut used = false;
         for chain in chains {
             let head = chain.head_index();
@@ -250,9 +247,7 @@ impl Balloon {
             } else {
                 self.deflate(pfns);
             }
-            queue
-                .add_used(mem, head, 0)
-                .map_err(|e| QueueFault::Ring(e.to_string()))?;
+            queue.add_used(mem, head, 0)?;
             used = true;
         }
         Ok(used)
@@ -262,10 +257,7 @@ impl Balloon {
     /// last buffer is kept for the next host request (earlier ones, which a correct driver
     /// never sends, are handed back at once).
     fn take_stats(&mut self, queue: &mut Queue, mem: &GuestMemory) -> Result<bool, QueueFault> {
-        let chains: Vec<_> = queue
-            .iter(mem)
-            .map_err(|e| QueueFault::Ring(e.to_string()))?
-            .collect();
+        let chains: Vec<_> = crate::virtio::take_chains(queue, mem)?;
         let mut used = false;
         for chain in chains {
             let head = chain.head_index();
@@ -297,9 +289,7 @@ impl Balloon {
                 updates: self.stats_updates,
             });
             if let Some(old) = self.stats_head.replace(head) {
-                queue
-                    .add_used(mem, old, 0)
-                    .map_err(|e| QueueFault::Ring(e.to_string()))?;
+                queue.add_used(mem, old, 0)?;
                 used = true;
             }
         }
@@ -315,9 +305,7 @@ impl Balloon {
         let Some(head) = self.stats_head.take() else {
             return Ok(false);
         };
-        queue
-            .add_used(mem, head, 0)
-            .map_err(|e| QueueFault::Ring(e.to_string()))?;
+        queue.add_used(mem, head, 0)?;
         Ok(true)
     }
 

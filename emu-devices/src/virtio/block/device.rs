@@ -4,7 +4,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueT};
 
 use super::request::{Chain, Stream};
 use crate::virtio::features::VIRTIO_RING_F_INDIRECT_DESC;
@@ -579,19 +579,12 @@ impl VirtioDevice for Block {
         queue: &mut Queue,
         mem: &GuestMemory,
     ) -> Result<bool, QueueFault> {
-        // Take the chains off the available ring first: the iterator borrows the queue and
-        // completing a request (add_used) needs it too. At most queue-size chains.
-        let chains: Vec<_> = queue
-            .iter(mem)
-            .map_err(|e| QueueFault::Ring(e.to_string()))?
-            .collect();
+        let chains: Vec<_> = crate::virtio::take_chains(queue, mem)?;
         let mut used = false;
         for chain in chains {
             let head = chain.head_index();
             let len = self.process(mem, chain)?;
-            queue
-                .add_used(mem, head, len)
-                .map_err(|e| QueueFault::Ring(e.to_string()))?;
+            queue.add_used(mem, head, len)?;
             used = true;
         }
         Ok(used)

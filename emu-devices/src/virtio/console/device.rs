@@ -97,10 +97,7 @@ impl Console {
             if self.input.is_empty() {
                 break;
             }
-            let next = queue
-                .iter(mem)
-                .map_err(|e| QueueFault::Ring(e.to_string()))?
-                .next();
+            let next = queue.iter(mem)?.next();
             let Some(chain) = next else { break };
             let head = chain.head_index();
             let mut written = 0u32;
@@ -119,9 +116,7 @@ impl Console {
                 written += n as u32;
             }
             self.counters.bytes_in += u64::from(written);
-            queue
-                .add_used(mem, head, written)
-                .map_err(|e| QueueFault::Ring(e.to_string()))?;
+            queue.add_used(mem, head, written)?;
             used = true;
         }
         Ok(used)
@@ -129,12 +124,7 @@ impl Console {
 
     /// Sends the readable bytes of every available transmit chain to the output.
     fn transmit(&mut self, queue: &mut Queue, mem: &GuestMemory) -> Result<bool, QueueFault> {
-        // Take the chains off the ring first: the iterator borrows the queue, and
-        // completing a chain needs it too. At most one ring's worth.
-        let chains: Vec<_> = queue
-            .iter(mem)
-            .map_err(|e| QueueFault::Ring(e.to_string()))?
-            .collect();
+        let chains: Vec<_> = crate::virtio::take_chains(queue, mem)?;
         let mut scratch = [0u8; 4096];
         let mut used = false;
         for chain in chains {
@@ -165,9 +155,7 @@ impl Console {
                     break;
                 }
             }
-            queue
-                .add_used(mem, head, 0)
-                .map_err(|e| QueueFault::Ring(e.to_string()))?;
+            queue.add_used(mem, head, 0)?;
             used = true;
         }
         if used {

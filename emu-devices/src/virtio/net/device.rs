@@ -181,9 +181,7 @@ impl Net {
                 continue;
             };
             let chain = {
-                let mut iter = queue
-                    .iter(mem)
-                    .map_err(|e| QueueFault::Ring(e.to_string()))?;
+                let mut iter = queue.iter(mem)?;
                 iter.next()
             };
             let Some(chain) = chain else {
@@ -211,9 +209,7 @@ impl Net {
                     0
                 }
             };
-            queue
-                .add_used(mem, head, len)
-                .map_err(|e| QueueFault::Ring(e.to_string()))?;
+            queue.add_used(mem, head, len)?;
             used = true;
         }
         Ok(used)
@@ -252,12 +248,7 @@ impl Net {
 
     /// Sends every chain of the transmit queue to the backend.
     fn drain_tx(&mut self, queue: &mut Queue, mem: &GuestMemory) -> Result<bool, QueueFault> {
-        // Take the chains off the available ring first: the iterator borrows the queue and
-        // add_used needs it too. At most queue-size chains.
-        let chains: Vec<_> = queue
-            .iter(mem)
-            .map_err(|e| QueueFault::Ring(e.to_string()))?
-            .collect();
+        let chains: Vec<_> = crate::virtio::take_chains(queue, mem)?;
         let mut used = false;
         for chain in chains {
             let head = chain.head_index();
@@ -270,9 +261,7 @@ impl Net {
                 self.stats.tx_dropped += 1;
             }
             // Transmit buffers are only read: the used length is 0.
-            queue
-                .add_used(mem, head, 0)
-                .map_err(|e| QueueFault::Ring(e.to_string()))?;
+            queue.add_used(mem, head, 0)?;
             used = true;
         }
         Ok(used)

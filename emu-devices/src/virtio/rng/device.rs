@@ -98,9 +98,7 @@ impl VirtioDevice for Rng {
         // Take the chains off the available ring first: the iterator borrows the queue,
         // and completing a request (add_used) needs it too.
         let mut requests: Vec<(u16, Vec<(GuestAddress, u32)>)> = Vec::new();
-        let iter = queue
-            .iter(mem)
-            .map_err(|e| QueueFault::Ring(e.to_string()))?;
+        let iter = queue.iter(mem)?;
         for chain in iter {
             let head = chain.head_index();
             // Descriptor loops end after queue-size descriptors (virtio-queue's chain has a
@@ -111,9 +109,7 @@ impl VirtioDevice for Rng {
         let mut used = false;
         for (head, buffers) in requests {
             let len = fill_chain(mem, &buffers)?;
-            queue
-                .add_used(mem, head, len)
-                .map_err(|e| QueueFault::Ring(e.to_string()))?;
+            queue.add_used(mem, head, len)?;
             used = true;
         }
         Ok(used)

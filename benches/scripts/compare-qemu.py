@@ -30,11 +30,11 @@ qemu-system-x86_64 (apt-get install qemu-system-x86; brew install qemu).
 
 import argparse
 import base64
-import os
-import shutil
 import subprocess
 import sys
 import time
+
+import emulators
 
 # name -> shell commands; each prints one "SUM <name> <checksum>" line.
 WORKLOADS = {
@@ -58,10 +58,6 @@ def script(names):
     for name in names:
         lines += [f"echo WORK-{name}-START", WORKLOADS[name], f"echo WORK-{name}-END"]
     return "\n".join(lines) + "\n"
-
-
-def cache_dir():
-    return os.environ.get("QUETZAL_CACHE") or os.path.expanduser("~/.cache/quetzal")
 
 
 def run(cmd, names):
@@ -108,35 +104,19 @@ def main():
     for n in names:
         if n not in WORKLOADS:
             sys.exit(f"unknown workload {n!r} (known: {', '.join(WORKLOADS)})")
-    images = os.path.join(cache_dir(), "images", args.flavour)
-    kernel = os.path.join(images, "vmlinuz")
-    initrd = os.path.join(images, "initramfs.cpio")
-    for f in (kernel, initrd, args.quetzal):
-        if not os.path.exists(f):
-            sys.exit(f"missing {f} (run test-images/build.sh and cargo build --release)")
-    qemu = shutil.which("qemu-system-x86_64")
-    if not qemu:
-        sys.exit("qemu-system-x86_64 not found (apt-get install qemu-system-x86)")
+    kernel, initrd, qemu = emulators.inputs(args.flavour, args.quetzal)
     cmd64 = base64.b64encode(script(names).encode()).decode()
     append = f"console=ttyS0 quetzal.cmd={cmd64}"
-    common = ["-kernel", kernel, "-initrd", initrd, "-append", append, "-m", "512",
-              "-nographic", "-no-reboot"]
-    emulators = {}
+    commands = {}
     for n in counts:
         suffix = "" if counts == [1] else f"-smp{n}"
-        # Multi-threaded TCG is QEMU's default on x86-64 hosts; say so anyway.
-        accel = "tcg" if n == 1 else "tcg,thread=multi"
-        emulators["quetzal" + suffix] = [args.quetzal, "-smp", str(n)] + common
-        # Plain `-M microvm` hangs these kernels in TSC calibration; the legacy timers fix it.
-        emulators["qemu-tcg" + suffix] = [
-            qemu, "-M", "microvm,pit=on,pic=on,rtc=on", "-accel", accel, "-cpu", "max",
-            "-smp", str(n), "-nodefaults", "-serial", "stdio", "-display", "none",
-            "-kernel", kernel, "-initrd", initrd, "-append", append, "-m", "512",
-            "-no-reboot"]
+        commands["quetzal" + suffix] = emulators.quetzal_cmd(args.quetzal, kernel, initrd,
+                                                             append, smp=n)
+        commands["qemu-tcg" + suffix] = emulators.qemu_cmd(qemu, kernel, initrd, append, smp=n)
     print(f"kernel {kernel} ({args.flavour}), {args.runs} run(s) each, interleaved")
-    results = {name: [] for name in emulators}
+    results = {name: [] for name in commands}
     for _ in range(args.runs):
-        for name, cmd in emulators.items():
+        for name, cmd in commands.items():
             results[name].append(run(cmd, names))
     columns = ["boot"] + names + ["total"]
     print(f"{'':10}" + "".join(f"{c:>9}" for c in columns) + "   rc")

@@ -29,6 +29,8 @@ import subprocess
 import sys
 import tempfile
 
+import emulators
+
 SCRIPT = """set -e
 echo 3 > /proc/sys/vm/drop_caches
 t0=$(cut -d' ' -f1 /proc/uptime)
@@ -41,10 +43,6 @@ dd if=/dev/zero of=/dev/vda bs=1M count={mib} conv=fsync 2>/dev/null
 t1=$(cut -d' ' -f1 /proc/uptime)
 echo "DISK-WRITE $(awk "BEGIN {{ print $t1 - $t0 }}")"
 """
-
-
-def cache_dir():
-    return os.environ.get("QUETZAL_CACHE") or os.path.expanduser("~/.cache/quetzal")
 
 
 def make_image(path, mib):
@@ -79,15 +77,7 @@ def main():
     ap.add_argument("--flavour", default="cloud")
     ap.add_argument("--quetzal", default="target/release/quetzal")
     args = ap.parse_args()
-    images = os.path.join(cache_dir(), "images", args.flavour)
-    kernel = os.path.join(images, "vmlinuz")
-    initrd = os.path.join(images, "initramfs.cpio")
-    for f in (kernel, initrd, args.quetzal):
-        if not os.path.exists(f):
-            sys.exit(f"missing {f} (run test-images/build.sh and cargo build --release)")
-    qemu = shutil.which("qemu-system-x86_64")
-    if not qemu:
-        sys.exit("qemu-system-x86_64 not found (apt-get install qemu-system-x86)")
+    kernel, initrd, qemu = emulators.inputs(args.flavour, args.quetzal)
     tmp = tempfile.mkdtemp(prefix="quetzal-disk-")
     master = os.path.join(tmp, "master.img")
     expected = make_image(master, args.mib)
@@ -102,13 +92,10 @@ def main():
                 drive = ["-drive", f"id=d0,file={disk},format=raw,if=none",
                          "-device", "virtio-blk-device,drive=d0"]
                 if name == "quetzal":
-                    cmd = [args.quetzal, "-kernel", kernel, "-initrd", initrd, "-append", append,
-                           "-m", "512", "-nographic", "-no-reboot"] + drive
+                    cmd = emulators.quetzal_cmd(args.quetzal, kernel, initrd, append,
+                                                extra=drive)
                 else:
-                    cmd = [qemu, "-M", "microvm,pit=on,pic=on,rtc=on", "-accel", "tcg",
-                           "-cpu", "max", "-nodefaults", "-serial", "stdio", "-display", "none",
-                           "-kernel", kernel, "-initrd", initrd, "-append", append,
-                           "-m", "512", "-no-reboot"] + drive
+                    cmd = emulators.qemu_cmd(qemu, kernel, initrd, append, extra=drive)
                 results[name].append(run(cmd, timeout=300))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -22,12 +22,13 @@ import base64
 import functools
 import http.server
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+
+import emulators
 
 SCRIPT = """set -e
 ip link set lo up
@@ -43,10 +44,6 @@ t1=$(cut -d' ' -f1 /proc/uptime)
 echo NET-END
 echo "NET-SECONDS $(awk "BEGIN {{ print $t1 - $t0 }}")"
 """
-
-
-def cache_dir():
-    return os.environ.get("QUETZAL_CACHE") or os.path.expanduser("~/.cache/quetzal")
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -96,15 +93,7 @@ def main():
     ap.add_argument("--tries", type=int, default=2,
                     help="boots per figure (QEMU's TCG occasionally hangs early in boot)")
     args = ap.parse_args()
-    images = os.path.join(cache_dir(), "images", args.flavour)
-    kernel = os.path.join(images, "vmlinuz")
-    initrd = os.path.join(images, "initramfs.cpio")
-    for f in (kernel, initrd, args.quetzal):
-        if not os.path.exists(f):
-            sys.exit(f"missing {f} (run test-images/build.sh and cargo build --release)")
-    qemu = shutil.which("qemu-system-x86_64")
-    if not qemu:
-        sys.exit("qemu-system-x86_64 not found (apt-get install qemu-system-x86)")
+    kernel, initrd, qemu = emulators.inputs(args.flavour, args.quetzal)
 
     with tempfile.TemporaryDirectory() as tmp:
         with open(os.path.join(tmp, "file"), "wb") as f:
@@ -117,18 +106,14 @@ def main():
         cmd64 = base64.b64encode(SCRIPT.format(port=port).encode()).decode()
         append = f"console=ttyS0 quetzal.cmd={cmd64}"
         net = ["-netdev", "user,id=n0", "-device", "virtio-net-device,netdev=n0"]
-        emulators = {
-            "quetzal": [args.quetzal, "-kernel", kernel, "-initrd", initrd, "-append", append,
-                        "-m", "512", "-nographic", "-no-reboot"] + net,
-            "qemu-tcg": [qemu, "-M", "microvm,pit=on,pic=on,rtc=on", "-accel", "tcg",
-                         "-cpu", "max", "-nodefaults", "-serial", "stdio", "-display", "none",
-                         "-kernel", kernel, "-initrd", initrd, "-append", append,
-                         "-m", "512", "-no-reboot"] + net,
+        commands = {
+            "quetzal": emulators.quetzal_cmd(args.quetzal, kernel, initrd, append, extra=net),
+            "qemu-tcg": emulators.qemu_cmd(qemu, kernel, initrd, append, extra=net),
         }
         size = args.mib << 20
         best = {}
         for i in range(args.runs):
-            for name, cmd in emulators.items():
+            for name, cmd in commands.items():
                 for attempt in range(args.tries):
                     figures, text = run(cmd, args.timeout)
                     if figures is not None and min(figures) > 0:

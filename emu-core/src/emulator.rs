@@ -243,8 +243,14 @@ const TIMEOUT_CHECK_BLOCKS: u32 = 256;
 impl Emulator {
     /// A 64-bit CPU with no memory mapped.
     pub fn new() -> Self {
+        Self::with_cpu(Cpu::new(Mmu::default()), JitConfig::from_env())
+    }
+
+    /// An emulator around `cpu` with nothing attached: no hooks, no devices, exceptions
+    /// to the embedder, the compiling tier as `jit_config` says.
+    fn with_cpu(cpu: Cpu, jit_config: JitConfig) -> Self {
         Emulator {
-            cpu: Cpu::new(Mmu::default()),
+            cpu,
             cache: CodeCache::default(),
             events: Arc::new(Events::default()),
             deadline: None,
@@ -254,8 +260,8 @@ impl Emulator {
             block_hooks: Vec::new(),
             delivery: InterruptDelivery::Embedder,
             mmio: Bus::new(),
-            jit: Self::make_jit(JitConfig::from_env()),
-            jit_config: JitConfig::from_env(),
+            jit: Self::make_jit(jit_config),
+            jit_config,
             activity: Activity::Active,
         }
     }
@@ -273,23 +279,10 @@ impl Emulator {
         let mut cpu = Cpu::new(self.cpu.mmu.sibling());
         cpu.clock = self.cpu.clock.clone();
         cpu.gate = Some(gate.clone());
-        let events = Arc::new(Events::default());
-        gate.add_member(&events);
-        Emulator {
-            cpu,
-            cache: CodeCache::default(),
-            events,
-            deadline: None,
-            code_hooks: Vec::new(),
-            interrupt_hooks: Vec::new(),
-            delivery_hooks: Vec::new(),
-            block_hooks: Vec::new(),
-            delivery: self.delivery,
-            mmio: Bus::new(),
-            jit: Self::make_jit(self.jit_config),
-            jit_config: self.jit_config,
-            activity: Activity::Active,
-        }
+        let mut vcpu = Self::with_cpu(cpu, self.jit_config);
+        vcpu.delivery = self.delivery;
+        gate.add_member(&vcpu.events);
+        vcpu
     }
 
     /// The machine's gate ([`crate::smp::Gate::pause`] holds every vCPU at a block

@@ -591,19 +591,7 @@ impl Machine {
         };
 
         let mut emu = Emulator::new();
-        emu.set_interrupt_delivery(InterruptDelivery::Guest);
-        // As on a PC, data accesses to physical addresses nothing decodes read all ones
-        // and drop writes (QEMU logs them under -d guest_errors; so do we).
-        emu.set_unassigned_mmio(Some(match &tracer {
-            Some(t) => {
-                let t = t.clone();
-                Arc::new(move |a: &emu_mmu::UnassignedAccess| t.unassigned(a))
-            }
-            None => Arc::new(|_: &emu_mmu::UnassignedAccess| {}),
-        }));
-        if let Some(t) = &tracer {
-            t.install(&mut emu);
-        }
+        prepare_vcpu(&mut emu, tracer.as_ref());
         let waker = TimerWaker::new();
         let wake_on_write = |inner: SharedDevice| -> SharedDevice {
             Arc::new(Mutex::new(WakeOnWrite {
@@ -649,20 +637,8 @@ impl Machine {
             // Application processors wait in their power-up state for INIT and SIPI.
             ap.reset();
             ap.set_activity(emu_core::Activity::WaitForStartup);
-            ap.set_interrupt_delivery(InterruptDelivery::Guest);
-            if let Some(t) = &tracer {
-                t.install(&mut ap);
-            }
+            prepare_vcpu(&mut ap, tracer.as_ref());
             cpus.push(ap);
-        }
-        for cpu in &mut cpus[1..] {
-            cpu.set_unassigned_mmio(Some(match &tracer {
-                Some(t) => {
-                    let t = t.clone();
-                    Arc::new(move |a: &emu_mmu::UnassignedAccess| t.unassigned(a))
-                }
-                None => Arc::new(|_: &emu_mmu::UnassignedAccess| {}),
-            }));
         }
 
         let exit = Arc::new(ExitLatch::default());
@@ -1063,6 +1039,23 @@ impl Machine {
     /// Instructions retired so far.
     pub fn instructions(&self) -> u64 {
         self.cpus.iter().map(|c| c.cpu().icount).sum()
+    }
+}
+
+/// What every vCPU of the machine gets: guest delivery of exceptions and interrupts, the
+/// PC's answer to unassigned physical addresses (reads all ones, writes dropped; QEMU
+/// logs them under -d guest_errors, so do we) and the tracer's hooks.
+fn prepare_vcpu(emu: &mut Emulator, tracer: Option<&Arc<Tracer>>) {
+    emu.set_interrupt_delivery(InterruptDelivery::Guest);
+    emu.set_unassigned_mmio(Some(match tracer {
+        Some(t) => {
+            let t = t.clone();
+            Arc::new(move |a: &emu_mmu::UnassignedAccess| t.unassigned(a))
+        }
+        None => Arc::new(|_: &emu_mmu::UnassignedAccess| {}),
+    }));
+    if let Some(t) = tracer {
+        t.install(emu);
     }
 }
 

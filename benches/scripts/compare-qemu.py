@@ -32,6 +32,7 @@ import argparse
 import base64
 import subprocess
 import sys
+import threading
 import time
 
 import emulators
@@ -60,12 +61,16 @@ def script(names):
     return "\n".join(lines) + "\n"
 
 
-def run(cmd, names):
-    """Runs `cmd`, returning host times of the markers and the checksums printed."""
+def run(cmd, names, timeout):
+    """Runs `cmd`, returning host times of the markers and the checksums printed. A run
+    still going after `timeout` seconds is killed (QEMU's TCG now and then hangs early in
+    boot) and reports no figures."""
     start = time.monotonic()
     marks, sums = {}, {}
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
+    watchdog = threading.Timer(timeout, proc.kill)
+    watchdog.start()
     for raw in proc.stdout:
         line = raw.decode("utf-8", "replace").strip()
         now = time.monotonic() - start
@@ -81,6 +86,7 @@ def run(cmd, names):
             if len(parts) >= 3:
                 sums[parts[1]] = parts[2]
     proc.wait()
+    watchdog.cancel()
     result = {"boot": marks.get("boot"), "total": time.monotonic() - start,
               "rc": proc.returncode, "sums": sums}
     for name in names:
@@ -96,6 +102,7 @@ def main():
     ap.add_argument("--quetzal", default="target/release/quetzal")
     ap.add_argument("--only", default=",".join(DEFAULT_WORKLOADS),
                     help="comma-separated workloads (default: all but pair)")
+    ap.add_argument("--timeout", type=int, default=300, help="seconds per boot")
     ap.add_argument("--smp", default="1",
                     help="comma-separated vCPU counts to run each emulator with")
     args = ap.parse_args()
@@ -117,7 +124,7 @@ def main():
     results = {name: [] for name in commands}
     for _ in range(args.runs):
         for name, cmd in commands.items():
-            results[name].append(run(cmd, names))
+            results[name].append(run(cmd, names, args.timeout))
     columns = ["boot"] + names + ["total"]
     print(f"{'':10}" + "".join(f"{c:>9}" for c in columns) + "   rc")
     best = {}

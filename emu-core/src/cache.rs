@@ -167,6 +167,18 @@ impl CodeCache {
         Some(idx)
     }
 
+    /// The block translated from physical `phys` at offset `rip` in mode `mode`, if
+    /// cached (a look-up that changes nothing).
+    pub fn find(&self, phys: u64, rip: u64, mode: u64) -> Option<u32> {
+        self.by_key
+            .get(&BlockKey {
+                phys,
+                virt: rip,
+                mode,
+            })
+            .copied()
+    }
+
     /// Adds a block translated from physical `phys` in mode `mode`, returning its index.
     pub fn insert(&mut self, phys: u64, mode: u64, block: Block) -> u32 {
         let rip = block.rip;

@@ -36,6 +36,10 @@ pub struct Block {
     pub has_locked: bool,
     /// The block's direct-link slots, once it is queued for compiling.
     pub links: Option<crate::jit::LinkSlots>,
+    /// Records of the other blocks its compiled code takes in (a region, see
+    /// [`crate::jit::Job`]): that code calls their handlers and reports their traps
+    /// through pointers to them, so they live as long as this block.
+    pub inlined: Vec<std::sync::Arc<[Insn]>>,
     /// Unique among all blocks ever translated in this process (a cache slot index is
     /// reused; this is not), so late compile results find the block they were for.
     pub id: u64,
@@ -106,6 +110,7 @@ pub fn translate_block(cpu: &mut Cpu, rip: u64) -> Result<Block, Trap> {
         end_rip,
         has_locked,
         links: None,
+        inlined: Vec::new(),
         insns: insns.into(),
         ends_in_branch,
         pages,

@@ -381,3 +381,71 @@ fn rep_movs_and_stos_in_bulk_keep_element_order_page_crossings_and_faults_exact(
     assert_eq!(&tail[..8], &0x1122_3344_5566_7788u64.to_le_bytes());
     assert_eq!(&tail[24..], &0x1122_3344_5566_7788u64.to_le_bytes());
 }
+
+/// Runs `code` from [`CODE`] to its HLT on each tier (interpreter only, every block
+/// compiled at first entry, and blocks compiled at their third entry, by when a loop's
+/// blocks are known and compile into one region), returning `regs` from each.
+fn on_every_tier(code: &[u8], regs: &[Register]) -> Vec<Vec<u64>> {
+    [(false, 1), (true, 1), (true, 3)]
+        .into_iter()
+        .map(|(enabled, threshold)| {
+            let mut emu = machine(code);
+            emu.set_jit_config(emu_core::jit::JitConfig {
+                enabled,
+                threshold,
+                background: false,
+                ..Default::default()
+            });
+            assert_eq!(emu.run(CODE, &RunOptions::default()), StopReason::Halted);
+            regs.iter().map(|&r| emu.reg(r).unwrap()).collect()
+        })
+        .collect()
+}
+
+#[test]
+fn loop_regions_carry_registers_and_flags_from_block_to_block() {
+    // A loop of three blocks. The flags DEC leaves pending at the bottom are read by
+    // SETP at the top of the next iteration, and those of CMP by the ADC after the join.
+    let code = assemble(|a| {
+        let mut top = a.create_label();
+        let mut skip = a.create_label();
+        a.mov(rcx, 100u64)?;
+        a.xor(edx, edx)?;
+        a.xor(esi, esi)?;
+        a.xor(edi, edi)?;
+        a.set_label(&mut top)?;
+        a.setp(al)?;
+        a.movzx(ebx, al)?;
+        a.add(rdx, rbx)?;
+        a.cmp(rcx, 37)?;
+        a.jb(skip)?;
+        a.add(rsi, rcx)?;
+        a.cmp(rsi, 2000)?;
+        a.set_label(&mut skip)?;
+        a.adc(rdi, 0)?;
+        a.dec(rcx)?;
+        a.jnz(top)?;
+        a.hlt()
+    });
+    // The same in Rust.
+    let (mut parities, mut sum, mut carries) = (0u64, 0u64, 0u64);
+    let mut pf = true; // from XOR EDI, EDI
+    for count in (1..=100u64).rev() {
+        parities += pf as u64;
+        let carry = if count < 37 {
+            true
+        } else {
+            sum += count;
+            sum < 2000
+        };
+        carries += carry as u64;
+        pf = ((count - 1) as u8).count_ones() % 2 == 0;
+    }
+    let expected = vec![parities, sum, carries];
+    for (tier, got) in on_every_tier(&code, &[Register::RDX, Register::RSI, Register::RDI])
+        .into_iter()
+        .enumerate()
+    {
+        assert_eq!(got, expected, "tier {tier}");
+    }
+}

@@ -18,7 +18,7 @@ use emu_mmu::{Mmu, TlbEntry, PAGE_MASK, TLB_ENTRIES};
 use iced_x86::{Code, Decoder, DecoderOptions, Instruction, Mnemonic, OpKind};
 
 use super::helpers::{self, JitCtx, STATUS_CODE_WRITTEN, STATUS_TRAP};
-use super::Job;
+use super::{Job, Member};
 use crate::cpu::{reg, seg, Cpu};
 use crate::flags::{self, FlagOp, LazyFlags};
 use crate::insn::{Insn, ADDR16, ADDR32, LOCKED};
@@ -180,9 +180,9 @@ fn flags_killed(instr: &Instruction) -> u64 {
 }
 
 /// For each instruction, the arithmetic flags that may be read after it before being
-/// overwritten. Everything is live at the end of the block.
-fn live_flags_after(decoded: &[Instruction]) -> Vec<u64> {
-    let mut live = flags::ARITH;
+/// overwritten, given those live at the end of the block (`at_end`).
+fn live_flags_after(decoded: &[Instruction], at_end: u64) -> Vec<u64> {
+    let mut live = at_end;
     let mut out = vec![0; decoded.len()];
     for (i, instr) in decoded.iter().enumerate().rev() {
         out[i] = live;
@@ -406,13 +406,39 @@ struct Lower<'f> {
     code_written: Variable,
     /// The current instruction stored through the slow path (so may have written code).
     slow_store: bool,
-    /// Trap exits to emit once the straight-line code is done: (block, instructions
-    /// completed before the trapping one).
-    deferred_exits: Vec<(IrBlock, usize)>,
-    /// Address of the block's two link slots.
+    /// Trap exits to emit once the straight-line code is done: (block, instructions of
+    /// its member completed before the trapping one, address of that one's record).
+    deferred_exits: Vec<(IrBlock, usize, u64)>,
+    /// Address of the current member's two link slots.
     links: u64,
+    /// Address of the current member's first record.
+    records: u64,
     /// The shared tail of exits that do not link ([`Lower::exit`]), once one is needed.
     unlinked_tail: Option<IrBlock>,
+    /// Instructions completed in earlier members during this call of the code (a
+    /// region's loops run many members before any exit reports them).
+    done: Variable,
+    /// The region's members: start address, IR block, and the flags live on entry.
+    heads: Vec<(u64, IrBlock, u64)>,
+    /// Whether some member branches to a member (else the code is one block and keeps
+    /// the lazy register cache of a single block).
+    linked_inside: bool,
+    /// In a region with inside branches, registers the members' native code touches
+    /// (loaded at entry and in host registers at every member's start) and those it
+    /// writes (treated as dirty at every member's start).
+    region_used: [bool; 16],
+    region_written: [bool; 16],
+    /// The current member left an instruction to its handler (which may have changed
+    /// what the link checks look at).
+    member_fallback: bool,
+}
+
+/// The compile-time state a branch's two ways each start from.
+#[derive(Clone, Copy)]
+struct Saved {
+    loaded: [bool; 16],
+    dirty: [bool; 16],
+    flags: Pending,
 }
 
 const TRUSTED: MemFlags = MemFlags::trusted();
@@ -533,6 +559,11 @@ impl Lower<'_> {
                     .store(TRUSTED, v, self.cpu, self.lay.regs + 8 * r as i32);
             }
         }
+        self.write_flags();
+    }
+
+    /// Writes the pending flags, if any, to `Cpu::flags` (compile-time state unchanged).
+    fn write_flags(&mut self) {
         if let Pending::Lazy {
             op,
             width,
@@ -563,8 +594,15 @@ impl Lower<'_> {
         if let Some(rip) = rip {
             self.b.ins().store(TRUSTED, rip, self.cpu, self.lay.rip);
         }
-        // One shared tail per block does the bookkeeping (code size is compile time).
-        let tail = match self.unlinked_tail {
+        let tail = self.unlinked_tail_block();
+        let n = self.iconst(count as u64);
+        self.b.ins().jump(tail, &[n]);
+    }
+
+    /// The shared tail of exits to the run loop, taking the count of the current
+    /// member's instructions complete (code size is compile time: one per function).
+    fn unlinked_tail_block(&mut self) -> IrBlock {
+        match self.unlinked_tail {
             Some(tail) => tail,
             None => {
                 let tail = self.b.create_block();
@@ -573,9 +611,7 @@ impl Lower<'_> {
                 self.unlinked_tail = Some(tail);
                 tail
             }
-        };
-        let n = self.iconst(count as u64);
-        self.b.ins().jump(tail, &[n]);
+        }
     }
 
     /// Emits the shared tail of [`Lower::exit`], if any exit used it: `ctx.executed`
@@ -586,14 +622,7 @@ impl Lower<'_> {
         };
         self.b.switch_to_block(tail);
         let n = self.b.block_params(tail)[0];
-        let done = self
-            .b
-            .ins()
-            .load(types::I64, TRUSTED, self.ctx, JitCtx::EXECUTED_OFFSET);
-        let done = self.b.ins().iadd(done, n);
-        self.b
-            .ins()
-            .store(TRUSTED, done, self.ctx, JitCtx::EXECUTED_OFFSET);
+        self.add_executed_value(n);
         let null = self.iconst(0);
         self.b
             .ins()
@@ -601,16 +630,109 @@ impl Lower<'_> {
         self.b.ins().return_(&[null]);
     }
 
-    /// Adds `count` to `ctx.executed`.
-    fn add_executed(&mut self, count: usize) {
-        let done = self
+    /// Adds `n` instructions of the current member, and those of the members run
+    /// before it, to `ctx.executed`.
+    fn add_executed_value(&mut self, n: Value) {
+        let before = self.b.use_var(self.done);
+        let n = self.b.ins().iadd(n, before);
+        let total = self
             .b
             .ins()
             .load(types::I64, TRUSTED, self.ctx, JitCtx::EXECUTED_OFFSET);
-        let done = self.b.ins().iadd_imm(done, count as i64);
+        let total = self.b.ins().iadd(total, n);
         self.b
             .ins()
-            .store(TRUSTED, done, self.ctx, JitCtx::EXECUTED_OFFSET);
+            .store(TRUSTED, total, self.ctx, JitCtx::EXECUTED_OFFSET);
+    }
+
+    /// Takes the state before a two-way branch (see [`Saved`]).
+    fn save(&self) -> Saved {
+        Saved {
+            loaded: self.loaded,
+            dirty: self.dirty,
+            flags: self.flags,
+        }
+    }
+
+    fn restore(&mut self, saved: Saved) {
+        self.loaded = saved.loaded;
+        self.dirty = saved.dirty;
+        self.flags = saved.flags;
+    }
+
+    /// The member starting at `rip`, if the region has one.
+    fn member_at(&self, rip: u64) -> Option<usize> {
+        self.heads.iter().position(|h| h.0 == rip)
+    }
+
+    /// Leaves the current member for fixed address `target`, `count` of its
+    /// instructions complete: a jump to the member there if there is one, else a linked
+    /// exit through the member's slot `slot` (0 or 1).
+    fn goto(&mut self, count: usize, target: u64, slot: usize) {
+        match self.member_at(target) {
+            Some(m) => self.branch_inside(count, target, m),
+            None => self.linked_exit(count, target, slot),
+        }
+    }
+
+    /// Jumps to member `m` (at `target`), `count` of the current member's instructions
+    /// complete, unless the run loop must look first: fuel spent, an event pending,
+    /// translated code written, or (after a handler ran) a change of fetch mapping,
+    /// privilege or interrupt shadow, which all leave with RIP at `target`.
+    ///
+    /// Registers stay in host registers across the jump; pending flags are written to
+    /// the `Cpu` only if `m` may read them.
+    fn branch_inside(&mut self, count: usize, target: u64, m: usize) {
+        let before = self.b.use_var(self.done);
+        let done = self.b.ins().iadd_imm(before, count as i64);
+        self.b.def_var(self.done, done);
+        let out = self.b.create_block();
+        self.b.set_cold_block(out);
+        let fuel = self
+            .b
+            .ins()
+            .load(types::I64, TRUSTED, self.ctx, JitCtx::FUEL_OFFSET);
+        let spent = self.b.ins().icmp(IntCC::SignedLessThanOrEqual, fuel, done);
+        let written = self.b.use_var(self.code_written);
+        let written = self.b.ins().icmp_imm(IntCC::NotEqual, written, 0);
+        let stop = self.b.ins().bor(spent, written);
+        self.check(stop, out);
+        let events = self
+            .b
+            .ins()
+            .load(types::I64, TRUSTED, self.ctx, JitCtx::EVENTS_OFFSET);
+        let mut any = self.b.ins().uload32(TRUSTED, events, 0);
+        if self.member_fallback {
+            for offset in [
+                self.lay.fetch_mapping_changed,
+                self.lay.privilege_changed,
+                self.lay.interrupt_shadow,
+            ] {
+                let byte = self.b.ins().uload8(types::I64, TRUSTED, self.cpu, offset);
+                any = self.b.ins().bor(any, byte);
+            }
+        }
+        self.check(any, out);
+        // Every register the members use is in its variable at every member's start.
+        for r in 0..16 {
+            if self.region_used[r] && !self.loaded[r] {
+                self.reg(r as u8);
+            }
+        }
+        let (_, head, live_in) = self.heads[m];
+        if live_in != 0 {
+            self.write_flags();
+        }
+        self.b.ins().jump(head, &[]);
+
+        // The way out: the members before have already been added to `done`.
+        self.b.switch_to_block(out);
+        self.write_back();
+        let rip = self.iconst(target);
+        self.b.ins().store(TRUSTED, rip, self.cpu, self.lay.rip);
+        let tail = self.unlinked_tail_block();
+        let zero = self.iconst(0);
+        self.b.ins().jump(tail, &[zero]);
     }
 
     /// Leaves the block for fixed address `target` through link slot `slot` (0 or 1),
@@ -636,12 +758,15 @@ impl Lower<'_> {
     fn link_tail(&mut self, count: usize, target: Value, slot: Value) {
         use super::LinkSlot;
         self.b.ins().store(TRUSTED, target, self.cpu, self.lay.rip);
-        self.add_executed(count);
+        let count = self.iconst(count as u64);
+        self.add_executed_value(count);
         let fuel = self
             .b
             .ins()
             .load(types::I64, TRUSTED, self.ctx, JitCtx::FUEL_OFFSET);
-        let fuel = self.b.ins().iadd_imm(fuel, -(count as i64));
+        let before = self.b.use_var(self.done);
+        let fuel = self.b.ins().isub(fuel, before);
+        let fuel = self.b.ins().isub(fuel, count);
         self.b
             .ins()
             .store(TRUSTED, fuel, self.ctx, JitCtx::FUEL_OFFSET);
@@ -747,7 +872,8 @@ impl Lower<'_> {
     fn trap_exit_block(&mut self, count: usize) -> IrBlock {
         let exit = self.b.create_block();
         self.b.set_cold_block(exit);
-        self.deferred_exits.push((exit, count));
+        let record = self.records + (count * std::mem::size_of::<Insn>()) as u64;
+        self.deferred_exits.push((exit, count, record));
         exit
     }
 
@@ -1116,7 +1242,8 @@ impl Lower<'_> {
     }
 
     /// Runs instruction `n` through its handler.
-    fn fallback(&mut self, insn: &Insn, n: usize, last: bool, block: &Job) {
+    fn fallback(&mut self, insn: &Insn, n: usize, last: bool, block: &Member) {
+        self.member_fallback = true;
         self.write_back();
         self.loaded = [false; 16];
         self.dirty = [false; 16];
@@ -1155,7 +1282,7 @@ impl Lower<'_> {
             let rip = self.iconst(block.end_rip);
             self.exit(n + 1, Some(rip));
             self.b.switch_to_block(next);
-            self.linked_exit(n + 1, block.end_rip, 0);
+            self.goto(n + 1, block.end_rip, 0);
             return;
         }
         // Stored into translated code: leave after it, as the interpreter does.
@@ -1179,14 +1306,99 @@ fn helper_signature(call_conv: CallConv, params: usize) -> Signature {
     sig
 }
 
-/// Builds `func` (signature already set: cpu, ctx -> count) from the block in `block`.
+/// Where a member may go next when it ends: its direct branch targets and fall-through
+/// (empty for exits whose target is known only at run time).
+pub fn successors(member: &Member) -> Vec<u64> {
+    let Some(last) = member.decoded.last() else {
+        return Vec::new();
+    };
+    if !member.ends_in_branch {
+        return vec![member.end_rip];
+    }
+    match last.code() {
+        Code::Jmp_rel8_64 | Code::Jmp_rel32_64 | Code::Call_rel32_64 => {
+            vec![last.near_branch_target()]
+        }
+        _ if last.is_jcc_short_or_near() && last.op0_kind() == OpKind::NearBranch64 => {
+            vec![last.near_branch_target(), last.next_ip()]
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// The arithmetic flags each member may read before writing them, following branches
+/// into other members (a least fixed point; leaving the region counts as reading all).
+/// Traps are not counted as reads (see the module docs of [`super`]).
+fn region_live_in(members: &[Member]) -> Vec<u64> {
+    let index = |rip: u64| members.iter().position(|m| m.rip() == rip);
+    let exits: Vec<(Vec<usize>, bool)> = members
+        .iter()
+        .map(|m| {
+            let next = successors(m);
+            let inside: Vec<usize> = next.iter().filter_map(|&t| index(t)).collect();
+            let leaves = next.is_empty() || inside.len() < next.len();
+            (inside, leaves)
+        })
+        .collect();
+    let mut live = vec![0u64; members.len()];
+    loop {
+        let mut changed = false;
+        for (m, member) in members.iter().enumerate() {
+            let at_end = live_at_end(&exits[m], &live);
+            let mut flags = at_end;
+            for instr in member.decoded.iter().rev() {
+                flags = (flags & !flags_killed(instr)) | flag_bits(instr.rflags_read());
+            }
+            if flags != live[m] {
+                live[m] |= flags;
+                changed = true;
+            }
+        }
+        if !changed {
+            return live;
+        }
+    }
+}
+
+/// Flags live at the end of a member whose successors inside the region are `exits.0`
+/// and which may also leave it (`exits.1`), given the members' live-in sets.
+fn live_at_end(exits: &(Vec<usize>, bool), live_in: &[u64]) -> u64 {
+    let mut at_end = if exits.1 { flags::ARITH } else { 0 };
+    for &s in &exits.0 {
+        at_end |= live_in[s];
+    }
+    at_end
+}
+
+/// GPRs (our numbering) that `instr` reads or writes, explicitly or implicitly.
+fn gprs_used(instr: &Instruction, used: &mut [bool; 16], written: &mut [bool; 16]) {
+    let mut factory = iced_x86::InstructionInfoFactory::new();
+    let info = factory.info(instr);
+    for u in info.used_registers() {
+        let r = u.register().full_register();
+        if !r.is_gpr64() {
+            continue;
+        }
+        let n = (register_number(r) & 15) as usize;
+        used[n] = true;
+        if !matches!(
+            u.access(),
+            iced_x86::OpAccess::Read | iced_x86::OpAccess::CondRead
+        ) {
+            written[n] = true;
+        }
+    }
+}
+
+/// Builds `func` (signature already set: cpu, ctx -> next code) from the blocks of
+/// `job`: the first is where the code is entered, and a branch from a member to
+/// another's start becomes a jump inside the function.
 pub fn lower_block(
     func: &mut Function,
     builder_ctx: &mut FunctionBuilderContext,
     call_conv: CallConv,
-    block: &Job,
+    job: &Job,
 ) -> Counts {
-    let decoded = &block.decoded[..];
     let mut b = FunctionBuilder::new(func, builder_ctx);
     let helpers = Helpers {
         read: b.import_signature(helper_signature(call_conv, 4)),
@@ -1204,9 +1416,32 @@ pub fn lower_block(
         b.declare_var(v, types::I64);
     }
     let code_written = Variable::from_u32(16);
+    let done = Variable::from_u32(17);
     b.declare_var(code_written, types::I64);
+    b.declare_var(done, types::I64);
     let zero = b.ins().iconst(types::I64, 0);
     b.def_var(code_written, zero);
+    b.def_var(done, zero);
+
+    let members = &job.members[..];
+    let live_in = region_live_in(members);
+    let heads: Vec<(u64, IrBlock, u64)> = members
+        .iter()
+        .zip(&live_in)
+        .map(|(m, &live)| (m.rip(), b.create_block(), live))
+        .collect();
+    let linked_inside = members.iter().any(|m| {
+        successors(m)
+            .iter()
+            .any(|&t| heads.iter().any(|h| h.0 == t))
+    });
+    let mut region_used = [false; 16];
+    let mut region_written = [false; 16];
+    if linked_inside {
+        for instr in members.iter().flat_map(|m| m.decoded.iter()) {
+            gprs_used(instr, &mut region_used, &mut region_written);
+        }
+    }
     let mut l = Lower {
         b,
         cpu,
@@ -1220,13 +1455,85 @@ pub fn lower_block(
         code_written,
         slow_store: false,
         deferred_exits: Vec::new(),
-        links: block.links as u64,
+        links: job.links as u64,
+        records: 0,
         unlinked_tail: None,
+        done,
+        heads,
+        linked_inside,
+        region_used,
+        region_written,
+        member_fallback: false,
     };
-    let live = live_flags_after(decoded);
+    // In a region that branches inside itself, every register its members use is
+    // loaded once, here, and lives in its variable from member to member.
+    for r in 0..16 {
+        if l.region_used[r] {
+            l.reg(r as u8);
+        }
+    }
+    let first = l.heads[0].1;
+    l.b.ins().jump(first, &[]);
+
     let mut counts = Counts::default();
-    let count = block.insns.len();
-    for (n, (instr, insn)) in decoded.iter().zip(block.insns.iter()).enumerate() {
+    let exits: Vec<(Vec<usize>, bool)> = members
+        .iter()
+        .map(|m| {
+            let next = successors(m);
+            let inside: Vec<usize> = next.iter().filter_map(|&t| l.member_at(t)).collect();
+            let leaves = next.is_empty() || inside.len() < next.len();
+            (inside, leaves)
+        })
+        .collect();
+    for (m, member) in members.iter().enumerate() {
+        l.b.switch_to_block(l.heads[m].1);
+        if l.linked_inside {
+            l.loaded = l.region_used;
+            l.dirty = l.region_written;
+        } else {
+            l.loaded = [false; 16];
+            l.dirty = [false; 16];
+        }
+        l.flags = Pending::Memory;
+        l.member_fallback = false;
+        l.links = job.links as u64 + (2 * m * std::mem::size_of::<super::LinkSlot>()) as u64;
+        l.records = member.insns.as_ptr() as u64;
+        let live = live_flags_after(&member.decoded, live_at_end(&exits[m], &live_in));
+        lower_member(&mut l, member, &live, &mut counts);
+    }
+    l.finish_unlinked_tail();
+    // Every trap exit jumps to one shared tail with the trapping instruction's index
+    // and record: it reports the instructions before it and the record.
+    let exits = std::mem::take(&mut l.deferred_exits);
+    if !exits.is_empty() {
+        let tail = l.b.create_block();
+        l.b.set_cold_block(tail);
+        l.b.append_block_param(tail, types::I64);
+        l.b.append_block_param(tail, types::I64);
+        for (exit, n, record) in exits {
+            l.b.switch_to_block(exit);
+            let n = l.iconst(n as u64);
+            let record = l.iconst(record);
+            l.b.ins().jump(tail, &[n, record]);
+        }
+        l.b.switch_to_block(tail);
+        let n = l.b.block_params(tail)[0];
+        let record = l.b.block_params(tail)[1];
+        l.add_executed_value(n);
+        l.b.ins()
+            .store(TRUSTED, record, l.ctx, JitCtx::TRAP_INSN_OFFSET);
+        let null = l.iconst(0);
+        l.b.ins().return_(&[null]);
+    }
+    l.b.seal_all_blocks();
+    l.b.finalize();
+    counts
+}
+
+/// Lowers one member, from the current IR block (its head) to its exits.
+fn lower_member(l: &mut Lower, member: &Member, live: &[u64], counts: &mut Counts) {
+    let count = member.insns.len();
+    for (n, (instr, insn)) in member.decoded.iter().zip(member.insns.iter()).enumerate() {
         let last = n + 1 == count;
         let mut plan = plan(instr, insn, live[n]);
         let branch = matches!(plan, Plan::Jmp | Plan::Jcc | Plan::Call | Plan::Ret);
@@ -1236,17 +1543,17 @@ pub fn lower_block(
         if plan == Plan::Fallback {
             counts.fallback += 1;
             counts.fallback_mnemonics.push(instr.mnemonic());
-            l.fallback(insn, n, last, block);
+            l.fallback(insn, n, last, member);
             continue;
         }
         counts.native += 1;
         l.slow_store = false;
-        let ended = lower_native(&mut l, plan, instr, insn, n, live[n], count);
+        let ended = lower_native(l, plan, instr, insn, n, live[n], count);
         if ended {
             continue;
         }
         if last {
-            l.linked_exit(count, block.end_rip, 0);
+            l.goto(count, member.end_rip, 0);
         } else if l.slow_store {
             // A slow-path store may have hit translated code: leave after this
             // instruction, as the interpreter does.
@@ -1261,38 +1568,6 @@ pub fn lower_block(
             l.b.switch_to_block(next);
         }
     }
-    l.finish_unlinked_tail();
-    // Every trap exit jumps to one shared tail with the trapping instruction's index:
-    // it reports the instructions before it and the record of the one that trapped.
-    let exits = std::mem::take(&mut l.deferred_exits);
-    if !exits.is_empty() {
-        let tail = l.b.create_block();
-        l.b.set_cold_block(tail);
-        l.b.append_block_param(tail, types::I64);
-        for (exit, n) in exits {
-            l.b.switch_to_block(exit);
-            let n = l.iconst(n as u64);
-            l.b.ins().jump(tail, &[n]);
-        }
-        l.b.switch_to_block(tail);
-        let n = l.b.block_params(tail)[0];
-        let done =
-            l.b.ins()
-                .load(types::I64, TRUSTED, l.ctx, JitCtx::EXECUTED_OFFSET);
-        let done = l.b.ins().iadd(done, n);
-        l.b.ins()
-            .store(TRUSTED, done, l.ctx, JitCtx::EXECUTED_OFFSET);
-        let offset = l.b.ins().imul_imm(n, std::mem::size_of::<Insn>() as i64);
-        let base = l.iconst(block.insns.as_ptr() as u64);
-        let record = l.b.ins().iadd(base, offset);
-        l.b.ins()
-            .store(TRUSTED, record, l.ctx, JitCtx::TRAP_INSN_OFFSET);
-        let null = l.iconst(0);
-        l.b.ins().return_(&[null]);
-    }
-    l.b.seal_all_blocks();
-    l.b.finalize();
-    counts
 }
 
 /// Emits a natively lowered instruction. Returns whether it ended the block (branches).
@@ -1518,12 +1793,25 @@ fn lower_native(
             l.write_gpr(r, size, wide);
         }
         Plan::Jmp => {
-            l.linked_exit(count, insn.imm, 0);
+            l.goto(count, insn.imm, 0);
             return true;
         }
         Plan::Jcc => {
             let cc = insn.imm2 as u8;
             let cond = l.condition(cc);
+            if l.member_at(insn.imm).is_some() || l.member_at(insn.next_rip()).is_some() {
+                // A way stays in the region: each way is its own branch.
+                let taken = l.b.create_block();
+                let not_taken = l.b.create_block();
+                l.b.ins().brif(cond, taken, &[], not_taken, &[]);
+                let saved = l.save();
+                l.b.switch_to_block(taken);
+                l.goto(count, insn.imm, 0);
+                l.restore(saved);
+                l.b.switch_to_block(not_taken);
+                l.goto(count, insn.next_rip(), 1);
+                return true;
+            }
             // Both ways write the same state back and share the link checks; each has
             // its own slot.
             l.write_back();
@@ -1542,7 +1830,7 @@ fn lower_native(
             let ret = l.iconst(insn.next_rip());
             l.store(new, 8, ret, n);
             l.set_reg64(reg::RSP, new);
-            l.linked_exit(count, insn.imm, 0);
+            l.goto(count, insn.imm, 0);
             return true;
         }
         Plan::Ret => {

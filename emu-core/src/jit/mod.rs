@@ -99,10 +99,14 @@ impl LinkSlot {
     pub const PAGE_OFFSET: i32 = std::mem::offset_of!(LinkSlot, page) as i32;
 }
 
-/// A block's two link slots, at a fixed address for as long as the block exists
-/// (compiled code holds that address; the run loop writes the slots through it).
+/// A compiled block's link slots, two per guest block its code holds (see [`Job`]), at a
+/// fixed address for as long as the block exists (compiled code holds that address; the
+/// run loop writes the slots through it).
 #[derive(Debug)]
-pub struct LinkSlots(std::ptr::NonNull<[LinkSlot; 2]>);
+pub struct LinkSlots {
+    first: std::ptr::NonNull<LinkSlot>,
+    len: usize,
+}
 
 // SAFETY: the slots are plain integers, written only by the vCPU thread that owns the
 // code cache (through raw pointers while no reference to them exists).
@@ -111,23 +115,36 @@ unsafe impl Send for LinkSlots {}
 unsafe impl Sync for LinkSlots {}
 
 impl LinkSlots {
-    fn new() -> Self {
-        let boxed = Box::new([LinkSlot::default(); 2]);
-        LinkSlots(std::ptr::NonNull::from(Box::leak(boxed)))
+    fn new(len: usize) -> Self {
+        let boxed: Box<[LinkSlot]> = vec![LinkSlot::default(); len.max(1)].into_boxed_slice();
+        let len = boxed.len();
+        let first = std::ptr::NonNull::from(Box::leak(boxed)).cast::<LinkSlot>();
+        LinkSlots { first, len }
     }
 
-    /// Address of slot `i` (0 or 1).
+    /// How many slots there are.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether there are none (never: at least one is allocated).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Address of slot `i`.
     pub fn slot(&self, i: usize) -> *mut LinkSlot {
-        debug_assert!(i < 2);
-        // SAFETY: in bounds of the two-slot allocation.
-        unsafe { (self.0.as_ptr() as *mut LinkSlot).add(i) }
+        assert!(i < self.len, "link slot {i} of {}", self.len);
+        // SAFETY: in bounds of the allocation.
+        unsafe { self.first.as_ptr().add(i) }
     }
 }
 
 impl Drop for LinkSlots {
     fn drop(&mut self) {
-        // SAFETY: allocated by `Box::leak` in `new`, freed once here.
-        drop(unsafe { Box::from_raw(self.0.as_ptr()) });
+        let slice = std::ptr::slice_from_raw_parts_mut(self.first.as_ptr(), self.len);
+        // SAFETY: allocated by `Box::leak` of a boxed slice of `len` in `new`, freed once.
+        drop(unsafe { Box::from_raw(slice) });
     }
 }
 
@@ -159,7 +176,13 @@ pub struct JitConfig {
     pub background: bool,
     /// Compiled code kept before everything is dropped and compiling starts afresh.
     pub max_code_bytes: usize,
+    /// Most guest blocks compiled into one region (1: every block on its own).
+    pub max_region_blocks: usize,
 }
+
+/// Most guest instructions in one region (Cranelift's compile time grows faster than
+/// the code it is given).
+const MAX_REGION_INSNS: usize = 256;
 
 impl Default for JitConfig {
     fn default() -> Self {
@@ -170,6 +193,7 @@ impl Default for JitConfig {
             threshold: 300,
             background: true,
             max_code_bytes: 64 << 20,
+            max_region_blocks: 8,
         }
     }
 }
@@ -179,8 +203,15 @@ impl JitConfig {
     /// `off` (or `0`) disables compiling; a number N compiles a block on the vCPU thread
     /// at its Nth entry (`QUETZAL_JIT=1` runs every block compiled, which is how the test
     /// suites exercise this tier); `bg:N` sets the threshold of background compiling.
+    /// `QUETZAL_JIT_REGION=N` sets [`JitConfig::max_region_blocks`].
     pub fn from_env() -> Self {
         let mut config = JitConfig::default();
+        if let Some(n) = std::env::var("QUETZAL_JIT_REGION")
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+        {
+            config.max_region_blocks = n.max(1);
+        }
         if let Ok(v) = std::env::var("QUETZAL_JIT") {
             let v = v.trim();
             if v == "off" || v == "0" {
@@ -213,16 +244,13 @@ pub struct JitStats {
     pub flushes: u64,
 }
 
-/// One block handed to the compiler: what the lowering needs of it, shared rather than
+/// One guest block of a [`Job`]: what the lowering needs of it, shared rather than
 /// borrowed so that it can cross to the compiler thread.
-pub struct Job {
-    /// [`Block::id`](crate::translate::Block::id) of the block.
-    pub block_id: u64,
-    /// Its slot in the code cache.
-    pub idx: u32,
-    /// The flush epoch it was queued in.
-    pub epoch: u64,
-    /// The block's records (compiled code points at them for handler calls).
+pub struct Member {
+    /// The block's records (compiled code points at them for handler calls and trap
+    /// reports, so they must live as long as the code: see [`Block::inlined`]).
+    ///
+    /// [`Block::inlined`]: crate::translate::Block::inlined
     pub insns: Arc<[Insn]>,
     /// The same instructions as iced decodes them.
     pub decoded: Vec<Instruction>,
@@ -230,7 +258,38 @@ pub struct Job {
     pub end_rip: u64,
     /// Whether the last instruction sets RIP itself.
     pub ends_in_branch: bool,
-    /// Address of the block's two [`LinkSlot`]s.
+}
+
+impl Member {
+    fn of(block: &crate::translate::Block, decoded: Vec<Instruction>) -> Self {
+        Member {
+            insns: block.insns.clone(),
+            decoded,
+            end_rip: block.end_rip,
+            ends_in_branch: block.ends_in_branch,
+        }
+    }
+
+    /// Address of the block's first instruction.
+    pub fn rip(&self) -> u64 {
+        self.insns.first().map_or(self.end_rip, |i| i.rip)
+    }
+}
+
+/// One block handed to the compiler, with the hot blocks around it that its code takes
+/// in (a region: see [`Jit::enter`]). The code is entered at the first member's start;
+/// a branch from one member to another's start is a jump inside the code, with guest
+/// registers kept in host registers across it.
+pub struct Job {
+    /// [`Block::id`](crate::translate::Block::id) of the block.
+    pub block_id: u64,
+    /// Its slot in the code cache.
+    pub idx: u32,
+    /// The flush epoch it was queued in.
+    pub epoch: u64,
+    /// The guest blocks compiled together; `members[0]` is the block itself.
+    pub members: Vec<Member>,
+    /// Address of the link slots: two per member, member `m`'s at `2m` and `2m + 1`.
     pub links: usize,
 }
 
@@ -254,6 +313,74 @@ struct Compiler {
     arena: arena::CodeArena,
     ctx: Context,
     builder_ctx: FunctionBuilderContext,
+    /// Where compiled code is described for host profilers, if asked for.
+    profile: ProfileOutput,
+}
+
+/// What the compiler writes about its code for host profilers, from the environment:
+/// `QUETZAL_PERF_MAP` (any value) appends `start size guest-rip` lines to
+/// `/tmp/perf-<pid>.map`, the file `perf report` reads to name JIT code;
+/// `QUETZAL_JIT_DUMP=<file>` appends each block's host address, guest instructions and
+/// Cranelift's disassembly of the code, to match `perf annotate`-style hot addresses
+/// with what the lowering produced.
+#[derive(Default)]
+struct ProfileOutput {
+    perf_map: Option<std::fs::File>,
+    dump: Option<std::fs::File>,
+}
+
+impl ProfileOutput {
+    fn from_env() -> Self {
+        let append = |path: &std::path::Path| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .ok()
+        };
+        ProfileOutput {
+            perf_map: std::env::var_os("QUETZAL_PERF_MAP").and_then(|_| {
+                append(std::path::Path::new(&format!(
+                    "/tmp/perf-{}.map",
+                    std::process::id()
+                )))
+            }),
+            dump: std::env::var_os("QUETZAL_JIT_DUMP")
+                .and_then(|p| append(std::path::Path::new(&p))),
+        }
+    }
+
+    /// Whether Cranelift should keep its text of the code (hosts whose code iced-x86
+    /// cannot disassemble).
+    fn wants_disassembly(&self) -> bool {
+        self.dump.is_some() && cfg!(not(target_arch = "x86_64"))
+    }
+
+    /// Describes the code at `start` (`len` bytes) compiled from `job`.
+    fn record(&mut self, start: *const u8, len: usize, job: &Job, disasm: Option<&str>) {
+        use std::io::Write;
+        let rip = job.members[0].rip();
+        if let Some(f) = &mut self.perf_map {
+            let _ = writeln!(f, "{:x} {:x} guest_{:x}", start as usize, len, rip);
+        }
+        if let Some(f) = &mut self.dump {
+            let mut text = format!("== block guest {rip:#x} at host {:p}, {len} bytes\n", start);
+            for member in &job.members {
+                for insn in &member.decoded {
+                    text += &format!(";   {:x} {}\n", insn.ip(), insn);
+                }
+                text += ";   --\n";
+            }
+            if cfg!(target_arch = "x86_64") {
+                // SAFETY: `start` is the `len` bytes just installed.
+                let bytes = unsafe { std::slice::from_raw_parts(start, len) };
+                text += &host_disassembly(bytes, start as u64);
+            } else {
+                text += disasm.unwrap_or("");
+            }
+            let _ = f.write_all(text.as_bytes());
+        }
+    }
 }
 
 /// Room in the code region beyond [`JitConfig::max_code_bytes`], so the blocks compiled
@@ -277,6 +404,7 @@ impl Compiler {
             arena: arena::CodeArena::new(config.max_code_bytes + ARENA_SLACK)?,
             ctx: Context::new(),
             builder_ctx: FunctionBuilderContext::new(),
+            profile: ProfileOutput::from_env(),
         })
     }
 
@@ -286,6 +414,7 @@ impl Compiler {
         sig.params.push(AbiParam::new(types::I64));
         sig.returns.push(AbiParam::new(types::I64));
         self.ctx.clear();
+        self.ctx.set_disasm(self.profile.wants_disassembly());
         self.ctx.func.signature = sig;
         let counts = lower::lower_block(
             &mut self.ctx.func,
@@ -307,6 +436,8 @@ impl Compiler {
         }
         let bytes = code.code_buffer();
         let start = self.arena.install(bytes)?;
+        let disasm = code.vcode.as_deref();
+        self.profile.record(start, bytes.len(), job, disasm);
         // SAFETY: the function was built with exactly this signature (two pointers in,
         // one i64 out) in the host's default calling convention, which is `extern "C"`.
         let code = unsafe { std::mem::transmute::<*const u8, CompiledBlock>(start) };
@@ -326,6 +457,20 @@ impl Compiler {
         // SAFETY: forwarded to the caller.
         unsafe { self.arena.reset() };
     }
+}
+
+/// `bytes` of x86-64 code at `address`, one instruction per line.
+fn host_disassembly(bytes: &[u8], address: u64) -> String {
+    use iced_x86::{Decoder, DecoderOptions, Formatter, IntelFormatter};
+    let mut formatter = IntelFormatter::new();
+    let mut out = String::new();
+    let mut line = String::new();
+    for insn in Decoder::with_ip(64, bytes, address, DecoderOptions::NONE) {
+        line.clear();
+        formatter.format(&insn, &mut line);
+        out += &format!("{:x}  {line}\n", insn.ip());
+    }
+    out
 }
 
 /// A compile error is a bug in the lowering, not a guest problem: the block simply stays
@@ -530,26 +675,40 @@ impl Jit {
             self.flush(cache);
             return None;
         }
-        let block = cache.block_mut(idx);
-        let links = block.links.get_or_insert_with(LinkSlots::new).slot(0) as usize;
-        let job = if cpu.code_bits == 64 && !block.insns.is_empty() {
-            lower::decode_again(cpu, block).map(|decoded| Job {
-                links,
-                block_id: block.id,
-                idx,
-                epoch: self.epoch,
-                insns: block.insns.clone(),
-                decoded,
-                end_rip: block.end_rip,
-                ends_in_branch: block.ends_in_branch,
-            })
+        let region = if cpu.code_bits == 64 && !cache.block(idx).insns.is_empty() {
+            self.region(cpu, cache, idx)
         } else {
             None
         };
-        let Some(job) = job else {
+        let Some((members, indices)) = region else {
             self.stats.declined += 1;
-            block.tier = BlockTier::Interpreted;
+            cache.block_mut(idx).tier = BlockTier::Interpreted;
             return None;
+        };
+        // The other members now run inside this block's code: their own entry counts
+        // start again, so that they are compiled on their own only if they are also
+        // entered often from elsewhere.
+        for &other in &indices[1..] {
+            let block = cache.block_mut(other);
+            if matches!(block.tier, BlockTier::Warm(_)) {
+                block.tier = BlockTier::Cold;
+            }
+        }
+        let block = cache.block_mut(idx);
+        let slots = 2 * members.len();
+        if !block.links.as_ref().is_some_and(|l| l.len() == slots) {
+            // No code refers to the old slots: the block has none (it is being queued),
+            // and links to its old code died with the flush that reset it.
+            block.links = Some(LinkSlots::new(slots));
+        }
+        let links = block.links.as_ref().map_or(0, |l| l.slot(0) as usize);
+        block.inlined = members[1..].iter().map(|m| m.insns.clone()).collect();
+        let job = Job {
+            links,
+            block_id: block.id,
+            idx,
+            epoch: self.epoch,
+            members,
         };
         match &mut self.backend {
             Backend::Inline(compiler) => {
@@ -598,6 +757,107 @@ impl Jit {
                 None
             }
         }
+    }
+
+    /// The blocks compiled together with block `head` (see [`Job`]), with their cache
+    /// indices; `None` if `head` itself cannot be compiled.
+    ///
+    /// Starting from `head`, the direct successors of each member (branch targets and
+    /// fall-through) join while they are hot themselves (entered at least half the
+    /// compile threshold, or compiled), lie on the same physical page as `head`, and the
+    /// region stays within [`JitConfig::max_region_blocks`] blocks and
+    /// [`MAX_REGION_INSNS`] instructions. The one-page rule is what keeps the code
+    /// correct: every write that could change a member invalidates `head` too, and a
+    /// member is reached in `head`'s code only through `head`'s own page mapping.
+    fn region(
+        &self,
+        cpu: &mut Cpu,
+        cache: &CodeCache,
+        head: u32,
+    ) -> Option<(Vec<Member>, Vec<u32>)> {
+        let first = cache.block(head);
+        let decoded = lower::decode_again(cpu, first)?;
+        let mut members = vec![Member::of(first, decoded)];
+        let mut indices = vec![head];
+        if first.pages.len() != 1 {
+            return Some((members, indices));
+        }
+        let page = first.pages[0];
+        let vpage = first.rip & emu_mmu::PAGE_MASK;
+        let mode = cpu.mode_key();
+        let mut insns = first.insns.len();
+        let hot = |tier: BlockTier| match tier {
+            BlockTier::Warm(n) => 2 * n >= self.config.threshold,
+            BlockTier::Queued | BlockTier::Compiled(_) => true,
+            BlockTier::Cold | BlockTier::Interpreted => false,
+        };
+        let mut next = 0;
+        while next < members.len() {
+            for target in lower::successors(&members[next]) {
+                if members.len() >= self.config.max_region_blocks {
+                    break;
+                }
+                if target & emu_mmu::PAGE_MASK != vpage || members.iter().any(|m| m.rip() == target)
+                {
+                    continue;
+                }
+                let phys = page | (target & !emu_mmu::PAGE_MASK);
+                let Some(i) = cache.find(phys, target, mode) else {
+                    continue;
+                };
+                let block = cache.block(i);
+                if block.pages != [page]
+                    || block.insns.is_empty()
+                    || !hot(block.tier)
+                    || insns + block.insns.len() > MAX_REGION_INSNS
+                {
+                    continue;
+                }
+                let Some(decoded) = lower::decode_again(cpu, block) else {
+                    continue;
+                };
+                insns += block.insns.len();
+                members.push(Member::of(block, decoded));
+                indices.push(i);
+            }
+            next += 1;
+        }
+        // Only loops through `head` are worth their compile time (the boot compiles
+        // thousands of blocks, and straight-line regions made it twice as slow): keep
+        // the members from which `head` can be reached again.
+        let succ: Vec<Vec<usize>> = members
+            .iter()
+            .map(|m| {
+                lower::successors(m)
+                    .iter()
+                    .filter_map(|&t| members.iter().position(|o| o.rip() == t))
+                    .collect()
+            })
+            .collect();
+        let mut reaches_head = vec![false; members.len()];
+        loop {
+            let mut changed = false;
+            for m in 0..members.len() {
+                if !reaches_head[m] && succ[m].iter().any(|&t| t == 0 || reaches_head[t]) {
+                    reaches_head[m] = true;
+                    changed = true;
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
+        let mut m = 0;
+        members.retain(|_| {
+            m += 1;
+            m == 1 || reaches_head[m - 1]
+        });
+        let mut m = 0;
+        indices.retain(|_| {
+            m += 1;
+            m == 1 || reaches_head[m - 1]
+        });
+        Some((members, indices))
     }
 
     /// Installs the results the compiler thread has finished.

@@ -500,8 +500,10 @@ pub fn try_check(case: &Case) -> Result<(), String> {
     );
     let data = case.initial_data();
     let native = native::run(case, &data)?;
-    // Both tiers: the interpreter, and every block compiled on its first entry.
-    for tier in [Tier::Interpreter, Tier::Compiled] {
+    // Every tier: the interpreter, every block compiled on its first entry, and blocks
+    // compiled on their second (by when the blocks of a loop are known, so a loop
+    // compiles into one region).
+    for tier in [Tier::Interpreter, Tier::Compiled, Tier::Regions] {
         let emulated = run_emulated(case, &data, tier);
         compare(case, &native, &emulated).map_err(|report| format!("[{tier:?}] {report}"))?;
     }
@@ -515,13 +517,16 @@ pub enum Tier {
     Interpreter,
     /// Every block compiled (on the vCPU's thread) the first time it runs whole.
     Compiled,
+    /// Blocks compiled the second time they run whole, with the blocks around them
+    /// that have run before (regions: see `emu_core::jit::Job`).
+    Regions,
 }
 
 impl Tier {
     fn config(self) -> emu_core::jit::JitConfig {
         emu_core::jit::JitConfig {
-            enabled: self == Tier::Compiled,
-            threshold: 1,
+            enabled: self != Tier::Interpreter,
+            threshold: if self == Tier::Regions { 2 } else { 1 },
             background: false,
             ..Default::default()
         }
@@ -576,16 +581,30 @@ pub fn run_emulated(case: &Case, data: &[u8], tier: Tier) -> Snapshot {
             .expect("case x87 image loads");
         cpu.set_rflags(case.initial_rflags());
     }
+    // Running to an address stops compiled code at every block boundary (it may not
+    // run past that address), which would keep a region's loop from ever going round
+    // inside the region: the Regions tier ends the code with INT3 instead.
+    let until = if tier == Tier::Regions {
+        emu.write_memory(case.end(), &[0xcc]).expect("write int3");
+        None
+    } else {
+        Some(case.end())
+    };
     let stop = emu.run(
         CODE,
         &RunOptions {
-            until: Some(case.end()),
+            until,
             max_instructions: Some(10_000_000),
             timeout: Some(NATIVE_TIMEOUT),
         },
     );
     let outcome = match stop {
         StopReason::ReachedEnd => Outcome::Completed,
+        StopReason::SoftwareInterrupt { vector: 3, rip }
+            if until.is_none() && rip == case.end() + 1 =>
+        {
+            Outcome::Completed
+        }
         StopReason::Exception { exception, rip } => Outcome::Exception {
             vector: exception.vector(),
             error_code: exception.error_code(),

@@ -1880,92 +1880,205 @@ fn sequence_case(pool: &[Code], steps: &[(usize, Raw)], first: &Raw) -> Case {
     case.init.gpr = first.regs;
     case.init.gpr[4] = DEFAULT_RSP;
     case.init.rflags = first.flags;
+    // An instruction that faults ends the case wherever it is (the pool has forms the
+    // host may not know, which are #UD): the flags undefined at any point may be the
+    // final ones.
+    let mut ever_undefined = 0;
     for (idx, raw) in steps {
-        let c = pool[*idx];
-        // Absolute or RIP-relative memory only, no segment override, registers other than
-        // RSP.
-        let mut raw = raw.clone();
-        raw.mode = (raw.mode & !7) | if raw.mode & 1 == 0 { 2 } else { 3 };
-        raw.seg = 7;
-        raw.producer = 1;
-        let one = generic(c, &raw);
-        let Some(instr) = decode_first(&one.code) else {
-            continue;
-        };
-        // BT with a memory operand and a register offset addresses by a register value.
-        let bt_reg_offset = matches!(
-            instr.mnemonic(),
-            Mnemonic::Bt | Mnemonic::Bts | Mnemonic::Btr | Mnemonic::Btc
-        ) && instr.op0_kind() == OpKind::Memory
-            && instr.op1_kind() == OpKind::Register;
-        if bt_reg_offset
-            || instr.used_registers_rsp()
-            || instr.memory_base() != Register::None && instr.memory_base() != Register::RIP
-        {
-            continue;
-        }
-        // A read of a flag still undefined: define them all first.
-        if instr.rflags_read() & iced_flags(undefined) != 0 {
-            code.extend(
-                harness::encode_at(
-                    CODE + code.len() as u64,
-                    &[
-                        Instruction::with2(Code::Cmp_rm64_r64, Register::RAX, Register::RBX)
-                            .expect("cmp"),
-                    ],
-                )
-                .expect("cmp encodes"),
-            );
-            undefined = 0;
-        }
-        // Re-encode at its place in the sequence (RIP-relative operands move with it).
-        let mut placed = instr;
-        placed.set_ip(CODE + code.len() as u64);
-        let Ok(bytes) = harness::encode_at(CODE + code.len() as u64, &[placed]) else {
-            continue;
-        };
-        if code.len() + bytes.len() > 512 {
-            break;
-        }
-        code.extend(bytes);
-        for (addr, bytes) in &one.mem {
-            case.mem.push((*addr, bytes.clone()));
-        }
-        // Shifts and rotates may leave every flag alone (count 0) and their counts from
-        // CL are only known at run time: they define nothing and may leave CF, OF and AF
-        // undefined.
-        if matches!(
-            instr.mnemonic(),
-            Mnemonic::Rol
-                | Mnemonic::Ror
-                | Mnemonic::Rcl
-                | Mnemonic::Rcr
-                | Mnemonic::Shl
-                | Mnemonic::Sal
-                | Mnemonic::Shr
-                | Mnemonic::Sar
-                | Mnemonic::Shld
-                | Mnemonic::Shrd
-        ) {
-            undefined |= CF | OF | AF;
-        } else {
-            let defined = harness_flags(instr.rflags_modified()) & !one.undefined_flags;
-            undefined = (undefined & !defined) | one.undefined_flags;
-        }
+        append_step(&mut case, &mut code, &mut undefined, pool[*idx], raw, &[]);
+        ever_undefined |= undefined;
     }
     case.code = code;
-    case.undefined_flags = undefined;
+    case.undefined_flags = ever_undefined;
     case
 }
 
-trait RspUse {
-    fn used_registers_rsp(&self) -> bool;
+/// Appends to `code` the instruction of `c` that `raw` makes (with absolute or
+/// RIP-relative memory only, leaving RSP and the registers in `reserved` alone; nothing
+/// if it cannot), its memory to `case`, and keeps `undefined` (the flags undefined at
+/// the end of `code`) up to date, defining them all with a `cmp` first if the new
+/// instruction would read one.
+fn append_step(
+    case: &mut Case,
+    code: &mut Vec<u8>,
+    undefined: &mut u64,
+    c: Code,
+    raw: &Raw,
+    reserved: &[Register],
+) {
+    let mut raw = raw.clone();
+    raw.mode = (raw.mode & !7) | if raw.mode & 1 == 0 { 2 } else { 3 };
+    raw.seg = 7;
+    raw.producer = 1;
+    let one = generic(c, &raw);
+    let Some(instr) = decode_first(&one.code) else {
+        return;
+    };
+    // BT with a memory operand and a register offset addresses by a register value.
+    let bt_reg_offset = matches!(
+        instr.mnemonic(),
+        Mnemonic::Bt | Mnemonic::Bts | Mnemonic::Btr | Mnemonic::Btc
+    ) && instr.op0_kind() == OpKind::Memory
+        && instr.op1_kind() == OpKind::Register;
+    let used = used_registers(&instr);
+    if bt_reg_offset
+        || used.contains(&Register::RSP)
+        || reserved.iter().any(|r| used.contains(r))
+        || instr.memory_base() != Register::None && instr.memory_base() != Register::RIP
+    {
+        return;
+    }
+    // A read of a flag still undefined: define them all first.
+    if instr.rflags_read() & iced_flags(*undefined) != 0 {
+        define_flags(code);
+        *undefined = 0;
+    }
+    // Re-encode at its place in the sequence (RIP-relative operands move with it).
+    let mut placed = instr;
+    placed.set_ip(CODE + code.len() as u64);
+    let Ok(bytes) = harness::encode_at(CODE + code.len() as u64, &[placed]) else {
+        return;
+    };
+    if code.len() + bytes.len() > 512 {
+        return;
+    }
+    code.extend(bytes);
+    for (addr, bytes) in &one.mem {
+        case.mem.push((*addr, bytes.clone()));
+    }
+    // Shifts and rotates may leave every flag alone (count 0) and their counts from
+    // CL are only known at run time: they define nothing and may leave CF, OF and AF
+    // undefined.
+    if matches!(
+        instr.mnemonic(),
+        Mnemonic::Rol
+            | Mnemonic::Ror
+            | Mnemonic::Rcl
+            | Mnemonic::Rcr
+            | Mnemonic::Shl
+            | Mnemonic::Sal
+            | Mnemonic::Shr
+            | Mnemonic::Sar
+            | Mnemonic::Shld
+            | Mnemonic::Shrd
+    ) {
+        *undefined |= CF | OF | AF;
+    } else {
+        let defined = harness_flags(instr.rflags_modified()) & !one.undefined_flags;
+        *undefined = (*undefined & !defined) | one.undefined_flags;
+    }
 }
 
-impl RspUse for Instruction {
-    fn used_registers_rsp(&self) -> bool {
-        used_registers(self).contains(&Register::RSP)
+/// Appends `cmp rax, rbx`, which defines every arithmetic flag.
+fn define_flags(code: &mut Vec<u8>) {
+    code.extend(
+        harness::encode_at(
+            CODE + code.len() as u64,
+            &[Instruction::with2(Code::Cmp_rm64_r64, Register::RAX, Register::RBX).expect("cmp")],
+        )
+        .expect("cmp encodes"),
+    );
+}
+
+/// Random sequences inside a loop whose body has a forward conditional branch, so that
+/// the body is three blocks (the compiling tier turns such loops into one region, with
+/// registers and flags carried from block to block in host registers):
+///
+/// ```text
+/// top:  setcc; A; jcc skip; B
+/// skip: setcc; C; cmp rax, rbx; dec r15; jnz top
+/// ```
+///
+/// R15 counts 1..6 iterations and A, B and C leave it alone; the SETcc instructions
+/// read flags that the block before left pending.
+fn loop_form() -> Form {
+    let pool = sequence_pool();
+    // The loop's shape comes from the first `Raw`'s spare material: a bigger strategy
+    // tuple overflows proptest's stack.
+    let strategy = (
+        proptest::collection::vec((0usize..pool.len(), raw(64)), 3..8),
+        raw(64),
+    )
+        .prop_map(move |(steps, first)| {
+            let shape = first.aux;
+            let cc = (shape & 15) as u8;
+            let iterations = 1 + (shape >> 4) % 6;
+            let split = ((shape >> 8) as usize % 64, (shape >> 16) as usize % 64);
+            loop_case(&pool, &steps, &first, cc, iterations, split)
+        });
+    Form::new("random loops", strategy)
+}
+
+fn loop_case(
+    pool: &[Code],
+    steps: &[(usize, Raw)],
+    first: &Raw,
+    cc: u8,
+    iterations: u64,
+    split: (usize, usize),
+) -> Case {
+    let mut case = Case::new("random loop", Vec::new());
+    case.fill_seed = first.fill;
+    case.init.gpr = first.regs;
+    case.init.gpr[4] = DEFAULT_RSP;
+    case.init.gpr[15] = iterations;
+    case.init.rflags = first.flags;
+    let reserved = [Register::R15];
+    let a = 1 + split.0 % steps.len();
+    let b = a + split.1 % (steps.len() - a + 1);
+    let mut code = Vec::new();
+    // The second time round, whatever the end of the body left undefined (DEC defines
+    // all but CF) meets the reads at the top.
+    // The body ends with CMP and DEC, so every flag is defined at the top (CF by the
+    // CMP, the others by the DEC) and the first time round by the initial RFLAGS.
+    let mut undefined = 0;
+    // Read flags at the top and after the join, so they cross from block to block:
+    // SETcc into AL, BL, CL or DL.
+    let shape = first.aux;
+    let setcc = |code: &mut Vec<u8>, cc: u8, reg: u8| code.extend([0x0f, 0x90 | cc, 0xc0 | reg]);
+    setcc(
+        &mut code,
+        ((shape >> 24) & 15) as u8,
+        ((shape >> 28) & 3) as u8,
+    );
+    // An instruction that faults ends the case wherever it is: the flags undefined at
+    // any point may be the final ones.
+    let mut ever_undefined = 0;
+    let mut append =
+        |case: &mut Case, code: &mut Vec<u8>, undefined: &mut u64, part: &[(usize, Raw)]| {
+            for (idx, raw) in part {
+                append_step(case, code, undefined, pool[*idx], raw, &reserved);
+                ever_undefined |= *undefined;
+            }
+        };
+    append(&mut case, &mut code, &mut undefined, &steps[..a]);
+    if undefined != 0 {
+        define_flags(&mut code);
+        undefined = 0;
     }
+    let jcc = code.len();
+    code.extend([0x0f, 0x80 | cc, 0, 0, 0, 0]);
+    append(&mut case, &mut code, &mut undefined, &steps[a..b]);
+    let skip = code.len();
+    code[jcc + 2..jcc + 6].copy_from_slice(&((skip - (jcc + 6)) as i32).to_le_bytes());
+    let join_cc = ((shape >> 32) & 15) as u8;
+    if harness_flags(cc_flags(join_cc)) & undefined == 0 {
+        setcc(&mut code, join_cc, ((shape >> 36) & 3) as u8);
+    }
+    append(&mut case, &mut code, &mut undefined, &steps[b..]);
+    define_flags(&mut code);
+    code.extend([0x49, 0xff, 0xcf]); // dec r15
+    let back = -((code.len() + 6) as i32);
+    code.extend([0x0f, 0x85]); // jnz top
+    code.extend(back.to_le_bytes());
+    case.code = code;
+    case.undefined_flags = ever_undefined;
+    case
+}
+
+/// iced's flags that condition code `cc` reads.
+fn cc_flags(cc: u8) -> u32 {
+    decode_first(&[0x0f, 0x90 | cc, 0xc0]).map_or(u32::MAX, |i| i.rflags_read())
 }
 
 fn decode_first(code: &[u8]) -> Option<Instruction> {
@@ -2159,6 +2272,7 @@ pub fn forms() -> Vec<Form> {
     all.extend(privileged_forms());
     all.extend(special_forms());
     all.push(sequence_form());
+    all.push(loop_form());
     all
 }
 
@@ -2225,6 +2339,11 @@ fn special_cases() {
 #[test]
 fn sequences() {
     harness::run_forms([sequence_form()]);
+}
+
+#[test]
+fn loops() {
+    harness::run_forms([loop_form()]);
 }
 
 /// The harness itself: a difference must be reported (a test that cannot fail is worse

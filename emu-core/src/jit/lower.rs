@@ -83,6 +83,7 @@ struct Layout {
     fetch_mapping_changed: i32,
     privilege_changed: i32,
     interrupt_shadow: i32,
+    xmm: i32,
 }
 
 impl Layout {
@@ -104,6 +105,7 @@ impl Layout {
             fetch_mapping_changed: offset_of!(Cpu, fetch_mapping_changed) as i32,
             privilege_changed: offset_of!(Cpu, privilege_changed) as i32,
             interrupt_shadow: offset_of!(Cpu, interrupt_shadow) as i32,
+            xmm: offset_of!(Cpu, xmm) as i32,
         }
     }
 }
@@ -237,6 +239,9 @@ enum Plan {
     Jcc,
     Call,
     Ret,
+    /// JMP r/m64 and CALL r/m64.
+    JmpIndirect,
+    CallIndirect,
     Cmov,
     Setcc,
     Xchg,
@@ -244,8 +249,74 @@ enum Plan {
     Cdqe,
     Cdq,
     Cqo,
+    /// BT, BTS, BTR, BTC (not locked).
+    Bt,
+    /// An SSE data move or bitwise operation (see [`SseOp`]).
+    Sse(SseOp),
     /// Through the interpreter handler.
     Fallback,
+}
+
+/// The SSE instructions lowered here: the data moves and bitwise operations that
+/// compiled C is full of (XMM registers stay in the `Cpu`; each access is a host load or
+/// store).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum SseOp {
+    /// MOVSS/MOVSD/MOVQ/MOVD into XMM from memory or a GPR (or MOVQ from an XMM
+    /// register): the low `size` bytes, the rest of the register zeroed.
+    LoadZext(u8),
+    /// The low `size` bytes of an XMM register to memory or a GPR (MOVD to a GPR
+    /// zero-extends into it).
+    StoreLow(u8),
+    /// MOVSS/MOVSD between registers: only the low `size` bytes move.
+    MergeLow(u8),
+    /// A whole-register move (MOVUPS, MOVAPS, MOVDQU, MOVDQA, ...); `aligned` forms
+    /// raise #GP on a misaligned memory operand.
+    Full { aligned: bool },
+    /// PXOR/XORPS/XORPD, POR/ORPS/ORPD, PAND/ANDPS/ANDPD (memory operands aligned).
+    Logic(SseLogic),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum SseLogic {
+    Xor,
+    Or,
+    And,
+}
+
+/// The [`SseOp`] for `code`, if it is one lowered here.
+fn sse_op(code: Code) -> Option<SseOp> {
+    use SseOp::*;
+    Some(match code {
+        Code::Movss_xmm_xmmm32 | Code::Movss_xmmm32_xmm => MergeLow(4),
+        Code::Movsd_xmm_xmmm64 | Code::Movsd_xmmm64_xmm => MergeLow(8),
+        Code::Movq_xmm_xmmm64 | Code::Movq_xmm_rm64 => LoadZext(8),
+        Code::Movd_xmm_rm32 => LoadZext(4),
+        Code::Movq_xmmm64_xmm | Code::Movq_rm64_xmm => StoreLow(8),
+        Code::Movd_rm32_xmm => StoreLow(4),
+        Code::Movups_xmm_xmmm128
+        | Code::Movupd_xmm_xmmm128
+        | Code::Movdqu_xmm_xmmm128
+        | Code::Movups_xmmm128_xmm
+        | Code::Movupd_xmmm128_xmm
+        | Code::Movdqu_xmmm128_xmm => Full { aligned: false },
+        Code::Movaps_xmm_xmmm128
+        | Code::Movapd_xmm_xmmm128
+        | Code::Movdqa_xmm_xmmm128
+        | Code::Movaps_xmmm128_xmm
+        | Code::Movapd_xmmm128_xmm
+        | Code::Movdqa_xmmm128_xmm => Full { aligned: true },
+        Code::Pxor_xmm_xmmm128 | Code::Xorps_xmm_xmmm128 | Code::Xorpd_xmm_xmmm128 => {
+            Logic(SseLogic::Xor)
+        }
+        Code::Por_xmm_xmmm128 | Code::Orps_xmm_xmmm128 | Code::Orpd_xmm_xmmm128 => {
+            Logic(SseLogic::Or)
+        }
+        Code::Pand_xmm_xmmm128 | Code::Andps_xmm_xmmm128 | Code::Andpd_xmm_xmmm128 => {
+            Logic(SseLogic::And)
+        }
+        _ => return None,
+    })
 }
 
 /// Whether every explicit operand is a GPR, a plain memory operand or an immediate.
@@ -274,6 +345,8 @@ fn plan(instr: &Instruction, insn: &Insn, live_after: u64) -> Plan {
         Code::Jmp_rel8_64 | Code::Jmp_rel32_64 => return Plan::Jmp,
         Code::Call_rel32_64 => return Plan::Call,
         Code::Retnq => return Plan::Ret,
+        Code::Jmp_rm64 => return Plan::JmpIndirect,
+        Code::Call_rm64 => return Plan::CallIndirect,
         Code::Push_r64 | Code::Pushq_imm8 | Code::Pushq_imm32 => return Plan::Push,
         Code::Pop_r64 => return Plan::Pop,
         Code::Cdqe => return Plan::Cdqe,
@@ -290,6 +363,15 @@ fn plan(instr: &Instruction, insn: &Insn, live_after: u64) -> Plan {
         } else {
             Plan::Fallback
         };
+    }
+    if let Some(op) = sse_op(code) {
+        // MOVSS/MOVSD with memory are loads or stores, not merges.
+        let op = match op {
+            SseOp::MergeLow(size) if instr.op1_kind() == OpKind::Memory => SseOp::LoadZext(size),
+            SseOp::MergeLow(size) if instr.op0_kind() == OpKind::Memory => SseOp::StoreLow(size),
+            op => op,
+        };
+        return Plan::Sse(op);
     }
     if !plain_operands(instr) || instr.op_count() == 0 {
         return Plan::Fallback;
@@ -368,6 +450,9 @@ fn plan(instr: &Instruction, insn: &Insn, live_after: u64) -> Plan {
             Plan::Xchg
         }
         Mnemonic::Bswap if instr.op0_register().size() >= 4 => Plan::Bswap,
+        Mnemonic::Bt | Mnemonic::Bts | Mnemonic::Btr | Mnemonic::Btc if instr.op_count() == 2 => {
+            Plan::Bt
+        }
         _ => Plan::Fallback,
     }
 }
@@ -1048,6 +1133,198 @@ impl Lower<'_> {
         }
     }
 
+    /// Offset in the `Cpu` of half `half` (0 low, 1 high) of XMM register `r`.
+    fn xmm_offset(&self, r: iced_x86::Register, half: i32) -> i32 {
+        let n = r.number() as i32 & 15;
+        self.lay.xmm + 16 * n + 8 * half
+    }
+
+    fn xmm_half(&mut self, r: iced_x86::Register, half: i32) -> Value {
+        let offset = self.xmm_offset(r, half);
+        self.b.ins().load(types::I64, TRUSTED, self.cpu, offset)
+    }
+
+    fn set_xmm_half(&mut self, r: iced_x86::Register, half: i32, v: Value) {
+        let offset = self.xmm_offset(r, half);
+        self.b.ins().store(TRUSTED, v, self.cpu, offset);
+    }
+
+    /// A 16-byte memory access for instruction `n` (record `insn`): `fast` emits the
+    /// access through the host address it is given, when the TLB maps all 16 bytes for
+    /// `array_offset`'s kind of access (and, if `aligned`, the address is a multiple of
+    /// 16); anything else (a miss, a page crossing, MMIO, misalignment's #GP) runs the
+    /// whole instruction through its handler, which touches no GPR or flag, so the
+    /// compile-time state stays as it is.
+    fn access128(
+        &mut self,
+        addr: Value,
+        aligned: bool,
+        array_offset: i32,
+        insn: &Insn,
+        n: usize,
+        fast: impl FnOnce(&mut Self, Value),
+    ) {
+        let slow = self.b.create_block();
+        self.b.set_cold_block(slow);
+        let join = self.b.create_block();
+        if aligned {
+            let low = self.b.ins().band_imm(addr, 15);
+            let next = self.b.create_block();
+            self.b.ins().brif(low, slow, &[], next, &[]);
+            self.b.switch_to_block(next);
+        }
+        let host = self.tlb_hit(addr, 16, array_offset, slow);
+        if WEAK_HOST {
+            self.b.ins().fence();
+        }
+        fast(self, host);
+        if WEAK_HOST {
+            self.b.ins().fence();
+        }
+        self.b.ins().jump(join, &[]);
+
+        self.b.switch_to_block(slow);
+        self.write_back();
+        let callee = self.iconst(helpers::helper_exec as *const () as u64);
+        let record = self.iconst(insn as *const Insn as u64);
+        let call =
+            self.b
+                .ins()
+                .call_indirect(self.helpers.exec, callee, &[self.cpu, self.ctx, record]);
+        let status = self.b.inst_results(call)[0];
+        let not_ok = self.b.create_block();
+        self.b.set_cold_block(not_ok);
+        self.b.ins().brif(status, not_ok, &[], join, &[]);
+        self.b.switch_to_block(not_ok);
+        let trapped = self
+            .b
+            .ins()
+            .icmp_imm(IntCC::Equal, status, STATUS_TRAP as i64);
+        let exit = self.trap_exit_block(n);
+        let code_written = self.b.create_block();
+        self.b.set_cold_block(code_written);
+        self.b.ins().brif(trapped, exit, &[], code_written, &[]);
+        self.b.switch_to_block(code_written);
+        let one = self.iconst(1);
+        self.b.def_var(self.code_written, one);
+        self.b.ins().jump(join, &[]);
+        self.slow_store = true;
+
+        self.b.switch_to_block(join);
+    }
+
+    /// Lowers an SSE data move or bitwise operation.
+    fn sse(&mut self, op: SseOp, at: &mut At) {
+        let instr = at.instr;
+        let (insn, n) = (at.insn, at.n);
+        let flags = MemFlags::trusted();
+        match op {
+            SseOp::LoadZext(size) => {
+                let dst = instr.op0_register();
+                let v = match instr.op1_kind() {
+                    OpKind::Register if instr.op1_register().is_xmm() => {
+                        self.xmm_half(instr.op1_register(), 0)
+                    }
+                    _ => self.read_operand(at, 1, size),
+                };
+                let v = if size == 4 {
+                    self.b.ins().band_imm(v, 0xffff_ffff)
+                } else {
+                    v
+                };
+                let zero = self.iconst(0);
+                self.set_xmm_half(dst, 0, v);
+                self.set_xmm_half(dst, 1, zero);
+            }
+            SseOp::StoreLow(size) => {
+                let v = self.xmm_half(instr.op1_register(), 0);
+                if instr.op0_kind() == OpKind::Register && instr.op0_register().is_xmm() {
+                    // MOVQ xmm, xmm (66 0F D6): the low quadword, zero-extended.
+                    let zero = self.iconst(0);
+                    self.set_xmm_half(instr.op0_register(), 0, v);
+                    self.set_xmm_half(instr.op0_register(), 1, zero);
+                } else {
+                    self.write_operand(at, 0, size, v);
+                }
+            }
+            SseOp::MergeLow(size) => {
+                let src = self.xmm_half(instr.op1_register(), 0);
+                let dst = instr.op0_register();
+                let v = if size == 8 {
+                    src
+                } else {
+                    let old = self.xmm_half(dst, 0);
+                    let kept = self.b.ins().band_imm(old, !0xffff_ffffu64 as i64);
+                    let low = self.b.ins().band_imm(src, 0xffff_ffff);
+                    self.b.ins().bor(kept, low)
+                };
+                self.set_xmm_half(dst, 0, v);
+            }
+            SseOp::Full { aligned } => {
+                if instr.op1_kind() == OpKind::Memory {
+                    let addr = self.operand_address(at);
+                    let dst = instr.op0_register();
+                    let tlb = self.lay.tlb_read;
+                    self.access128(addr, aligned, tlb, insn, n, |l, host| {
+                        let lo = l.b.ins().load(types::I64, flags, host, 0);
+                        let hi = l.b.ins().load(types::I64, flags, host, 8);
+                        l.set_xmm_half(dst, 0, lo);
+                        l.set_xmm_half(dst, 1, hi);
+                    });
+                } else if instr.op0_kind() == OpKind::Memory {
+                    let addr = self.operand_address(at);
+                    let src = instr.op1_register();
+                    let tlb = self.lay.tlb_write;
+                    self.access128(addr, aligned, tlb, insn, n, |l, host| {
+                        let lo = l.xmm_half(src, 0);
+                        let hi = l.xmm_half(src, 1);
+                        l.b.ins().store(flags, lo, host, 0);
+                        l.b.ins().store(flags, hi, host, 8);
+                    });
+                } else {
+                    let (dst, src) = (instr.op0_register(), instr.op1_register());
+                    for half in 0..2 {
+                        let v = self.xmm_half(src, half);
+                        self.set_xmm_half(dst, half, v);
+                    }
+                }
+            }
+            SseOp::Logic(logic) => {
+                let dst = instr.op0_register();
+                let combine = |l: &mut Self, a: Value, b: Value| match logic {
+                    SseLogic::Xor => l.b.ins().bxor(a, b),
+                    SseLogic::Or => l.b.ins().bor(a, b),
+                    SseLogic::And => l.b.ins().band(a, b),
+                };
+                if instr.op1_kind() == OpKind::Memory {
+                    let addr = self.operand_address(at);
+                    let tlb = self.lay.tlb_read;
+                    self.access128(addr, true, tlb, insn, n, |l, host| {
+                        for half in 0..2 {
+                            let m = l.b.ins().load(types::I64, flags, host, 8 * half);
+                            let r = l.xmm_half(dst, half);
+                            let v = combine(l, r, m);
+                            l.set_xmm_half(dst, half, v);
+                        }
+                    });
+                } else if logic == SseLogic::Xor && instr.op1_register() == dst {
+                    // The zeroing idiom.
+                    let zero = self.iconst(0);
+                    self.set_xmm_half(dst, 0, zero);
+                    self.set_xmm_half(dst, 1, zero);
+                } else {
+                    let src = instr.op1_register();
+                    for half in 0..2 {
+                        let a = self.xmm_half(dst, half);
+                        let b = self.xmm_half(src, half);
+                        let v = combine(self, a, b);
+                        self.set_xmm_half(dst, half, v);
+                    }
+                }
+            }
+        }
+    }
+
     fn set_flags(&mut self, op: FlagOp, size: u8, a: Value, b: Value, res: Value) {
         self.flags = Pending::Lazy {
             op,
@@ -1112,6 +1389,33 @@ impl Lower<'_> {
         b: Value,
         res: Value,
     ) -> Value {
+        if op == FlagOp::Materialized {
+            // `a` holds the flag bits.
+            let (cf, pf, zf, sf, of) = (0, 2, 6, 7, 11);
+            return match cc {
+                0 => self.bit(a, of),
+                2 => self.bit(a, cf),
+                4 => self.bit(a, zf),
+                6 => {
+                    let c = self.bit(a, cf);
+                    let z = self.bit(a, zf);
+                    self.b.ins().bor(c, z)
+                }
+                8 => self.bit(a, sf),
+                10 => self.bit(a, pf),
+                _ => {
+                    let s = self.bit(a, sf);
+                    let o = self.bit(a, of);
+                    let less = self.b.ins().bxor(s, o);
+                    if cc == 12 {
+                        less
+                    } else {
+                        let z = self.bit(a, zf);
+                        self.b.ins().bor(less, z)
+                    }
+                }
+            };
+        }
         if op == FlagOp::Sub {
             let cmp = match cc {
                 2 => Some(IntCC::UnsignedLessThan),
@@ -1536,7 +1840,10 @@ fn lower_member(l: &mut Lower, member: &Member, live: &[u64], counts: &mut Count
     for (n, (instr, insn)) in member.decoded.iter().zip(member.insns.iter()).enumerate() {
         let last = n + 1 == count;
         let mut plan = plan(instr, insn, live[n]);
-        let branch = matches!(plan, Plan::Jmp | Plan::Jcc | Plan::Call | Plan::Ret);
+        let branch = matches!(
+            plan,
+            Plan::Jmp | Plan::Jcc | Plan::Call | Plan::Ret | Plan::JmpIndirect | Plan::CallIndirect
+        );
         if branch && !last {
             plan = Plan::Fallback;
         }
@@ -1652,6 +1959,58 @@ fn lower_native(
             l.write_operand(&mut at, 0, size, res);
             let op = if inc { FlagOp::Inc } else { FlagOp::Dec };
             l.set_flags(op, size, a, carry, res);
+        }
+        Plan::Sse(op) => l.sse(op, &mut at),
+        Plan::Bt => {
+            let size = operand_size(instr, 0);
+            let bits = size as i64 * 8;
+            let bit = if instr.op1_kind() == OpKind::Register {
+                let offset = l.read_gpr(register_number(instr.op1_register()), size);
+                if instr.op0_kind() == OpKind::Memory {
+                    // A register offset into memory is signed and may address any
+                    // operand-sized word of the bit string around the operand.
+                    let narrow = l.narrow(offset, size);
+                    let signed = if size < 8 {
+                        l.b.ins().sextend(types::I64, narrow)
+                    } else {
+                        narrow
+                    };
+                    let words = l.b.ins().sshr_imm(signed, bits.trailing_zeros() as i64);
+                    let bytes = l.b.ins().imul_imm(words, size as i64);
+                    let base = l.operand_address(&mut at);
+                    at.addr = Some(l.b.ins().iadd(base, bytes));
+                }
+                l.b.ins().band_imm(offset, bits - 1)
+            } else {
+                l.iconst(instr.immediate(1) & (bits as u64 - 1))
+            };
+            let v = l.read_operand(&mut at, 0, size);
+            let shifted = l.b.ins().ushr(v, bit);
+            let cf = l.b.ins().band_imm(shifted, 1);
+            let m = instr.mnemonic();
+            if m != Mnemonic::Bt {
+                let one = l.iconst(1);
+                let mask = l.b.ins().ishl(one, bit);
+                let new = match m {
+                    Mnemonic::Bts => l.b.ins().bor(v, mask),
+                    Mnemonic::Btr => l.b.ins().band_not(v, mask),
+                    _ => l.b.ins().bxor(v, mask),
+                };
+                l.write_operand(&mut at, 0, size, new);
+            }
+            // CF is the bit; ZF stays as it was; OF, SF, AF and PF are undefined (0 here).
+            let zero = l.iconst(0);
+            if live_after & flags::ZF != 0 {
+                let zf = l.condition(4);
+                let zf = l.b.ins().uextend(types::I64, zf);
+                let zf = l.b.ins().ishl_imm(zf, 6);
+                let bits = l.b.ins().bor(cf, zf);
+                l.set_flags(FlagOp::Materialized, 8, bits, zero, zero);
+            } else {
+                // Cheaper to test: CF as the borrow of 0 - bit.
+                let res = l.b.ins().isub(zero, cf);
+                l.set_flags(FlagOp::Sub, 8, zero, cf, res);
+            }
         }
         Plan::Neg => {
             let size = operand_size(instr, 0);
@@ -1831,6 +2190,21 @@ fn lower_native(
             l.store(new, 8, ret, n);
             l.set_reg64(reg::RSP, new);
             l.goto(count, insn.imm, 0);
+            return true;
+        }
+        Plan::JmpIndirect => {
+            let target = l.read_operand(&mut at, 0, 8);
+            l.exit(count, Some(target));
+            return true;
+        }
+        Plan::CallIndirect => {
+            let target = l.read_operand(&mut at, 0, 8);
+            let rsp = l.reg(reg::RSP);
+            let new = l.b.ins().iadd_imm(rsp, -8);
+            let ret = l.iconst(insn.next_rip());
+            l.store(new, 8, ret, n);
+            l.set_reg64(reg::RSP, new);
+            l.exit(count, Some(target));
             return true;
         }
         Plan::Ret => {

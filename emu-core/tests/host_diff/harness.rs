@@ -581,10 +581,11 @@ pub fn run_emulated(case: &Case, data: &[u8], tier: Tier) -> Snapshot {
             .expect("case x87 image loads");
         cpu.set_rflags(case.initial_rflags());
     }
-    // Running to an address stops compiled code at every block boundary (it may not
-    // run past that address), which would keep a region's loop from ever going round
-    // inside the region: the Regions tier ends the code with INT3 instead.
-    let until = if tier == Tier::Regions {
+    // The compiled tiers end the code with INT3 rather than running to its end
+    // address: a block that the end address cuts short runs interpreted, and compiled
+    // code stops at every block boundary when there is an end address (it may not run
+    // past it), which would keep a region's loop from going round inside the region.
+    let until = if tier != Tier::Interpreter {
         emu.write_memory(case.end(), &[0xcc]).expect("write int3");
         None
     } else {

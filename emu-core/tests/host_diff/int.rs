@@ -1713,6 +1713,41 @@ fn special_forms() -> Vec<Form> {
         case
     });
     forms.push(Form::new("rsp-relative push/pop", stack_rel));
+    // BT, BTS, BTR and BTC with a memory operand and a register bit offset (signed,
+    // reaching words around the operand), then SETC and a CMP that overwrites ZF: with
+    // ZF dead the compiling tier lowers them itself.
+    let bt_offsets = (raw(64), 0usize..12, -2048i64..2048).prop_map(|(raw, which, offset)| {
+        let size = [2u64, 4, 8][which / 4];
+        let code = harness::asm(|a| {
+            match (which % 4, size) {
+                (0, 2) => a.bt(word_ptr(rbx), cx)?,
+                (1, 2) => a.bts(word_ptr(rbx), cx)?,
+                (2, 2) => a.btr(word_ptr(rbx), cx)?,
+                (_, 2) => a.btc(word_ptr(rbx), cx)?,
+                (0, 4) => a.bt(dword_ptr(rbx), ecx)?,
+                (1, 4) => a.bts(dword_ptr(rbx), ecx)?,
+                (2, 4) => a.btr(dword_ptr(rbx), ecx)?,
+                (_, 4) => a.btc(dword_ptr(rbx), ecx)?,
+                (0, _) => a.bt(qword_ptr(rbx), rcx)?,
+                (1, _) => a.bts(qword_ptr(rbx), rcx)?,
+                (2, _) => a.btr(qword_ptr(rbx), rcx)?,
+                (_, _) => a.btc(qword_ptr(rbx), rcx)?,
+            }
+            a.setc(dl)?;
+            a.cmp(rax, rbx)
+        });
+        let mut case = Case::new("bt with a register offset", code);
+        case.fill_seed = raw.fill;
+        case.init.gpr = raw.regs;
+        case.init.gpr[3] = OPERAND_ZONE + 0x1000 + (raw.disp as u64 & 0x7f);
+        case.init.gpr[4] = DEFAULT_RSP;
+        // The 16- and 32-bit forms ignore the offset register's upper bits.
+        let mask = (1u64 << (size * 8 - 1) << 1).wrapping_sub(1);
+        case.init.gpr[1] = (raw.regs[1] & !mask) | (offset as u64 & mask);
+        case.init.rflags = raw.flags;
+        case
+    });
+    forms.push(Form::new("bt with a register offset", bt_offsets));
     // INT3 and UD2: #BP after the instruction, #UD at it.
     for (name, bytes) in [
         ("int3", vec![0x90u8, 0xcc, 0x90]),

@@ -30,6 +30,7 @@ struct BlockKey {
 /// TLB already follows, need not empty the jump cache, and a process switch does not
 /// cost every block a hash lookup.
 #[derive(Clone, Copy)]
+#[repr(C)]
 struct JumpEntry {
     tag: u64,
     page: u64,
@@ -93,7 +94,31 @@ impl Default for CodeCache {
     }
 }
 
+/// Where compiled code finds what it needs of the jump cache to go straight on to the
+/// block at a RIP known only at run time (a return or an indirect branch); see
+/// [`CodeCache::jump_cache_address`].
+pub mod jump_layout {
+    /// Bytes per entry.
+    pub const ENTRY_SIZE: i64 = std::mem::size_of::<super::JumpEntry>() as i64;
+    /// Mask of the entry index.
+    pub const INDEX_MASK: i64 = super::JUMP_CACHE_ENTRIES as i64 - 1;
+    /// Offset of the tag (`rip ^ salt`) in an entry.
+    pub const TAG: i32 = std::mem::offset_of!(super::JumpEntry, tag) as i32;
+    /// Offset of the physical page of the block's first byte.
+    pub const PAGE: i32 = std::mem::offset_of!(super::JumpEntry, page) as i32;
+    /// Offset of the compiled code (0 if none).
+    pub const CODE: i32 = std::mem::offset_of!(super::JumpEntry, code) as i32;
+}
+
 impl CodeCache {
+    /// Address of the active jump cache's first entry and the current salt: the entry
+    /// for `rip` is at index `(rip ^ rip >> 12) & INDEX_MASK` and matches if its tag is
+    /// `rip ^ salt` (see [`jump_layout`]). Both stay valid until the run loop next
+    /// changes privilege class or flushes the jump cache.
+    pub fn jump_cache_address(&self) -> (u64, u64) {
+        (self.jump_cache.as_ptr() as u64, self.salt)
+    }
+
     #[inline(always)]
     fn jump_slot(rip: u64) -> usize {
         (rip ^ (rip >> 12)) as usize & (JUMP_CACHE_ENTRIES - 1)

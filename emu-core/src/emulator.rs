@@ -764,9 +764,12 @@ impl Emulator {
         /// Instructions linked blocks may run before they return here.
         const LINK_FUEL: u64 = 1 << 14;
         let margin = crate::translate::MAX_BLOCK_INSNS as u64;
+        let (jump_cache, jump_salt) = self.cache.jump_cache_address();
         let mut ctx = jit::JitCtx {
             generation: self.cache.link_generation(),
             events: self.events.pending_word(),
+            jump_cache,
+            jump_salt,
             ..Default::default()
         };
         let mut done = 0u64;

@@ -449,3 +449,45 @@ fn loop_regions_carry_registers_and_flags_from_block_to_block() {
         assert_eq!(got, expected, "tier {tier}");
     }
 }
+
+#[test]
+fn indirect_calls_and_returns_reach_the_right_code_through_the_jump_cache() {
+    // Two functions whose addresses share a jump-cache slot ((rip ^ rip >> 12) mod 4096
+    // is 2 for both), called alternately through a register: each return and each
+    // indirect call looks the next code up at run time.
+    const F: u64 = 0x2000;
+    const G: u64 = 0x3001;
+    let mut code = assemble(|a| {
+        let mut top = a.create_label();
+        a.mov(rcx, 1000u64)?;
+        a.xor(eax, eax)?;
+        a.set_label(&mut top)?;
+        a.mov(rdx, F)?;
+        a.mov(rbx, G)?;
+        a.test(cl, 1)?;
+        a.cmovnz(rdx, rbx)?;
+        a.call(rdx)?;
+        a.dec(rcx)?;
+        a.jnz(top)?;
+        a.hlt()
+    });
+    code.resize((G - CODE) as usize + 16, 0x90);
+    let f = [0x48, 0x83, 0xc0, 0x03, 0xc3]; // add rax, 3; ret
+    let g = [0x48, 0x6b, 0xc0, 0x05, 0x48, 0x83, 0xf0, 0x55, 0xc3]; // imul rax, rax, 5; xor rax, 0x55; ret
+    code[(F - CODE) as usize..][..f.len()].copy_from_slice(&f);
+    code[(G - CODE) as usize..][..g.len()].copy_from_slice(&g);
+    let mut expected = 0u64;
+    for count in (1..=1000u64).rev() {
+        expected = if count & 1 != 0 {
+            expected.wrapping_mul(5) ^ 0x55
+        } else {
+            expected + 3
+        };
+    }
+    for (tier, got) in on_every_tier(&code, &[Register::RAX])
+        .into_iter()
+        .enumerate()
+    {
+        assert_eq!(got, vec![expected], "tier {tier}");
+    }
+}

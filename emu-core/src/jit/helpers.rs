@@ -40,6 +40,11 @@ pub struct JitCtx {
     pub last_link: *mut super::LinkSlot,
     /// The vCPU's pending-event word: a block does not follow a link while it is non-zero.
     pub events: *const u32,
+    /// The active jump cache and its salt ([`crate::cache::CodeCache::jump_cache_address`]),
+    /// where a block leaving for a RIP known only at run time looks for the next code.
+    pub jump_cache: u64,
+    /// See [`JitCtx::jump_cache`].
+    pub jump_salt: u64,
 }
 
 impl Default for JitCtx {
@@ -53,6 +58,8 @@ impl Default for JitCtx {
             generation: 0,
             last_link: std::ptr::null_mut(),
             events: std::ptr::null(),
+            jump_cache: 0,
+            jump_salt: 0,
         }
     }
 }
@@ -72,6 +79,10 @@ impl JitCtx {
     pub const LAST_LINK_OFFSET: i32 = std::mem::offset_of!(JitCtx, last_link) as i32;
     /// Offset of [`JitCtx::events`].
     pub const EVENTS_OFFSET: i32 = std::mem::offset_of!(JitCtx, events) as i32;
+    /// Offset of [`JitCtx::jump_cache`].
+    pub const JUMP_CACHE_OFFSET: i32 = std::mem::offset_of!(JitCtx, jump_cache) as i32;
+    /// Offset of [`JitCtx::jump_salt`].
+    pub const JUMP_SALT_OFFSET: i32 = std::mem::offset_of!(JitCtx, jump_salt) as i32;
 
     fn set_trap(&mut self, trap: Box<Trap>) {
         if !self.trap.is_null() {

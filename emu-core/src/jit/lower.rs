@@ -500,6 +500,8 @@ struct Lower<'f> {
     records: u64,
     /// The shared tail of exits that do not link ([`Lower::exit`]), once one is needed.
     unlinked_tail: Option<IrBlock>,
+    /// The shared tail of exits to a RIP known at run time ([`Lower::exit_dynamic`]).
+    dynamic_tail: Option<IrBlock>,
     /// Instructions completed in earlier members during this call of the code (a
     /// region's loops run many members before any exit reports them).
     done: Variable,
@@ -875,7 +877,29 @@ impl Lower<'_> {
             .load(types::I64, TRUSTED, self.ctx, JitCtx::GENERATION_OFFSET);
         let stale = self.b.ins().icmp(IntCC::NotEqual, generation, current);
         self.check(stale, unlinked);
-        // No event pending, no change the run loop must see.
+        self.check_nothing_pending(unlinked);
+        let want = self
+            .b
+            .ins()
+            .load(types::I64, TRUSTED, slot, LinkSlot::PAGE_OFFSET);
+        self.check_fetch_page(target, want, unlinked);
+        let code = self
+            .b
+            .ins()
+            .load(types::I64, TRUSTED, slot, LinkSlot::CODE_OFFSET);
+        self.b.ins().return_(&[code]);
+
+        self.b.switch_to_block(unlinked);
+        self.b
+            .ins()
+            .store(TRUSTED, slot, self.ctx, JitCtx::LAST_LINK_OFFSET);
+        let zero = self.iconst(0);
+        self.b.ins().return_(&[zero]);
+    }
+
+    /// Goes to `out` if an event is pending or a change waits for the run loop (fetch
+    /// mapping, privilege, interrupt shadow).
+    fn check_nothing_pending(&mut self, out: IrBlock) {
         let events = self
             .b
             .ins()
@@ -898,8 +922,11 @@ impl Lower<'_> {
         let any = self.b.ins().bor(pending, fmc);
         let any = self.b.ins().bor(any, pc);
         let any = self.b.ins().bor(any, shadow);
-        self.check(any, unlinked);
-        // The fetch TLB still maps the target's page where the slot says.
+        self.check(any, out);
+    }
+
+    /// Goes to `out` unless the fetch TLB maps `target`'s page to physical page `want`.
+    fn check_fetch_page(&mut self, target: Value, want: Value, out: IrBlock) {
         let entries = self
             .b
             .ins()
@@ -917,7 +944,7 @@ impl Lower<'_> {
             .load(types::I64, TRUSTED, entry, offset_of!(TlbEntry, tag) as i32);
         let want_tag = self.b.ins().band_imm(target, PAGE_MASK as i64);
         let miss = self.b.ins().icmp(IntCC::NotEqual, tag, want_tag);
-        self.check(miss, unlinked);
+        self.check(miss, out);
         let phys = self.b.ins().load(
             types::I64,
             TRUSTED,
@@ -925,24 +952,91 @@ impl Lower<'_> {
             offset_of!(TlbEntry, phys_page) as i32,
         );
         let phys = self.b.ins().band_imm(phys, PAGE_MASK as i64);
-        let want = self
-            .b
-            .ins()
-            .load(types::I64, TRUSTED, slot, LinkSlot::PAGE_OFFSET);
         let moved = self.b.ins().icmp(IntCC::NotEqual, phys, want);
-        self.check(moved, unlinked);
-        let code = self
+        self.check(moved, out);
+    }
+
+    /// Leaves the current member for `target`, a RIP known only at run time (RET,
+    /// indirect JMP and CALL), `count` of its instructions complete: through the
+    /// function's shared tail, which goes straight on to the code the jump cache holds
+    /// for `target` when the same checks as a direct link pass (see
+    /// [`Lower::finish_dynamic_tail`]), else returns to the run loop.
+    fn exit_dynamic(&mut self, count: usize, target: Value) {
+        self.write_back();
+        let tail = match self.dynamic_tail {
+            Some(tail) => tail,
+            None => {
+                let tail = self.b.create_block();
+                self.b.append_block_param(tail, types::I64);
+                self.b.append_block_param(tail, types::I64);
+                self.dynamic_tail = Some(tail);
+                tail
+            }
+        };
+        let n = self.iconst(count as u64);
+        self.b.ins().jump(tail, &[n, target]);
+    }
+
+    /// Emits the shared tail of [`Lower::exit_dynamic`], if any exit used it.
+    fn finish_dynamic_tail(&mut self) {
+        use crate::cache::jump_layout as jl;
+        let Some(tail) = self.dynamic_tail else {
+            return;
+        };
+        self.b.switch_to_block(tail);
+        let n = self.b.block_params(tail)[0];
+        let target = self.b.block_params(tail)[1];
+        self.b.ins().store(TRUSTED, target, self.cpu, self.lay.rip);
+        self.add_executed_value(n);
+        let fuel = self
             .b
             .ins()
-            .load(types::I64, TRUSTED, slot, LinkSlot::CODE_OFFSET);
+            .load(types::I64, TRUSTED, self.ctx, JitCtx::FUEL_OFFSET);
+        let before = self.b.use_var(self.done);
+        let fuel = self.b.ins().isub(fuel, before);
+        let fuel = self.b.ins().isub(fuel, n);
+        self.b
+            .ins()
+            .store(TRUSTED, fuel, self.ctx, JitCtx::FUEL_OFFSET);
+        let unlinked = self.b.create_block();
+        self.b.set_cold_block(unlinked);
+        let spent = self.b.ins().icmp_imm(IntCC::SignedLessThanOrEqual, fuel, 0);
+        let written = self.b.use_var(self.code_written);
+        let written = self.b.ins().icmp_imm(IntCC::NotEqual, written, 0);
+        let stop = self.b.ins().bor(spent, written);
+        self.check(stop, unlinked);
+        self.check_nothing_pending(unlinked);
+        // The jump cache's entry for `target`.
+        let cache = self
+            .b
+            .ins()
+            .load(types::I64, TRUSTED, self.ctx, JitCtx::JUMP_CACHE_OFFSET);
+        let salt = self
+            .b
+            .ins()
+            .load(types::I64, TRUSTED, self.ctx, JitCtx::JUMP_SALT_OFFSET);
+        let high = self.b.ins().ushr_imm(target, 12);
+        let hash = self.b.ins().bxor(target, high);
+        let index = self.b.ins().band_imm(hash, jl::INDEX_MASK);
+        let offset = self.b.ins().imul_imm(index, jl::ENTRY_SIZE);
+        let entry = self.b.ins().iadd(cache, offset);
+        let tag = self.b.ins().load(types::I64, TRUSTED, entry, jl::TAG);
+        let want = self.b.ins().bxor(target, salt);
+        let other = self.b.ins().icmp(IntCC::NotEqual, tag, want);
+        self.check(other, unlinked);
+        let code = self.b.ins().load(types::I64, TRUSTED, entry, jl::CODE);
+        let none = self.b.ins().icmp_imm(IntCC::Equal, code, 0);
+        self.check(none, unlinked);
+        let page = self.b.ins().load(types::I64, TRUSTED, entry, jl::PAGE);
+        self.check_fetch_page(target, page, unlinked);
         self.b.ins().return_(&[code]);
 
         self.b.switch_to_block(unlinked);
+        let null = self.iconst(0);
         self.b
             .ins()
-            .store(TRUSTED, slot, self.ctx, JitCtx::LAST_LINK_OFFSET);
-        let zero = self.iconst(0);
-        self.b.ins().return_(&[zero]);
+            .store(TRUSTED, null, self.ctx, JitCtx::LAST_LINK_OFFSET);
+        self.b.ins().return_(&[null]);
     }
 
     /// Continues in a new block unless `cond` (non-zero) holds, which goes to `out`.
@@ -1762,6 +1856,7 @@ pub fn lower_block(
         links: job.links as u64,
         records: 0,
         unlinked_tail: None,
+        dynamic_tail: None,
         done,
         heads,
         linked_inside,
@@ -1806,6 +1901,7 @@ pub fn lower_block(
         lower_member(&mut l, member, &live, &mut counts);
     }
     l.finish_unlinked_tail();
+    l.finish_dynamic_tail();
     // Every trap exit jumps to one shared tail with the trapping instruction's index
     // and record: it reports the instructions before it and the record.
     let exits = std::mem::take(&mut l.deferred_exits);
@@ -2194,7 +2290,7 @@ fn lower_native(
         }
         Plan::JmpIndirect => {
             let target = l.read_operand(&mut at, 0, 8);
-            l.exit(count, Some(target));
+            l.exit_dynamic(count, target);
             return true;
         }
         Plan::CallIndirect => {
@@ -2204,7 +2300,7 @@ fn lower_native(
             let ret = l.iconst(insn.next_rip());
             l.store(new, 8, ret, n);
             l.set_reg64(reg::RSP, new);
-            l.exit(count, Some(target));
+            l.exit_dynamic(count, target);
             return true;
         }
         Plan::Ret => {
@@ -2212,7 +2308,7 @@ fn lower_native(
             let target = l.load(rsp, 8, n);
             let new = l.b.ins().iadd_imm(rsp, 8);
             l.set_reg64(reg::RSP, new);
-            l.exit(count, Some(target));
+            l.exit_dynamic(count, target);
             return true;
         }
     }

@@ -43,17 +43,22 @@ fn translate(c: &mut Criterion) {
 }
 
 /// The MIPS loop itself (20 passes, about 1.9 million guest instructions per iteration),
-/// on each tier: interpreted only, and with every block compiled (on first entry, so the
-/// measured iterations run compiled code only).
+/// on each tier: interpreted only, with every block compiled on its own (on first entry,
+/// so the measured iterations run compiled code only), and compiled on third entry, by
+/// when the blocks of each loop are known and compile into regions.
 fn mips_loop(c: &mut Criterion) {
     const PASSES: u32 = 20;
     let mut group = c.benchmark_group("execute");
     group.sample_size(20);
-    for (name, compiled) in [("interpreted", false), ("compiled", true)] {
+    for (name, compiled, threshold) in [
+        ("interpreted", false, 1),
+        ("compiled", true, 1),
+        ("compiled_regions", true, 3),
+    ] {
         let mut emu = Emulator::new();
         emu.set_jit_config(JitConfig {
             enabled: compiled,
-            threshold: 1,
+            threshold,
             background: false,
             ..JitConfig::default()
         });

@@ -2,7 +2,7 @@
 //!
 //! The interpreter ([`crate::translate`], [`crate::exec`]) stays the portable baseline and
 //! the reference for every instruction's meaning. A block that the run loop has entered
-//! [`JitConfig::threshold`] times is handed to [`Jit::compile`], which re-decodes its bytes
+//! [`JitConfig::threshold`] times is handed to the compiler by [`Jit::enter`], which re-decodes its bytes
 //! with iced-x86 (checking that they still match the block's records) and lowers each
 //! instruction to Cranelift IR ([`lower`]):
 //!
@@ -22,12 +22,28 @@
 //!   registers and flags are written back first and reloaded after. So every block can be
 //!   compiled, and the lowering only has to cover the instructions that matter for speed.
 //!
+//! **Regions.** When the hot block starts a loop, [`Jit::enter`] hands the compiler the
+//! hot blocks of the loop with it (a [`Job`] with several [`Member`]s; they must lie on
+//! the head's physical page). A branch from a member to a member's start is a jump
+//! inside the function: registers the members use are loaded once at entry and stay in
+//! SSA values all the way round, the flag liveness runs across the members (a member
+//! whose start may read flags gets them written to the `Cpu` on the way in; others get
+//! nothing), and going round checks only fuel, pending events, written code and, after
+//! a handler call, the changes the run loop must see. Exits from any member link as a
+//! block's do, each member with its own two link slots.
+//!
+//! **Links.** Exits to fixed addresses return the next block's code through a
+//! [`LinkSlot`]; returns and indirect JMP/CALL look their target up in the jump cache
+//! (`JitCtx::jump_cache`) with the same checks. [`run_compiled`] calls whatever comes
+//! back, so hot code rarely returns to the run loop.
+//!
 //! Exits are precise: a fault leaves registers as they were before the faulting
 //! instruction and returns its index, and the run loop delivers it exactly as for an
 //! interpreted block. One deviation: flags skipped as dead are not recomputed when a
-//! later instruction of the block faults, so the RFLAGS image pushed for that fault may
-//! hold stale CF/OF/SF/ZF/AF/PF bits that the interrupted code would have overwritten
-//! without reading them.
+//! later instruction of the block faults (or, in a region, when the run loop takes an
+//! interrupt between members), so the RFLAGS image pushed may hold stale
+//! CF/OF/SF/ZF/AF/PF bits that the interrupted code would have overwritten without
+//! reading them.
 //!
 //! Compiling happens on a background thread by default ([`JitConfig::background`]): the
 //! vCPU keeps interpreting a hot block until its code is ready, so compile time (Cranelift

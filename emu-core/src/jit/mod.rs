@@ -2,9 +2,9 @@
 //!
 //! The interpreter ([`crate::translate`], [`crate::exec`]) stays the portable baseline and
 //! the reference for every instruction's meaning. A block that the run loop has entered
-//! [`JitConfig::threshold`] times is handed to the compiler by [`Jit::enter`], which re-decodes its bytes
-//! with iced-x86 (checking that they still match the block's records) and lowers each
-//! instruction to Cranelift IR ([`lower`]):
+//! [`JitConfig::threshold`] times is handed to the compiler by [`Jit::enter`], which
+//! re-decodes its bytes with iced-x86 (checking that they still match the block's
+//! records) and lowers each instruction to Cranelift IR (`lower`):
 //!
 //! * **Registers** live in SSA values for the whole block: each is loaded from
 //!   [`Cpu::regs`] at its first use and stored back only where the state must be exact

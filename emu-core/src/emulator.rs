@@ -780,12 +780,12 @@ impl Emulator {
             } else {
                 0
             };
-            ctx.executed = 0;
+            let fuel = ctx.fuel;
             // SAFETY: `code` was compiled from a block that is still cached, the code
             // region has not been flushed since (flushes reset every block), and the
             // context carries the cache's current link generation.
             unsafe { jit::run_compiled(&mut self.cpu, &mut ctx, code) };
-            done += ctx.executed;
+            done += (fuel - ctx.fuel) as u64;
             if let Some(trap) = ctx.take_trap() {
                 // SAFETY: the trapping block stored its own record, which lives as long
                 // as the block, still cached.
@@ -817,11 +817,13 @@ impl Emulator {
                 // code was written and nothing was dropped since, checked above); only
                 // this thread writes slots, and no reference to them exists.
                 unsafe {
-                    *ctx.last_link = jit::LinkSlot {
-                        code: next as usize as u64,
-                        generation: ctx.generation,
-                        page,
-                    };
+                    let slot = &mut *ctx.last_link;
+                    // An exit that skips the fetch-TLB check links only to its own page.
+                    if slot.fixed_page == u64::MAX || slot.fixed_page == page {
+                        slot.code = next as usize as u64;
+                        slot.generation = ctx.generation;
+                        slot.page = page;
+                    }
                 }
             }
             code = next;

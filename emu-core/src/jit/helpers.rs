@@ -26,11 +26,10 @@ pub struct JitCtx {
     pub trap: *mut Trap,
     /// The record of the instruction that raised [`JitCtx::trap`].
     pub trap_insn: *const Insn,
-    /// Instructions completed by the blocks run since the run loop last looked (each
-    /// block adds its own as it leaves).
-    pub executed: u64,
     /// Instructions the blocks may still run before a direct link must return to the run
-    /// loop (each block subtracts its own; at or below zero nothing links).
+    /// loop: each block subtracts the instructions it completed as it leaves (so the
+    /// run loop learns how many ran from how far it fell); at or below zero nothing
+    /// links.
     pub fuel: i64,
     /// The code cache's link generation ([`crate::cache::CodeCache::link_generation`]):
     /// a link slot filled in another generation is stale.
@@ -53,7 +52,6 @@ impl Default for JitCtx {
             status: STATUS_OK,
             trap: std::ptr::null_mut(),
             trap_insn: std::ptr::null(),
-            executed: 0,
             fuel: 0,
             generation: 0,
             last_link: std::ptr::null_mut(),
@@ -69,8 +67,6 @@ impl JitCtx {
     pub const STATUS_OFFSET: i32 = std::mem::offset_of!(JitCtx, status) as i32;
     /// Offset of [`JitCtx::trap_insn`].
     pub const TRAP_INSN_OFFSET: i32 = std::mem::offset_of!(JitCtx, trap_insn) as i32;
-    /// Offset of [`JitCtx::executed`].
-    pub const EXECUTED_OFFSET: i32 = std::mem::offset_of!(JitCtx, executed) as i32;
     /// Offset of [`JitCtx::fuel`].
     pub const FUEL_OFFSET: i32 = std::mem::offset_of!(JitCtx, fuel) as i32;
     /// Offset of [`JitCtx::generation`].

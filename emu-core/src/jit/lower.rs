@@ -498,6 +498,8 @@ struct Lower<'f> {
     links: u64,
     /// Address of the current member's first record.
     records: u64,
+    /// Where the code is entered (the first member's start).
+    start: u64,
     /// The shared tail of exits that do not link ([`Lower::exit`]), once one is needed.
     unlinked_tail: Option<IrBlock>,
     /// The shared tail of exits to a RIP known at run time ([`Lower::exit_dynamic`]).
@@ -701,15 +703,15 @@ impl Lower<'_> {
         }
     }
 
-    /// Emits the shared tail of [`Lower::exit`], if any exit used it: `ctx.executed`
-    /// grows by the count passed, no link slot is named, and 0 goes back to the run loop.
+    /// Emits the shared tail of [`Lower::exit`], if any exit used it: `ctx.fuel` falls
+    /// by the count passed, no link slot is named, and 0 goes back to the run loop.
     fn finish_unlinked_tail(&mut self) {
         let Some(tail) = self.unlinked_tail else {
             return;
         };
         self.b.switch_to_block(tail);
         let n = self.b.block_params(tail)[0];
-        self.add_executed_value(n);
+        self.spend_fuel(n);
         let null = self.iconst(0);
         self.b
             .ins()
@@ -717,19 +719,21 @@ impl Lower<'_> {
         self.b.ins().return_(&[null]);
     }
 
-    /// Adds `n` instructions of the current member, and those of the members run
-    /// before it, to `ctx.executed`.
-    fn add_executed_value(&mut self, n: Value) {
+    /// Takes `n` instructions of the current member, and those of the members run
+    /// before it, from `ctx.fuel` (which is how the run loop counts them); returns the
+    /// fuel left.
+    fn spend_fuel(&mut self, n: Value) -> Value {
         let before = self.b.use_var(self.done);
         let n = self.b.ins().iadd(n, before);
-        let total = self
+        let fuel = self
             .b
             .ins()
-            .load(types::I64, TRUSTED, self.ctx, JitCtx::EXECUTED_OFFSET);
-        let total = self.b.ins().iadd(total, n);
+            .load(types::I64, TRUSTED, self.ctx, JitCtx::FUEL_OFFSET);
+        let fuel = self.b.ins().isub(fuel, n);
         self.b
             .ins()
-            .store(TRUSTED, total, self.ctx, JitCtx::EXECUTED_OFFSET);
+            .store(TRUSTED, fuel, self.ctx, JitCtx::FUEL_OFFSET);
+        fuel
     }
 
     /// Takes the state before a two-way branch (see [`Saved`]).
@@ -790,14 +794,8 @@ impl Lower<'_> {
             .load(types::I64, TRUSTED, self.ctx, JitCtx::EVENTS_OFFSET);
         let mut any = self.b.ins().uload32(TRUSTED, events, 0);
         if self.member_fallback {
-            for offset in [
-                self.lay.fetch_mapping_changed,
-                self.lay.privilege_changed,
-                self.lay.interrupt_shadow,
-            ] {
-                let byte = self.b.ins().uload8(types::I64, TRUSTED, self.cpu, offset);
-                any = self.b.ins().bor(any, byte);
-            }
+            let changes = self.run_loop_changes();
+            any = self.b.ins().bor(any, changes);
         }
         self.check(any, out);
         // Every register the members use is in its variable at every member's start.
@@ -826,9 +824,10 @@ impl Lower<'_> {
     /// `count` instructions complete (see [`Lower::link_tail`]).
     fn linked_exit(&mut self, count: usize, target: u64, slot: usize) {
         self.write_back();
+        let same_page = same_page(self.start, target);
         let target = self.iconst(target);
         let slot = self.iconst(self.slot_addr(slot));
-        self.link_tail(count, target, slot);
+        self.link_tail(count, target, slot, same_page);
     }
 
     /// Address of link slot `slot` of this block.
@@ -842,21 +841,11 @@ impl Lower<'_> {
     /// [`super::LinkSlot`]), else returns 0 to the run loop with the slot named for it
     /// to fill. A block has one of these (a Jcc selects its target and slot first), so
     /// the checks cost code once per block.
-    fn link_tail(&mut self, count: usize, target: Value, slot: Value) {
+    fn link_tail(&mut self, count: usize, target: Value, slot: Value, same_page: bool) {
         use super::LinkSlot;
         self.b.ins().store(TRUSTED, target, self.cpu, self.lay.rip);
         let count = self.iconst(count as u64);
-        self.add_executed_value(count);
-        let fuel = self
-            .b
-            .ins()
-            .load(types::I64, TRUSTED, self.ctx, JitCtx::FUEL_OFFSET);
-        let before = self.b.use_var(self.done);
-        let fuel = self.b.ins().isub(fuel, before);
-        let fuel = self.b.ins().isub(fuel, count);
-        self.b
-            .ins()
-            .store(TRUSTED, fuel, self.ctx, JitCtx::FUEL_OFFSET);
+        let fuel = self.spend_fuel(count);
         let unlinked = self.b.create_block();
         self.b.set_cold_block(unlinked);
 
@@ -878,11 +867,13 @@ impl Lower<'_> {
         let stale = self.b.ins().icmp(IntCC::NotEqual, generation, current);
         self.check(stale, unlinked);
         self.check_nothing_pending(unlinked);
-        let want = self
-            .b
-            .ins()
-            .load(types::I64, TRUSTED, slot, LinkSlot::PAGE_OFFSET);
-        self.check_fetch_page(target, want, unlinked);
+        if !same_page {
+            let want = self
+                .b
+                .ins()
+                .load(types::I64, TRUSTED, slot, LinkSlot::PAGE_OFFSET);
+            self.check_fetch_page(target, want, unlinked);
+        }
         let code = self
             .b
             .ins()
@@ -905,24 +896,34 @@ impl Lower<'_> {
             .ins()
             .load(types::I64, TRUSTED, self.ctx, JitCtx::EVENTS_OFFSET);
         let pending = self.b.ins().uload32(TRUSTED, events, 0);
-        let fmc = self.b.ins().uload8(
-            types::I64,
-            TRUSTED,
-            self.cpu,
-            self.lay.fetch_mapping_changed,
-        );
-        let pc = self
-            .b
-            .ins()
-            .uload8(types::I64, TRUSTED, self.cpu, self.lay.privilege_changed);
-        let shadow = self
-            .b
-            .ins()
-            .uload8(types::I64, TRUSTED, self.cpu, self.lay.interrupt_shadow);
-        let any = self.b.ins().bor(pending, fmc);
-        let any = self.b.ins().bor(any, pc);
-        let any = self.b.ins().bor(any, shadow);
+        let changes = self.run_loop_changes();
+        let any = self.b.ins().bor(pending, changes);
         self.check(any, out);
+    }
+
+    /// Non-zero if a handler changed what the run loop must see before the next block:
+    /// the fetch mapping, the privilege level or the interrupt shadow.
+    fn run_loop_changes(&mut self) -> Value {
+        let offsets = [
+            self.lay.fetch_mapping_changed,
+            self.lay.privilege_changed,
+            self.lay.interrupt_shadow,
+        ];
+        let first = offsets[0];
+        if offsets[1] == first + 1
+            && offsets[2] == first + 2
+            && first as usize + 4 <= std::mem::size_of::<Cpu>()
+        {
+            // The three flags are neighbouring bytes: one load.
+            let word = self.b.ins().uload32(TRUSTED, self.cpu, first);
+            return self.b.ins().band_imm(word, 0xff_ffff);
+        }
+        let mut any = self.iconst(0);
+        for offset in offsets {
+            let byte = self.b.ins().uload8(types::I64, TRUSTED, self.cpu, offset);
+            any = self.b.ins().bor(any, byte);
+        }
+        any
     }
 
     /// Goes to `out` unless the fetch TLB maps `target`'s page to physical page `want`.
@@ -987,17 +988,7 @@ impl Lower<'_> {
         let n = self.b.block_params(tail)[0];
         let target = self.b.block_params(tail)[1];
         self.b.ins().store(TRUSTED, target, self.cpu, self.lay.rip);
-        self.add_executed_value(n);
-        let fuel = self
-            .b
-            .ins()
-            .load(types::I64, TRUSTED, self.ctx, JitCtx::FUEL_OFFSET);
-        let before = self.b.use_var(self.done);
-        let fuel = self.b.ins().isub(fuel, before);
-        let fuel = self.b.ins().isub(fuel, n);
-        self.b
-            .ins()
-            .store(TRUSTED, fuel, self.ctx, JitCtx::FUEL_OFFSET);
+        let fuel = self.spend_fuel(n);
         let unlinked = self.b.create_block();
         self.b.set_cold_block(unlinked);
         let spent = self.b.ins().icmp_imm(IntCC::SignedLessThanOrEqual, fuel, 0);
@@ -1704,6 +1695,12 @@ fn helper_signature(call_conv: CallConv, params: usize) -> Signature {
     sig
 }
 
+/// Whether a block starting at `start` may link to `target` without the fetch-TLB check
+/// (see [`super::LinkSlot`]): the target is on the same virtual page.
+pub fn same_page(start: u64, target: u64) -> bool {
+    start & PAGE_MASK == target & PAGE_MASK
+}
+
 /// Where a member may go next when it ends: its direct branch targets and fall-through
 /// (empty for exits whose target is known only at run time).
 pub fn successors(member: &Member) -> Vec<u64> {
@@ -1855,6 +1852,7 @@ pub fn lower_block(
         deferred_exits: Vec::new(),
         links: job.links as u64,
         records: 0,
+        start: members[0].rip(),
         unlinked_tail: None,
         dynamic_tail: None,
         done,
@@ -1919,7 +1917,7 @@ pub fn lower_block(
         l.b.switch_to_block(tail);
         let n = l.b.block_params(tail)[0];
         let record = l.b.block_params(tail)[1];
-        l.add_executed_value(n);
+        l.spend_fuel(n);
         l.b.ins()
             .store(TRUSTED, record, l.ctx, JitCtx::TRAP_INSN_OFFSET);
         let null = l.iconst(0);
@@ -2276,7 +2274,8 @@ fn lower_native(
             let taken_slot = l.iconst(l.slot_addr(0));
             let not_taken_slot = l.iconst(l.slot_addr(1));
             let slot = l.b.ins().select(cond, taken_slot, not_taken_slot);
-            l.link_tail(count, target, slot);
+            let same_page = same_page(l.start, insn.imm) && same_page(l.start, insn.next_rip());
+            l.link_tail(count, target, slot, same_page);
             return true;
         }
         Plan::Call => {

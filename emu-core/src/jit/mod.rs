@@ -80,7 +80,7 @@ use crate::insn::Insn;
 pub use helpers::JitCtx;
 
 /// A compiled block: `f(cpu, ctx)` runs it, adds how many of its instructions completed
-/// to `ctx.executed`, and returns the next block's code when it may go straight on
+/// from `ctx.fuel`, and returns the next block's code when it may go straight on
 /// (a direct link, see [`LinkSlot`]), else 0. If `ctx.trap` is set on return, the
 /// instruction whose record is `ctx.trap_insn` raised it (with no effect, for faults)
 /// and the run loop settles it as for interpreted code.
@@ -95,8 +95,13 @@ pub type CompiledBlock = unsafe extern "C" fn(*mut Cpu, *mut JitCtx) -> u64;
 /// maps the target's page to `page`, no event is pending, no fetch-mapping, privilege
 /// or interrupt-shadow change is waiting for the run loop, nothing stored into
 /// translated code, and `ctx.fuel` is not spent.
+///
+/// An exit whose target lies on the virtual page the block starts on skips the fetch-TLB
+/// check: the block itself was entered through that page's current mapping, so the
+/// target is where it was if it is on the same physical page, which the run loop
+/// ensures before filling such a slot ([`LinkSlot::fixed_page`]).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct LinkSlot {
     /// The target block's code.
     pub code: u64,
@@ -104,6 +109,21 @@ pub struct LinkSlot {
     pub generation: u64,
     /// The physical page the target's first byte was fetched from.
     pub page: u64,
+    /// For an exit that skips the fetch-TLB check, the physical page the block starts
+    /// on: the slot may only be filled with a target fetched from there. `u64::MAX`
+    /// for exits that check.
+    pub fixed_page: u64,
+}
+
+impl Default for LinkSlot {
+    fn default() -> Self {
+        LinkSlot {
+            code: 0,
+            generation: 0,
+            page: 0,
+            fixed_page: u64::MAX,
+        }
+    }
 }
 
 impl LinkSlot {
@@ -722,6 +742,23 @@ impl Jit {
             block.links = Some(LinkSlots::new(slots));
         }
         let links = block.links.as_ref().map_or(0, |l| l.slot(0) as usize);
+        if let Some(slots) = &block.links {
+            // Exits to the page the block starts on skip the fetch-TLB check (see
+            // `LinkSlot`); the lowering picks the same ones (`lower::same_page`).
+            let page = block.pages[0];
+            for (m, member) in members.iter().enumerate() {
+                let targets = lower::successors(member);
+                for k in 0..2 {
+                    let fixed = targets
+                        .get(k)
+                        .filter(|&&t| lower::same_page(members[0].rip(), t))
+                        .map_or(u64::MAX, |_| page);
+                    // SAFETY: no code uses the slots now (the block is being queued),
+                    // and only this thread writes them.
+                    unsafe { (*slots.slot(2 * m + k)).fixed_page = fixed };
+                }
+            }
+        }
         block.inlined = members[1..].iter().map(|m| m.insns.clone()).collect();
         let job = Job {
             links,
@@ -943,7 +980,7 @@ impl Jit {
 }
 
 /// Runs compiled block `f` and the blocks it links to directly, until one returns to
-/// the run loop: `ctx.executed` grows by the instructions completed, `ctx.trap` and
+/// the run loop: `ctx.fuel` falls by the instructions completed, `ctx.trap` and
 /// `ctx.trap_insn` say what stopped it if a trap did, `ctx.last_link` names the slot of
 /// an exit that could not link.
 ///

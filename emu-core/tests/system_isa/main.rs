@@ -905,6 +905,37 @@ fn code_rewritten_through_another_mapping_is_retranslated() {
     );
 }
 
+#[test]
+fn a_code_page_pointed_at_another_frame_runs_the_new_frame() {
+    use tables::*;
+    // HIGH + 0x3000 first maps frame 0x32000, whose loop adds 1 per round; then the
+    // guest points that page at frame 0x33000 (the same loop adding 100) and INVLPGs it.
+    // Compiled blocks link to targets on their own page without looking at the TLB
+    // again; the old frame's blocks must not be reached through the new mapping.
+    let mut emu = machine(|a| {
+        tables::enable(a)?;
+        a.mov(rsi, HIGH + 0x3000)?;
+        a.xor(r8d, r8d)?;
+        a.mov(ecx, 50u32)?;
+        a.call(rsi)?;
+        a.mov(rax, PT_HIGH + 3 * 8)?;
+        a.mov(rbx, 0x3_3000 | P)?;
+        a.mov(qword_ptr(rax), rbx)?;
+        a.invlpg(byte_ptr(rsi))?;
+        a.mov(ecx, 50u32)?;
+        a.call(rsi)?;
+        a.hlt()
+    });
+    tables::build(&mut emu);
+    tables::map(&mut emu, 3, 0x3_2000 | P);
+    // top: add r8, imm8; dec ecx; jnz top; ret
+    let frame = |imm: u8| [0x49, 0x83, 0xc0, imm, 0xff, 0xc9, 0x75, 0xf8, 0xc3];
+    emu.write_memory(0x3_2000, &frame(1)).unwrap();
+    emu.write_memory(0x3_3000, &frame(100)).unwrap();
+    assert_eq!(run(&mut emu), StopReason::Halted);
+    assert_eq!(reg(&emu, Register::R8), 50 + 5000);
+}
+
 /// A device for port and MMIO tests: a byte log of writes, reads answer a counter.
 #[derive(Default)]
 struct Recorder {

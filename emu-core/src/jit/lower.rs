@@ -843,18 +843,8 @@ impl Lower<'_> {
     /// the checks cost code once per block.
     fn link_tail(&mut self, count: usize, target: Value, slot: Value, same_page: bool) {
         use super::LinkSlot;
-        self.b.ins().store(TRUSTED, target, self.cpu, self.lay.rip);
         let count = self.iconst(count as u64);
-        let fuel = self.spend_fuel(count);
-        let unlinked = self.b.create_block();
-        self.b.set_cold_block(unlinked);
-
-        // Fuel left and nothing stored into translated code.
-        let spent = self.b.ins().icmp_imm(IntCC::SignedLessThanOrEqual, fuel, 0);
-        let written = self.b.use_var(self.code_written);
-        let written = self.b.ins().icmp_imm(IntCC::NotEqual, written, 0);
-        let stop = self.b.ins().bor(spent, written);
-        self.check(stop, unlinked);
+        let unlinked = self.begin_leaving(target, count);
         // The slot was filled in this generation.
         let generation = self
             .b
@@ -886,6 +876,23 @@ impl Lower<'_> {
             .store(TRUSTED, slot, self.ctx, JitCtx::LAST_LINK_OFFSET);
         let zero = self.iconst(0);
         self.b.ins().return_(&[zero]);
+    }
+
+    /// The start of an exit that may go straight on to other code: RIP set to
+    /// `target`, `n` instructions of the current member spent from the fuel, and a
+    /// branch to the returned (cold, still empty) block, the way back to the run loop,
+    /// if the fuel is spent or translated code was written.
+    fn begin_leaving(&mut self, target: Value, n: Value) -> IrBlock {
+        self.b.ins().store(TRUSTED, target, self.cpu, self.lay.rip);
+        let fuel = self.spend_fuel(n);
+        let unlinked = self.b.create_block();
+        self.b.set_cold_block(unlinked);
+        let spent = self.b.ins().icmp_imm(IntCC::SignedLessThanOrEqual, fuel, 0);
+        let written = self.b.use_var(self.code_written);
+        let written = self.b.ins().icmp_imm(IntCC::NotEqual, written, 0);
+        let stop = self.b.ins().bor(spent, written);
+        self.check(stop, unlinked);
+        unlinked
     }
 
     /// Goes to `out` if an event is pending or a change waits for the run loop (fetch
@@ -987,15 +994,7 @@ impl Lower<'_> {
         self.b.switch_to_block(tail);
         let n = self.b.block_params(tail)[0];
         let target = self.b.block_params(tail)[1];
-        self.b.ins().store(TRUSTED, target, self.cpu, self.lay.rip);
-        let fuel = self.spend_fuel(n);
-        let unlinked = self.b.create_block();
-        self.b.set_cold_block(unlinked);
-        let spent = self.b.ins().icmp_imm(IntCC::SignedLessThanOrEqual, fuel, 0);
-        let written = self.b.use_var(self.code_written);
-        let written = self.b.ins().icmp_imm(IntCC::NotEqual, written, 0);
-        let stop = self.b.ins().bor(spent, written);
-        self.check(stop, unlinked);
+        let unlinked = self.begin_leaving(target, n);
         self.check_nothing_pending(unlinked);
         // The jump cache's entry for `target`.
         let cache = self
@@ -1156,6 +1155,17 @@ impl Lower<'_> {
             &[self.cpu, self.ctx, addr, size_v, value],
         );
         let status = self.b.inst_results(call)[0];
+        self.settle_status(status, n, join);
+    }
+
+    /// After a helper that may store (status from [`helper_write`] or [`helper_exec`])
+    /// for instruction `n`: a trap leaves through the trap exit, a store into translated
+    /// code is noted (the block leaves after this instruction), and both other ways go
+    /// on at `join`, where lowering continues.
+    ///
+    /// [`helper_write`]: helpers::helper_write
+    /// [`helper_exec`]: helpers::helper_exec
+    fn settle_status(&mut self, status: Value, n: usize, join: IrBlock) {
         let not_ok = self.b.create_block();
         self.b.set_cold_block(not_ok);
         self.b.ins().brif(status, not_ok, &[], join, &[]);
@@ -1270,32 +1280,8 @@ impl Lower<'_> {
 
         self.b.switch_to_block(slow);
         self.write_back();
-        let callee = self.iconst(helpers::helper_exec as *const () as u64);
-        let record = self.iconst(insn as *const Insn as u64);
-        let call =
-            self.b
-                .ins()
-                .call_indirect(self.helpers.exec, callee, &[self.cpu, self.ctx, record]);
-        let status = self.b.inst_results(call)[0];
-        let not_ok = self.b.create_block();
-        self.b.set_cold_block(not_ok);
-        self.b.ins().brif(status, not_ok, &[], join, &[]);
-        self.b.switch_to_block(not_ok);
-        let trapped = self
-            .b
-            .ins()
-            .icmp_imm(IntCC::Equal, status, STATUS_TRAP as i64);
-        let exit = self.trap_exit_block(n);
-        let code_written = self.b.create_block();
-        self.b.set_cold_block(code_written);
-        self.b.ins().brif(trapped, exit, &[], code_written, &[]);
-        self.b.switch_to_block(code_written);
-        let one = self.iconst(1);
-        self.b.def_var(self.code_written, one);
-        self.b.ins().jump(join, &[]);
-        self.slow_store = true;
-
-        self.b.switch_to_block(join);
+        let status = self.call_handler(insn);
+        self.settle_status(status, n, join);
     }
 
     /// Lowers an SSE data move or bitwise operation.
@@ -1630,6 +1616,18 @@ impl Lower<'_> {
         self.b.ins().uextend(types::I64, c)
     }
 
+    /// Calls `insn`'s interpreter handler through [`helpers::helper_exec`] (state
+    /// already written back), returning its status.
+    fn call_handler(&mut self, insn: &Insn) -> Value {
+        let callee = self.iconst(helpers::helper_exec as *const () as u64);
+        let record = self.iconst(insn as *const Insn as u64);
+        let call =
+            self.b
+                .ins()
+                .call_indirect(self.helpers.exec, callee, &[self.cpu, self.ctx, record]);
+        self.b.inst_results(call)[0]
+    }
+
     /// Runs instruction `n` through its handler.
     fn fallback(&mut self, insn: &Insn, n: usize, last: bool, block: &Member) {
         self.member_fallback = true;
@@ -1637,13 +1635,7 @@ impl Lower<'_> {
         self.loaded = [false; 16];
         self.dirty = [false; 16];
         self.flags = Pending::Memory;
-        let callee = self.iconst(helpers::helper_exec as *const () as u64);
-        let record = self.iconst(insn as *const Insn as u64);
-        let call =
-            self.b
-                .ins()
-                .call_indirect(self.helpers.exec, callee, &[self.cpu, self.ctx, record]);
-        let status = self.b.inst_results(call)[0];
+        let status = self.call_handler(insn);
         let trapped = self
             .b
             .ins()

@@ -763,19 +763,7 @@ fn generic(code: Code, raw: &Raw) -> Case {
     let mut count: Option<u64> = None;
     let mut pick = 0usize;
     let mut imm_seen = 0;
-    let shift_like = matches!(
-        mnemonic,
-        Mnemonic::Rol
-            | Mnemonic::Ror
-            | Mnemonic::Rcl
-            | Mnemonic::Rcr
-            | Mnemonic::Shl
-            | Mnemonic::Sal
-            | Mnemonic::Shr
-            | Mnemonic::Sar
-            | Mnemonic::Shld
-            | Mnemonic::Shrd
-    );
+    let shift_like = is_shift_or_rotate(mnemonic);
     for (i, &k) in kinds.iter().enumerate() {
         let i = i as u32;
         let reg_width = reg_kind_width(k).or(match k {
@@ -1984,8 +1972,18 @@ fn append_step(
     // Shifts and rotates may leave every flag alone (count 0) and their counts from
     // CL are only known at run time: they define nothing and may leave CF, OF and AF
     // undefined.
-    if matches!(
-        instr.mnemonic(),
+    if is_shift_or_rotate(instr.mnemonic()) {
+        *undefined |= CF | OF | AF;
+    } else {
+        let defined = harness_flags(instr.rflags_modified()) & !one.undefined_flags;
+        *undefined = (*undefined & !defined) | one.undefined_flags;
+    }
+}
+
+/// Shifts and rotates: with a count of 0 they leave every flag alone.
+fn is_shift_or_rotate(m: Mnemonic) -> bool {
+    matches!(
+        m,
         Mnemonic::Rol
             | Mnemonic::Ror
             | Mnemonic::Rcl
@@ -1996,12 +1994,7 @@ fn append_step(
             | Mnemonic::Sar
             | Mnemonic::Shld
             | Mnemonic::Shrd
-    ) {
-        *undefined |= CF | OF | AF;
-    } else {
-        let defined = harness_flags(instr.rflags_modified()) & !one.undefined_flags;
-        *undefined = (*undefined & !defined) | one.undefined_flags;
-    }
+    )
 }
 
 /// Appends `cmp rax, rbx`, which defines every arithmetic flag.

@@ -919,9 +919,10 @@ impl Lower<'_> {
         let first = offsets[0];
         if offsets[1] == first + 1
             && offsets[2] == first + 2
+            && first % 4 == 0
             && first as usize + 4 <= std::mem::size_of::<Cpu>()
         {
-            // The three flags are neighbouring bytes: one load.
+            // The three flags are neighbouring bytes of an aligned word: one load.
             let word = self.b.ins().uload32(TRUSTED, self.cpu, first);
             return self.b.ins().band_imm(word, 0xff_ffff);
         }

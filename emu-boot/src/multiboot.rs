@@ -397,31 +397,39 @@ pub fn configure(
     })
 }
 
+/// Where [`aout_kludge_image`] loads a kernel (1 MiB); the entry point is 32 bytes on,
+/// right after the header.
+pub const AOUT_LOAD: u32 = 0x10_0000;
+
+/// A minimal multiboot kernel (a.out kludge, which any multiboot loader takes): the
+/// 32-byte header at file offset 0, loaded at [`AOUT_LOAD`], then `code`, entered at
+/// its first byte (`AOUT_LOAD + 32`) in 32-bit protected mode, then `bss` zeroed bytes.
+/// For tests and tools that boot hand-written code.
+pub fn aout_kludge_image(code: &[u8], bss: u32) -> Vec<u8> {
+    let entry = AOUT_LOAD + 32;
+    let flags = FLAG_AOUT_KLUDGE | FLAG_MEMORY_INFO | FLAG_PAGE_ALIGN;
+    let load_end = entry + code.len() as u32;
+    let mut img = Vec::new();
+    for w in [
+        HEADER_MAGIC,
+        flags,
+        0u32.wrapping_sub(HEADER_MAGIC).wrapping_sub(flags),
+        AOUT_LOAD,
+        AOUT_LOAD,
+        load_end,
+        load_end + bss,
+        entry,
+    ] {
+        img.extend_from_slice(&w.to_le_bytes());
+    }
+    img.extend_from_slice(code);
+    img
+}
+
 /// Test images.
 #[cfg(test)]
 pub(crate) mod testimage {
-    /// An a.out-kludge kernel loaded at 1 MiB: header at file offset 0, `code` after it,
-    /// `bss` bytes of BSS, entry at the code.
-    pub fn aout(code: &[u8], bss: u32) -> Vec<u8> {
-        let base = 0x10_0000u32;
-        let flags = super::FLAG_AOUT_KLUDGE | super::FLAG_MEMORY_INFO | super::FLAG_PAGE_ALIGN;
-        let load_end = base + 32 + code.len() as u32;
-        let mut img = Vec::new();
-        for w in [
-            super::HEADER_MAGIC,
-            flags,
-            0u32.wrapping_sub(super::HEADER_MAGIC).wrapping_sub(flags),
-            base,
-            base,
-            load_end,
-            load_end + bss,
-            base + 32,
-        ] {
-            img.extend_from_slice(&w.to_le_bytes());
-        }
-        img.extend_from_slice(code);
-        img
-    }
+    pub use super::aout_kludge_image as aout;
 
     /// A bare multiboot header (no a.out kludge) with `flags`.
     pub fn header(flags: u32) -> Vec<u8> {

@@ -186,34 +186,18 @@ mod tests {
     /// A multiboot a.out-kludge kernel that prints `B` on COM1 and resets the machine
     /// through port 0xCF9 (hand-assembled 32-bit code).
     fn resetting_kernel() -> Vec<u8> {
-        const MAGIC: u32 = 0x1bad_b002;
-        const LOAD: u32 = 0x10_0000;
-        let code: &[u8] = &[
-            0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
-            0xb0, b'B', // mov al, 'B'
-            0xee, // out dx, al
-            0x66, 0xba, 0xf9, 0x0c, // mov dx, 0xcf9
-            0xb0, 0x06, // mov al, 6
-            0xee, // out dx, al
-            0xf4, // hlt
-        ];
-        let flags = (1 << 16) | (1 << 1) | 1;
-        let end = LOAD + 32 + code.len() as u32;
-        let mut img = Vec::new();
-        for w in [
-            MAGIC,
-            flags,
-            0u32.wrapping_sub(MAGIC).wrapping_sub(flags),
-            LOAD,
-            LOAD,
-            end,
-            end,
-            LOAD + 32,
-        ] {
-            img.extend_from_slice(&w.to_le_bytes());
-        }
-        img.extend_from_slice(code);
-        img
+        emu_boot::multiboot::aout_kludge_image(
+            &[
+                0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+                0xb0, b'B', // mov al, 'B'
+                0xee, // out dx, al
+                0x66, 0xba, 0xf9, 0x0c, // mov dx, 0xcf9
+                0xb0, 0x06, // mov al, 6
+                0xee, // out dx, al
+                0xf4, // hlt
+            ],
+            0,
+        )
     }
 
     #[derive(Clone, Default)]

@@ -1714,20 +1714,34 @@ pub fn successors(member: &Member) -> Vec<u64> {
     }
 }
 
-/// The arithmetic flags each member may read before writing them, following branches
-/// into other members (a least fixed point; leaving the region counts as reading all).
-/// Traps are not counted as reads (see the module docs of [`super`]).
-fn region_live_in(members: &[Member]) -> Vec<u64> {
-    let index = |rip: u64| members.iter().position(|m| m.rip() == rip);
-    let exits: Vec<(Vec<usize>, bool)> = members
+/// Where a member of a region goes when it ends.
+pub struct Exits {
+    /// The members its direct successors start (indices into the region).
+    pub inside: Vec<usize>,
+    /// Whether it may also leave the region.
+    pub leaves: bool,
+}
+
+/// Each member's [`Exits`].
+pub fn region_exits(members: &[Member]) -> Vec<Exits> {
+    members
         .iter()
         .map(|m| {
             let next = successors(m);
-            let inside: Vec<usize> = next.iter().filter_map(|&t| index(t)).collect();
+            let inside: Vec<usize> = next
+                .iter()
+                .filter_map(|&t| members.iter().position(|o| o.rip() == t))
+                .collect();
             let leaves = next.is_empty() || inside.len() < next.len();
-            (inside, leaves)
+            Exits { inside, leaves }
         })
-        .collect();
+        .collect()
+}
+
+/// The arithmetic flags each member may read before writing them, following branches
+/// into other members (a least fixed point; leaving the region counts as reading all).
+/// Traps are not counted as reads (see the module docs of [`super`]).
+fn region_live_in(members: &[Member], exits: &[Exits]) -> Vec<u64> {
     let mut live = vec![0u64; members.len()];
     loop {
         let mut changed = false;
@@ -1748,19 +1762,23 @@ fn region_live_in(members: &[Member]) -> Vec<u64> {
     }
 }
 
-/// Flags live at the end of a member whose successors inside the region are `exits.0`
-/// and which may also leave it (`exits.1`), given the members' live-in sets.
-fn live_at_end(exits: &(Vec<usize>, bool), live_in: &[u64]) -> u64 {
-    let mut at_end = if exits.1 { flags::ARITH } else { 0 };
-    for &s in &exits.0 {
+/// Flags live at the end of a member that goes where `exits` says, given the members'
+/// live-in sets.
+fn live_at_end(exits: &Exits, live_in: &[u64]) -> u64 {
+    let mut at_end = if exits.leaves { flags::ARITH } else { 0 };
+    for &s in &exits.inside {
         at_end |= live_in[s];
     }
     at_end
 }
 
 /// GPRs (our numbering) that `instr` reads or writes, explicitly or implicitly.
-fn gprs_used(instr: &Instruction, used: &mut [bool; 16], written: &mut [bool; 16]) {
-    let mut factory = iced_x86::InstructionInfoFactory::new();
+fn gprs_used(
+    factory: &mut iced_x86::InstructionInfoFactory,
+    instr: &Instruction,
+    used: &mut [bool; 16],
+    written: &mut [bool; 16],
+) {
     let info = factory.info(instr);
     for u in info.used_registers() {
         let r = u.register().full_register();
@@ -1812,22 +1830,20 @@ pub fn lower_block(
     b.def_var(done, zero);
 
     let members = &job.members[..];
-    let live_in = region_live_in(members);
+    let exits = region_exits(members);
+    let live_in = region_live_in(members, &exits);
     let heads: Vec<(u64, IrBlock, u64)> = members
         .iter()
         .zip(&live_in)
         .map(|(m, &live)| (m.rip(), b.create_block(), live))
         .collect();
-    let linked_inside = members.iter().any(|m| {
-        successors(m)
-            .iter()
-            .any(|&t| heads.iter().any(|h| h.0 == t))
-    });
+    let linked_inside = exits.iter().any(|e| !e.inside.is_empty());
     let mut region_used = [false; 16];
     let mut region_written = [false; 16];
     if linked_inside {
+        let mut factory = iced_x86::InstructionInfoFactory::new();
         for instr in members.iter().flat_map(|m| m.decoded.iter()) {
-            gprs_used(instr, &mut region_used, &mut region_written);
+            gprs_used(&mut factory, instr, &mut region_used, &mut region_written);
         }
     }
     let mut l = Lower {
@@ -1866,15 +1882,6 @@ pub fn lower_block(
     l.b.ins().jump(first, &[]);
 
     let mut counts = Counts::default();
-    let exits: Vec<(Vec<usize>, bool)> = members
-        .iter()
-        .map(|m| {
-            let next = successors(m);
-            let inside: Vec<usize> = next.iter().filter_map(|&t| l.member_at(t)).collect();
-            let leaves = next.is_empty() || inside.len() < next.len();
-            (inside, leaves)
-        })
-        .collect();
     for (m, member) in members.iter().enumerate() {
         l.b.switch_to_block(l.heads[m].1);
         if l.linked_inside {

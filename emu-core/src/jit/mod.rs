@@ -882,20 +882,12 @@ impl Jit {
         // Only loops through `head` are worth their compile time (the boot compiles
         // thousands of blocks, and straight-line regions made it twice as slow): keep
         // the members from which `head` can be reached again.
-        let succ: Vec<Vec<usize>> = members
-            .iter()
-            .map(|m| {
-                lower::successors(m)
-                    .iter()
-                    .filter_map(|&t| members.iter().position(|o| o.rip() == t))
-                    .collect()
-            })
-            .collect();
+        let exits = lower::region_exits(&members);
         let mut reaches_head = vec![false; members.len()];
         loop {
             let mut changed = false;
             for m in 0..members.len() {
-                if !reaches_head[m] && succ[m].iter().any(|&t| t == 0 || reaches_head[t]) {
+                if !reaches_head[m] && exits[m].inside.iter().any(|&t| t == 0 || reaches_head[t]) {
                     reaches_head[m] = true;
                     changed = true;
                 }

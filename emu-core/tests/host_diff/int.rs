@@ -1082,18 +1082,7 @@ fn fix_up(code: Code, raw: &Raw, b: &mut Built) {
                 b.case.init.set_reg(r, v);
             }
         }
-        Mnemonic::Shld
-        | Mnemonic::Shrd
-        | Mnemonic::Rol
-        | Mnemonic::Ror
-        | Mnemonic::Rcl
-        | Mnemonic::Rcr
-        | Mnemonic::Shl
-        | Mnemonic::Sal
-        | Mnemonic::Shr
-        | Mnemonic::Sar
-            if code.op_code().op_kinds().contains(&K::cl) =>
-        {
+        m if is_shift_or_rotate(m) && code.op_code().op_kinds().contains(&K::cl) => {
             let mut c = raw.count as u64;
             if matches!(mnemonic, Mnemonic::Shld | Mnemonic::Shrd) && w == 2 && c & 31 > 16 {
                 // Counts above the operand size leave the result undefined.

@@ -7,31 +7,14 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 /// Where the a.out kludge loads the image: the 32-byte multiboot header, then the code.
-pub const LOAD: u32 = 0x10_0000;
+pub const LOAD: u32 = emu_boot::multiboot::AOUT_LOAD;
 /// The entry point: the first byte after the header (multiboot state: 32-bit protected
 /// mode, flat segments, no paging).
 pub const CODE: u32 = LOAD + 32;
 
 /// A multiboot a.out-kludge image of `code`, loaded at [`LOAD`] and entered at [`CODE`].
 pub fn multiboot(code: &[u8]) -> Vec<u8> {
-    const MAGIC: u32 = 0x1bad_b002;
-    let flags = (1 << 16) | (1 << 1) | (1 << 0); // a.out kludge, memory info, page align
-    let end = CODE + code.len() as u32;
-    let mut img = Vec::new();
-    for w in [
-        MAGIC,
-        flags,
-        0u32.wrapping_sub(MAGIC).wrapping_sub(flags),
-        LOAD,
-        LOAD,
-        end,
-        end,
-        CODE,
-    ] {
-        img.extend_from_slice(&w.to_le_bytes());
-    }
-    img.extend_from_slice(code);
-    img
+    emu_boot::multiboot::aout_kludge_image(code, 0)
 }
 
 /// A temporary directory for one test's files (`suite` keeps the test binaries apart).
